@@ -1,0 +1,220 @@
+"""Trajectory-store benchmark: build a large store, sample clip windows, measure time and anonymous memory.
+
+Builds a store of synthetic 64x64x3 episodes (150-250 steps; a random background per episode and a moving
+block, so frames differ) under --root, then, in a fresh process so the numbers are not polluted by the build,
+opens it and samples --clips windows of context + horizon frames in batches. Reports wall time, clips/s, bytes
+on disk and anonymous RSS (RssAnon from /proc/self/status: memory the process itself allocated; pages of the
+memory-mapped frame files are file-backed and reclaimable, so they are not counted) against the data size.
+
+By default the store's frame files are evicted from the page cache before sampling (posix_fadvise DONTNEED on
+those files only), so reads come from disk; --warm keeps the cache. The data is deleted afterwards unless --keep.
+
+    python bench/store_memory.py --root /tmp/dws_store_bench                  # 1M frames (~12.3 GB)
+    python bench/store_memory.py --root /tmp/s --frames 20000 --write-results # quick run, append to RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dws_gym.data import TrajectoryStore  # noqa: E402
+
+MiB = 1024**2
+GiB = 1024**3
+
+
+def proc_status(key: str) -> int:
+    """A ``kB`` field of /proc/self/status, in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def disk_bytes(root: Path) -> int:
+    """Bytes allocated on disk under ``root`` (st_blocks, not apparent size)."""
+    total = 0
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
+
+
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def build(args: argparse.Namespace) -> dict:
+    """Write synthetic episodes until the store holds at least ``args.frames`` frames."""
+    store = TrajectoryStore(args.root, create=True, durable=not args.no_fsync)
+    rng = np.random.default_rng(args.seed)
+    size = args.size
+    written = store.num_frames
+    t0 = time.perf_counter()
+    new_bytes = 0
+    while written < args.frames:
+        T = int(rng.integers(args.min_len, args.max_len + 1))
+        frames = np.empty((T + 1, size, size, 3), np.uint8)
+        frames[:] = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)  # per-episode background
+        pos = np.cumsum(rng.integers(-2, 3, (T + 1, 2)), axis=0) % (size - 8)  # a wandering 8x8 block
+        color = rng.integers(0, 256, 3, dtype=np.uint8)
+        for t, (y, x) in enumerate(pos):
+            frames[t, y : y + 8, x : x + 8] = color
+        term = np.zeros(T, bool)
+        term[-1] = True
+        store.add_episode(
+            frames, rng.integers(0, 4, T), (rng.random(T) < 0.02).astype(np.float32), term, np.zeros(T, bool),
+            env_id="Synthetic-v0", action_meanings=["NOOP", "FIRE", "RIGHT", "LEFT"], policy="random",
+        )
+        written += T + 1
+        new_bytes += frames.nbytes
+    build_s = time.perf_counter() - t0
+    return {"build_s": build_s, "build_mb_s": new_bytes / MiB / max(build_s, 1e-9), "built_frames": new_bytes}
+
+
+def sample(args: argparse.Namespace) -> dict:
+    """Open the store and sample clips; runs in a fresh process (see main)."""
+    anon_start = proc_status("RssAnon")
+    t0 = time.perf_counter()
+    store = TrajectoryStore(args.root)
+    clips = store.clips(args.context, args.horizon)
+    open_s = time.perf_counter() - t0
+    anon_open = proc_status("RssAnon")
+    if not args.warm:
+        for ep in store.episode_ids():
+            fd = os.open(store.root / "episodes" / f"ep_{ep:09d}" / "obs.npy", os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    rng = np.random.default_rng(args.seed + 1)
+    peak_anon = anon_open
+    peak_file = 0
+    done = 0
+    checked = False
+    t0 = time.perf_counter()
+    while done < args.clips:
+        n = min(args.batch, args.clips - done)
+        batch = clips.sample(n, rng)
+        if not checked:  # one spot check that a sampled clip is what the episode holds
+            ep, s, m = int(batch["episode_id"][0]), int(batch["start"][0]), int(batch["mask"][0].sum())
+            assert np.array_equal(batch["frames"][0, :m], store.episode(ep)["obs"][s : s + m])
+            checked = True
+        peak_anon = max(peak_anon, proc_status("RssAnon"))
+        peak_file = max(peak_file, proc_status("RssFile"))
+        done += n
+        del batch
+    sample_s = time.perf_counter() - t0
+    return {
+        "episodes": store.num_episodes,
+        "frames": store.num_frames,
+        "data_bytes": store.num_frames * int(np.prod(store.meta(store.episode_ids()[0]).obs_shape)),
+        "windows": len(clips),
+        "open_s": open_s,
+        "sample_s": sample_s,
+        "clips_per_s": args.clips / sample_s,
+        "anon_start": anon_start,
+        "anon_open": anon_open,
+        "anon_peak": peak_anon,
+        "anon_end": proc_status("RssAnon"),
+        "file_peak": peak_file,
+        "batch_bytes": args.batch * (args.context + args.horizon) * args.size * args.size * 3,
+    }
+
+
+HEADER = (
+    "| date | frames | episodes | data GiB | disk GiB | build s (MB/s) | open s | clips (K+H) x batch | cache "
+    "| sample s | clips/s | RssAnon start / open / peak / end MiB | peak anon / data | RssFile peak MiB |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def row(args: argparse.Namespace, b: dict, s: dict, disk: int, date: str) -> str:
+    build = f"{b['build_s']:.0f} ({b['build_mb_s']:.0f})" if b.get("built_frames") else "reused"
+    anon = " / ".join(f"{s[k] / MiB:.0f}" for k in ("anon_start", "anon_open", "anon_peak", "anon_end"))
+    return (
+        f"| {date} | {s['frames']:,} | {s['episodes']:,} | {s['data_bytes'] / GiB:.2f} | {disk / GiB:.2f} "
+        f"| {build} | {s['open_s']:.1f} | {args.clips:,} ({args.context}+{args.horizon}) x {args.batch} "
+        f"| {'warm' if args.warm else 'cold'} | {s['sample_s']:.1f} | {s['clips_per_s']:.0f} | {anon} "
+        f"| {s['anon_peak'] / s['data_bytes']:.4f} | {s['file_peak'] / MiB:.0f} |"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", type=Path, default=Path("/tmp/dws_store_bench"), help="store folder (made if missing)")
+    p.add_argument("--frames", type=int, default=1_000_000, help="build until the store holds this many frames")
+    p.add_argument("--size", type=int, default=64, help="frame height = width")
+    p.add_argument("--min-len", type=int, default=150, help="shortest episode (steps)")
+    p.add_argument("--max-len", type=int, default=250, help="longest episode (steps)")
+    p.add_argument("--clips", type=int, default=10_000, help="clip windows to sample")
+    p.add_argument("--context", type=int, default=4, help="context frames K")
+    p.add_argument("--horizon", type=int, default=16, help="target frames H")
+    p.add_argument("--batch", type=int, default=250, help="clips per sample() call")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reuse", action="store_true", help="keep an existing store at --root and only top it up")
+    p.add_argument("--keep", action="store_true", help="do not delete the store afterwards")
+    p.add_argument("--no-fsync", action="store_true", help="write without fsync (faster, not crash-safe)")
+    p.add_argument("--warm", action="store_true", help="sample with the page cache warm (default: evicted)")
+    p.add_argument("--write-results", action="store_true", help="append the row to --results-file")
+    p.add_argument("--results-file", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
+    p.add_argument("--sample-only", action="store_true", help=argparse.SUPPRESS)  # the measuring child process
+    args = p.parse_args()
+
+    if args.sample_only:
+        print(json.dumps(sample(args)))
+        return
+    if args.root.exists() and not args.reuse:
+        if not (args.root / "store.json").exists():
+            p.error(f"{args.root} exists and is not a trajectory store; pick another --root")
+        shutil.rmtree(args.root)
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    try:
+        b = build(args)
+        print(f"built: {b}", file=sys.stderr)
+        child = subprocess.run(
+            [sys.executable, __file__, *sys.argv[1:], "--sample-only"], check=True, capture_output=True, text=True
+        )
+        s = json.loads(child.stdout.strip().splitlines()[-1])
+        disk = disk_bytes(args.root)
+    finally:
+        if not args.keep:
+            shutil.rmtree(args.root, ignore_errors=True)
+    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    line = row(args, b, s, disk, date)
+    print(HEADER)
+    print(line)
+    if args.write_results:
+        with open(args.results_file, "a", encoding="utf-8") as f:
+            f.write(
+                f"\n## Trajectory store: memory-mapped clip sampling ({date})\n\n"
+                f"Machine: {machine()}  \nCommand: `{command}`  \n"
+                f"RssAnon = anonymous resident memory of the sampling process (frames are file-backed memory maps); "
+                f"one batch of clips is {s['batch_bytes'] / MiB:.0f} MiB.\n\n{HEADER}\n{line}\n"
+            )
+        print(f"appended to {args.results_file}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

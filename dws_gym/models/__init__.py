@@ -1,0 +1,61 @@
+"""Model components: the DWS action-conditioned module, action representations, motion-reinforced loss weights and
+the reward / termination head. The flow backbone lives in :mod:`dws_gym.models.flow` (imported on use: it pulls in
+diffusers)."""
+
+from dws_gym.models.actions import (
+    ALE_ACTION_MEANINGS,
+    DEFAULT_TEXT_ENCODER,
+    PROCGEN_COMBOS,
+    ActionMeaning,
+    ContinuousActionEmbedder,
+    DiscreteActionEmbedder,
+    TextActionEncoder,
+    action_text,
+    action_texts,
+    minilm_local_path,
+)
+from dws_gym.models.conditioning import (
+    CONDITIONER_ATTR,
+    ActionConditioner,
+    ActionModulation,
+    ConditioningMode,
+    find_prefn_norms,
+    freeze_base,
+    get_action_conditioner,
+    inject_action_conditioning,
+    modulate,
+)
+from dws_gym.models.motion import MotionLossConfig, motion_weighted_mse, motion_weights, pool_weights, weighted_mean
+from dws_gym.models.reward import RewardConfig, RewardHead, RewardOutput, load_reward_head, save_reward_head
+
+__all__ = [
+    "MotionLossConfig",
+    "RewardConfig",
+    "RewardHead",
+    "RewardOutput",
+    "load_reward_head",
+    "motion_weighted_mse",
+    "motion_weights",
+    "pool_weights",
+    "save_reward_head",
+    "weighted_mean",
+    "ALE_ACTION_MEANINGS",
+    "CONDITIONER_ATTR",
+    "DEFAULT_TEXT_ENCODER",
+    "PROCGEN_COMBOS",
+    "ActionConditioner",
+    "ActionMeaning",
+    "ActionModulation",
+    "ConditioningMode",
+    "ContinuousActionEmbedder",
+    "DiscreteActionEmbedder",
+    "TextActionEncoder",
+    "action_text",
+    "action_texts",
+    "find_prefn_norms",
+    "freeze_base",
+    "get_action_conditioner",
+    "inject_action_conditioning",
+    "minilm_local_path",
+    "modulate",
+]

@@ -1,0 +1,320 @@
+"""Tests of the reward / termination head (dws_gym/models/reward.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from dws_gym.models.reward import (
+    RewardConfig,
+    RewardHead,
+    RewardOutput,
+    balance_weights_from_data,
+    class_balanced_weights,
+    fit_reward_head,
+    load_reward_head,
+    reward_to_sign_class,
+    save_reward_head,
+    symexp,
+    symlog,
+    termination_pos_weight,
+    twohot_encode,
+    twohot_expectation,
+)
+
+SMALL = dict(context_frames=2, frame_shape=(32, 32, 3), num_actions=4, dim=32, depth=1, num_heads=2)
+
+
+def _frames(gen: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8)
+
+
+def _inputs(cfg: RewardConfig, b: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    h, w, c = cfg.frame_shape
+    return (_frames(g, b, cfg.context_frames, h, w, c), torch.randint(0, cfg.num_actions or 1, (b,), generator=g),
+            _frames(g, b, h, w, c))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_symlog_symexp_are_inverse() -> None:
+    x = torch.tensor([-1e4, -20.0, -1.0, -1e-3, 0.0, 1e-3, 0.5, 1.0, 7.0, 1e4], dtype=torch.float64)
+    torch.testing.assert_close(symexp(symlog(x)), x, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(symlog(symexp(x[2:-1])), x[2:-1], rtol=1e-12, atol=1e-12)
+    assert symlog(torch.tensor(0.0)) == 0 and symlog(torch.tensor(math.e - 1)) == pytest.approx(1.0)
+    assert bool((symlog(x).abs() <= x.abs()).all())  # compresses magnitudes
+
+
+def test_twohot_round_trip() -> None:
+    bins = torch.linspace(-20, 20, 255)
+    # On a bin: all weight on that bin, and decoding gives the bin back exactly (ends included).
+    on = bins[[0, 3, 127, 200, 254]]
+    enc = twohot_encode(on, bins)
+    assert enc.shape == (5, 255)
+    assert torch.equal(enc.argmax(-1), torch.tensor([0, 3, 127, 200, 254]))
+    assert torch.equal(enc.max(-1).values, torch.ones(5))
+    assert torch.equal(twohot_expectation(enc.log(), bins), on)
+    # Between bins: two neighbours, weights summing to 1, mean equal to the value.
+    between = symlog(torch.tensor([-3.7, -0.3, 0.01, 1.0, 2.5, 1234.5]))
+    enc = twohot_encode(between, bins)
+    assert bool((enc >= 0).all()) and torch.allclose(enc.sum(-1), torch.ones(6))
+    assert torch.equal((enc > 0).sum(-1), torch.full((6,), 2))
+    torch.testing.assert_close(twohot_expectation(enc.log(), bins), between, rtol=0, atol=1e-5)
+    torch.testing.assert_close(symexp(twohot_expectation(enc.log(), bins)),
+                               torch.tensor([-3.7, -0.3, 0.01, 1.0, 2.5, 1234.5]), rtol=1e-4, atol=1e-5)
+    # Outside the range: clipped to the end bins; any leading shape works.
+    enc = twohot_encode(torch.tensor([[-100.0, 100.0]]), bins)
+    assert enc.shape == (1, 2, 255) and enc[0, 0, 0] == 1 and enc[0, 1, -1] == 1
+    with pytest.raises(ValueError, match="increasing"):
+        twohot_encode(torch.zeros(2), torch.tensor([1.0, 0.0]))
+    with pytest.raises(ValueError, match="bins"):
+        twohot_expectation(torch.zeros(2, 7), bins)
+
+
+def test_reward_to_sign_class() -> None:
+    r = torch.tensor([-5.0, -0.1, 0.0, 0.2, 30.0])
+    assert torch.equal(reward_to_sign_class(r), torch.tensor([0, 0, 1, 2, 2]))
+    with pytest.raises(ValueError):
+        reward_to_sign_class(torch.tensor([True]))
+
+
+def test_class_balancing_upweights_rare_classes() -> None:
+    # 90 zero rewards, 8 positive, 2 negative.
+    w = class_balanced_weights(torch.tensor([2, 90, 8]), max_weight=100.0)
+    torch.testing.assert_close(w, torch.tensor([45.0, 1.0, 11.25]))
+    assert w[0] > w[2] > w[1]
+    w = class_balanced_weights(torch.tensor([2, 90, 8]))  # default clip 10
+    torch.testing.assert_close(w, torch.tensor([10.0, 1.0, 10.0]))
+    assert termination_pos_weight(torch.tensor([True] + [False] * 4)) == 4.0
+    assert termination_pos_weight(torch.tensor([True] + [False] * 99)) == 10.0  # clipped
+    assert termination_pos_weight(torch.zeros(8, dtype=torch.bool)) == 1.0
+    rewards = np.array([0.0] * 96 + [1.0, 1.0, -2.0, 4.0], np.float32)
+    class_weights, pos_weight = balance_weights_from_data(rewards, np.array([False] * 98 + [True] * 2), 50, 20)
+    assert class_weights == pytest.approx([50.0, 1.0, 32.0]) and pos_weight == 20.0
+    with pytest.raises(ValueError):
+        class_balanced_weights(torch.tensor([1, 2, 3]), max_weight=0.5)
+
+
+def test_loss_applies_class_weights_and_pos_weight() -> None:
+    cfg = RewardConfig(**SMALL)
+    head = RewardHead(cfg)
+    torch.nn.init.normal_(head.reward_out.weight, std=0.5)  # non-trivial logits
+    torch.nn.init.normal_(head.termination_out.weight, std=0.5)
+    ctx, act, nxt = _inputs(cfg, 10)
+    reward = torch.tensor([0.0] * 7 + [1.0, 1.0, -3.0])
+    term = torch.tensor([False] * 8 + [True, False])
+    batch = dict(obs=ctx, action=act, reward=reward, terminated=term, next_obs=nxt)
+    loss, logs = head.loss(batch)
+    out = head(ctx, act, nxt)
+    cls = reward_to_sign_class(reward)
+    cw = torch.tensor([7.0, 1.0, 3.5])  # n_max / n_c from this batch: 7/1, 7/7, 7/2
+    expected = F.cross_entropy(out.reward_logits, cls, weight=cw) + F.binary_cross_entropy_with_logits(
+        out.termination_logit, term.float(), pos_weight=torch.tensor(9.0))
+    torch.testing.assert_close(loss, expected)
+    assert logs["class_weight_neg"] == 7.0 and logs["class_weight_pos"] == 3.5 and logs["pos_weight"] == 9.0
+    # Weights passed in (dataset statistics) win over the batch's, and config weights over the batch's.
+    loss_flat, logs_flat = head.loss(batch, class_weights=[1.0, 1.0, 1.0], pos_weight=1.0)
+    torch.testing.assert_close(loss_flat, F.cross_entropy(out.reward_logits, cls)
+                               + F.binary_cross_entropy_with_logits(out.termination_logit, term.float()))
+    head.config.class_weights, head.config.termination_pos_weight = (1.0, 1.0, 1.0), 1.0
+    torch.testing.assert_close(head.loss(batch)[0], loss_flat)
+    assert set(logs) >= {"reward_loss", "termination_loss", "reward_accuracy", "termination_recall"}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Network
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["sign", "twohot"])
+def test_shapes_and_untrained_prior(mode: str) -> None:
+    cfg = RewardConfig(mode=mode, **SMALL)
+    head = RewardHead(cfg)
+    ctx, act, nxt = _inputs(cfg, 5)
+    out = head(ctx, act, nxt)
+    assert isinstance(out, RewardOutput)
+    assert out.reward_logits.shape == (5, 3 if mode == "sign" else 255) and out.termination_logit.shape == (5,)
+    reward, term = head.predict(ctx.numpy(), act.numpy(), nxt.numpy())  # numpy input works too
+    assert reward.dtype == torch.float32 and reward.shape == (5,)
+    assert term.dtype == torch.bool and term.shape == (5,)
+    # An untrained head reads as a quiet transition: no reward, not terminated.
+    torch.testing.assert_close(reward, torch.zeros(5), rtol=0, atol=1e-6)
+    assert not bool(term.any())
+
+
+def test_default_head_is_tiny_and_takes_external_action_embeddings() -> None:
+    head = RewardHead()
+    n = sum(p.numel() for p in head.parameters())
+    assert 100_000 < n < 1_000_000, n
+    out = head(*_inputs(head.config, 2))
+    assert out.reward_logits.shape == (2, 3)
+    cfg = RewardConfig(**{**SMALL, "num_actions": None, "action_embed_dim": 16})
+    head = RewardHead(cfg)
+    ctx, _, nxt = _inputs(cfg, 3)
+    emb = torch.randn(3, 16)
+    assert head(ctx, emb, nxt).termination_logit.shape == (3,)
+    with pytest.raises(ValueError, match="action table"):
+        head(ctx, torch.zeros(3, dtype=torch.long), nxt)
+    with pytest.raises(ValueError, match="num_actions"):
+        RewardConfig(num_actions=None)
+
+
+def test_predict_sampling_is_reproducible_and_uses_only_the_generator() -> None:
+    cfg = RewardConfig(mode="twohot", **SMALL)
+    head = RewardHead(cfg)
+    torch.nn.init.normal_(head.reward_out.weight, std=0.3)
+    torch.nn.init.normal_(head.termination_out.weight, std=3.0)
+    ctx, act, nxt = _inputs(cfg, 64)
+    global_state = torch.get_rng_state()
+    r1, t1 = head.predict(ctx, act, nxt, sample=True, generator=torch.Generator().manual_seed(7))
+    r2, t2 = head.predict(ctx, act, nxt, sample=True, generator=torch.Generator().manual_seed(7))
+    r3, t3 = head.predict(ctx, act, nxt, sample=True, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(torch.get_rng_state(), global_state)  # the global generator was not touched
+    assert torch.equal(r1, r2) and torch.equal(t1, t2)
+    assert not (torch.equal(r1, r3) and torch.equal(t1, t3))
+    # Sampled rewards are bin values; the default (expected) prediction is deterministic.
+    assert bool(torch.isin(r1, symexp(head.bins)).all())
+    d1, d2 = head.predict(ctx, act, nxt), head.predict(ctx, act, nxt)
+    assert torch.equal(d1[0], d2[0]) and torch.equal(d1[1], d2[1])
+    # Sign mode samples class values only.
+    head = RewardHead(RewardConfig(**SMALL))
+    torch.nn.init.zeros_(head.reward_out.bias)  # uniform over the three classes
+    r, _ = head.predict(ctx, act, nxt, sample=True, generator=torch.Generator().manual_seed(0))
+    assert set(r.tolist()) <= {-1.0, 0.0, 1.0} and len(set(r.tolist())) > 1
+
+
+def test_bad_inputs_raise_value_error() -> None:
+    cfg = RewardConfig(**SMALL)
+    head = RewardHead(cfg)
+    ctx, act, nxt = _inputs(cfg, 4)
+    bad = [
+        (ctx.float(), act, nxt, "uint8"),
+        (ctx, act, nxt.to(torch.int32), "uint8"),
+        (ctx[:, :1], act, nxt, "last K"),
+        (ctx[..., :16, :], act, nxt, "context must have shape"),
+        (ctx, act, nxt[:3], "batch"),
+        (ctx, act, nxt[..., :2], "next_frame must have shape"),
+        (ctx, act[:3], nxt, "shape"),
+        (ctx, act + 4, nxt, r"\[0, 4\)"),
+        (ctx, act.float(), nxt, "action_embed_dim"),
+        (ctx, act.bool(), nxt, "dtype"),
+        (ctx.tolist(), act, nxt, "numpy"),
+    ]
+    for c, a, n, msg in bad:
+        with pytest.raises(ValueError, match=msg):
+            head(c, a, n)
+    batch = dict(obs=ctx, action=act, reward=torch.zeros(4), terminated=torch.zeros(4, dtype=torch.bool),
+                 next_obs=nxt)
+    with pytest.raises(ValueError, match="lacks keys"):
+        head.loss({k: v for k, v in batch.items() if k != "reward"})
+    with pytest.raises(ValueError, match="NaN"):
+        head.loss({**batch, "reward": torch.tensor([0.0, math.nan, 0.0, 0.0])})
+    with pytest.raises(ValueError, match="shape"):
+        head.loss({**batch, "terminated": torch.zeros(3, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="class_weights"):
+        head.loss(batch, class_weights=[1.0, 2.0])
+    for kwargs, msg in [({"mode": "clip"}, "mode"), ({"patch_size": 6}, "power of two"),
+                        ({"frame_shape": (60, 64, 3)}, "divisible"), ({"dim": 30, "num_heads": 4}, "divisible"),
+                        ({"class_weights": (1.0, 0.0, 1.0)}, "class_weights")]:
+        with pytest.raises(ValueError, match=msg):
+            RewardConfig(**kwargs)
+
+
+def test_save_load_round_trip(tmp_path) -> None:
+    cfg = RewardConfig(mode="twohot", class_weights=(3.0, 1.0, 2.0), **SMALL)
+    head = RewardHead(cfg)
+    torch.nn.init.normal_(head.reward_out.weight, std=0.3)
+    ctx, act, nxt = _inputs(cfg, 3)
+    # state_dict through safetensors + config through JSON.
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    text = json.dumps(cfg.to_dict())
+    clone = RewardHead(RewardConfig.from_dict(json.loads(text)))
+    clone.load_state_dict(load_file(str(tmp_path / "w.safetensors")), strict=True)
+    assert clone.config == cfg
+    torch.testing.assert_close(clone(ctx, act, nxt).reward_logits, head(ctx, act, nxt).reward_logits, rtol=0, atol=0)
+    # The single-file form.
+    path = save_reward_head(head, tmp_path / "sub" / "reward.safetensors")
+    loaded = load_reward_head(path)
+    assert loaded.config == cfg
+    assert torch.equal(loaded.predict(ctx, act, nxt)[0], head.predict(ctx, act, nxt)[0])
+    with pytest.raises(FileNotFoundError, match="save_reward_head"):
+        load_reward_head(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="not a reward head"):
+        load_reward_head(tmp_path / "w.safetensors")
+    with pytest.raises(ValueError, match="unknown"):
+        RewardConfig.from_dict({**cfg.to_dict(), "extra_key": 1})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Learning
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _toy_sample(n: int, rng: np.random.Generator, k: int = 2, size: int = 32) -> dict[str, np.ndarray]:
+    """Toy transitions: a white block in the next frame pays +1; an all-black next frame ends the episode.
+
+    Returned frame-stacked like a TransitionDataset(frame_stack=k): ``next_obs`` is (n, k, H, W, 3).
+    """
+    obs = rng.integers(0, 80, size=(n, k + 1, size, size, 3), dtype=np.uint8)
+    kind = rng.choice(3, size=n, p=[0.6, 0.2, 0.2])  # 0 plain, 1 white block (+1), 2 black frame (game over)
+    reward = np.zeros(n, np.float32)
+    for i in np.flatnonzero(kind == 1):
+        y, x = rng.integers(0, size - 6, size=2)
+        obs[i, -1, y:y + 6, x:x + 6] = 255
+        reward[i] = 1.0
+    obs[kind == 2, -1] = 0
+    return {"obs": obs[:, :k], "action": rng.integers(0, 4, size=n), "reward": reward,
+            "terminated": kind == 2, "next_obs": obs[:, 1:]}
+
+
+def test_tiny_overfit_white_block_reward_and_black_frame_termination() -> None:
+    torch.manual_seed(0)
+    head = RewardHead(RewardConfig(**SMALL))
+    start = time.perf_counter()
+    history = fit_reward_head(head, _toy_sample, steps=150, batch_size=32, lr=3e-3,
+                              generator=np.random.default_rng(0), progress=False, log_every=10)
+    elapsed = time.perf_counter() - start
+    assert history[-1]["step"] == 149 and history[-1]["loss"] < history[0]["loss"]
+    test = _toy_sample(400, np.random.default_rng(123))
+    reward, term = head.predict(test["obs"], test["action"], test["next_obs"][:, -1])
+    reward_acc = (reward.numpy() == test["reward"]).mean()
+    term_acc = (term.numpy() == test["terminated"]).mean()
+    pos = test["reward"] > 0
+    assert reward_acc >= 0.95, (reward_acc, history[-1])
+    assert (reward.numpy()[pos] == 1.0).mean() >= 0.9  # the rare class is found, not just the majority
+    assert term_acc >= 0.97 and term.numpy()[test["terminated"]].mean() >= 0.95, (term_acc, history[-1])
+    assert elapsed < 20, elapsed
+
+
+def test_twohot_head_learns_reward_magnitude() -> None:
+    """Two-hot mode recovers an unclipped reward (5 for the white block) through the symlog bins."""
+
+    def sample(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        batch = _toy_sample(n, rng)
+        batch["reward"] = batch["reward"] * 5.0
+        return batch
+
+    torch.manual_seed(1)
+    head = RewardHead(RewardConfig(mode="twohot", **SMALL))
+    start = time.perf_counter()
+    fit_reward_head(head, sample, steps=150, batch_size=32, lr=3e-3, generator=np.random.default_rng(1),
+                    progress=False)
+    elapsed = time.perf_counter() - start
+    test = sample(300, np.random.default_rng(321))
+    reward, term = head.predict(test["obs"], test["action"], test["next_obs"][:, -1])
+    err = np.abs(reward.numpy() - test["reward"])
+    assert (err < 0.25).mean() >= 0.95, err.mean()
+    assert np.median(err[test["reward"] > 0]) < 0.25
+    assert (term.numpy() == test["terminated"]).mean() >= 0.97
+    assert elapsed < 20, elapsed
