@@ -1,0 +1,505 @@
+"""The Simulator: a DWS world model + reward / termination head + bundled start states, with Hub I/O (D2, D12).
+
+Step protocol (DESIGN D2), the one API the dream env, evaluation and data augmentation all call::
+
+    state = sim.init_state(frames, actions)        # frames uint8 (N, K, H, W, 3); actions (N, K-1)
+    frame, reward, terminated, state = sim.step(state, action, generator=g)   # frame uint8 (N, H, W, 3)
+    state = sim.reset_where(state, mask, frames, actions)                      # re-seed a subset of the batch
+
+All work is batched on the simulator's device; randomness comes only from the passed generator.
+
+On disk a simulator is one self-contained folder (D12)::
+
+    simulator_config.json       format version, env id, action meanings, context, sampling steps, provenance, metrics
+    world_model/                the backbone's own config + safetensors weights (cached action embeddings included)
+    reward_head.safetensors     reward / termination head (config in the file's metadata)
+    start_states.safetensors    real start clips: frames uint8 (S, K, H, W, 3), actions int64 (S, K-1)
+    README.md                   model card
+
+:meth:`Simulator.from_pretrained` takes that folder or a Hugging Face Hub repo id; :meth:`Simulator.push_to_hub`
+uploads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dws_gym.models.reward import RewardHead, load_reward_head, save_reward_head
+
+SIMULATOR_FORMAT_VERSION = 1
+CONFIG_NAME = "simulator_config.json"
+WORLD_MODEL_DIR = "world_model"
+REWARD_NAME = "reward_head.safetensors"
+START_STATES_NAME = "start_states.safetensors"
+CARD_NAME = "README.md"
+REQUIRED_FILES = (CONFIG_NAME, REWARD_NAME, START_STATES_NAME)
+
+
+@dataclass
+class SimulatorConfig:
+    """What a simulator simulates and how it was made (``simulator_config.json``).
+
+    Attributes:
+        env_id: The real env it imitates (e.g. ``"ALE/Breakout-v5"``).
+        action_meanings: Names of the discrete actions, in index order.
+        obs_shape: One frame, ``(H, W, 3)``.
+        context_frames: ``K``, the frames a step conditions on (and the start clips hold).
+        sampling_steps: Default Euler steps per environment step.
+        backbone: ``"flow"`` (rectified-flow Wan) or ``"ar"`` (autoregressive token transformer).
+        pretrained_backbone: Hub id / folder of the pre-trained video model it was fine-tuned from; ``None`` when
+            the backbone was trained from scratch.
+        training: Free-form description of the training run (data, command, steps, throughput).
+        metrics: Held-out metrics (the table of ``train_world_model.py``), free-form.
+        format_version: On-disk format version.
+    """
+
+    env_id: str
+    action_meanings: list[str]
+    obs_shape: tuple[int, int, int] = (64, 64, 3)
+    context_frames: int = 4
+    sampling_steps: int = 4
+    backbone: str = "flow"
+    pretrained_backbone: str | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    format_version: int = SIMULATOR_FORMAT_VERSION
+
+    @property
+    def num_actions(self) -> int:
+        return len(self.action_meanings)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["obs_shape"] = list(self.obs_shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "simulator_config.json") -> SimulatorConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"{source}: unknown keys {sorted(unknown)}; was it written by a newer dws-gym?")
+        version = d.get("format_version")
+        if version != SIMULATOR_FORMAT_VERSION:
+            raise ValueError(
+                f"{source}: format_version {version!r} is not supported (this dws-gym reads "
+                f"{SIMULATOR_FORMAT_VERSION}); upgrade dws-gym or re-save the simulator."
+            )
+        d = dict(d)
+        d["obs_shape"] = tuple(d.get("obs_shape", (64, 64, 3)))
+        return cls(**d)
+
+
+@dataclass
+class SimState:
+    """The batched state of a simulator: the last ``K`` frames and the ``K - 1`` actions between them.
+
+    Attributes:
+        frames: ``(N, K, H, W, 3)`` uint8 on the simulator's device, oldest first.
+        actions: ``(N, K - 1)`` int64 on the simulator's device; ``actions[:, i]`` led from frame ``i`` to ``i + 1``.
+    """
+
+    frames: torch.Tensor
+    actions: torch.Tensor
+
+    @property
+    def num_envs(self) -> int:
+        return int(self.frames.shape[0])
+
+    def clone(self) -> SimState:
+        return SimState(self.frames.clone(), self.actions.clone())
+
+
+def _load_world_model(folder: Path, backbone: str, device: torch.device | str) -> torch.nn.Module:
+    if backbone == "flow":
+        from dws_gym.models.flow import FlowWorldModel
+
+        return FlowWorldModel.from_pretrained(folder, device=device)
+    raise ValueError(f"Unknown backbone {backbone!r} in the simulator config; this dws-gym knows 'flow'.")
+
+
+class Simulator:
+    """A DWS world simulator: ``world_model`` (frames) + ``reward_head`` (reward, termination) + start states.
+
+    Args:
+        config: What it simulates and how it was made.
+        world_model: A backbone with ``sample_next(context_frames, context_actions, action, steps, generator)``
+            and ``save_pretrained(folder)`` (e.g. :class:`~dws_gym.models.flow.FlowWorldModel`).
+        reward_head: A :class:`~dws_gym.models.reward.RewardHead` reading ``K`` context frames.
+        start_frames: ``(S, K, H, W, 3)`` uint8 real start clips (the default start-state distribution).
+        start_actions: ``(S, K - 1)`` int64 actions of those clips.
+    """
+
+    def __init__(
+        self,
+        config: SimulatorConfig,
+        world_model: torch.nn.Module,
+        reward_head: RewardHead,
+        start_frames: np.ndarray | torch.Tensor,
+        start_actions: np.ndarray | torch.Tensor,
+    ) -> None:
+        self.config = config
+        self.world_model = world_model.eval()
+        self.reward_head = reward_head.eval()
+        k = config.context_frames
+        if reward_head.config.context_frames != k:
+            raise ValueError(
+                f"reward head reads {reward_head.config.context_frames} context frames but the simulator uses {k}."
+            )
+        frames = torch.as_tensor(np.asarray(start_frames) if not torch.is_tensor(start_frames) else start_frames)
+        actions = torch.as_tensor(np.asarray(start_actions) if not torch.is_tensor(start_actions) else start_actions)
+        if frames.ndim != 5 or tuple(frames.shape[1:]) != (k, *config.obs_shape) or frames.dtype != torch.uint8:
+            raise ValueError(
+                f"start_frames must be uint8 (S, {k}, {', '.join(map(str, config.obs_shape))}), "
+                f"got {frames.dtype} {tuple(frames.shape)}."
+            )
+        if tuple(actions.shape) != (frames.shape[0], k - 1):
+            raise ValueError(f"start_actions must be ({frames.shape[0]}, {k - 1}), got {tuple(actions.shape)}.")
+        self.start_frames = frames.cpu()
+        self.start_actions = actions.long().cpu()
+
+    # ------------------------------------------------------------------------------------------- properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.world_model.parameters()).device
+
+    @property
+    def num_actions(self) -> int:
+        return self.config.num_actions
+
+    @property
+    def context_frames(self) -> int:
+        return self.config.context_frames
+
+    def to(self, device: str | torch.device) -> Simulator:
+        """Move the world model and reward head to ``device`` (start clips stay on the CPU until used)."""
+        self.world_model.to(device)
+        self.reward_head.to(device)
+        return self
+
+    # ------------------------------------------------------------------------------------------- validation
+    def _frames(self, frames: Any, name: str = "frames") -> torch.Tensor:
+        f = torch.as_tensor(frames) if not torch.is_tensor(frames) else frames
+        k, shape = self.context_frames, tuple(self.config.obs_shape)
+        if f.dtype != torch.uint8 or f.ndim != 5 or tuple(f.shape[1:]) != (k, *shape):
+            raise ValueError(
+                f"{name} must be uint8 (N, {k}, {', '.join(map(str, shape))}) — N envs, the last {k} frames each — "
+                f"got {f.dtype} {tuple(f.shape)}."
+            )
+        return f.to(self.device)
+
+    def check_actions(self, action: Any, shape: tuple[int, ...], name: str = "action") -> torch.Tensor:
+        """Validate discrete actions (integers in ``[0, num_actions)``, given shape); return int64 on the device."""
+        a = torch.as_tensor(np.asarray(action)) if not torch.is_tensor(action) else action
+        if tuple(a.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(a.shape)}.")
+        if a.dtype.is_floating_point:
+            if not bool(torch.isfinite(a).all()):
+                raise ValueError(f"{name} contains NaN or inf: {a.tolist()}.")
+            if not bool((a == a.round()).all()):
+                raise ValueError(f"{name} must hold integer action indices, got float values {a.tolist()}.")
+        elif a.dtype == torch.bool or a.is_complex():
+            raise ValueError(f"{name} must be integer action indices, got dtype {a.dtype}.")
+        a = a.long()
+        if a.numel() and (int(a.min()) < 0 or int(a.max()) >= self.num_actions):
+            raise ValueError(
+                f"{name} must lie in [0, {self.num_actions}) ({', '.join(self.config.action_meanings)}), "
+                f"got {a.tolist()}."
+            )
+        return a.to(self.device)
+
+    # ------------------------------------------------------------------------------------------- D2 protocol
+    def init_state(self, frames: Any, actions: Any) -> SimState:
+        """Start ``N`` simulations from real context clips: frames uint8 (N, K, H, W, 3), actions (N, K-1)."""
+        f = self._frames(frames)
+        a = self.check_actions(actions, (f.shape[0], self.context_frames - 1), "actions")
+        return SimState(f.clone(), a.clone())
+
+    @torch.no_grad()
+    def step(
+        self,
+        state: SimState,
+        action: Any,
+        generator: torch.Generator | None = None,
+        *,
+        steps: int | None = None,
+        sample_reward: bool = False,
+        sample_termination: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, SimState]:
+        """Advance every simulation by one action.
+
+        Args:
+            state: From :meth:`init_state` / a previous step.
+            action: ``(N,)`` integer actions.
+            generator: The only source of randomness (sampling noise, and reward / termination if sampled).
+            steps: Euler steps (``None``: ``config.sampling_steps``).
+            sample_reward: Sample the reward from the head's distribution instead of its predicted value.
+            sample_termination: Bernoulli termination instead of ``probability > 0.5``.
+
+        Returns:
+            ``(frame uint8 (N, H, W, 3), reward float32 (N,), terminated bool (N,), new state)``, all on the device.
+        """
+        n = state.num_envs
+        a = self.check_actions(action, (n,))
+        steps = self.config.sampling_steps if steps is None else steps
+        frame = self.world_model.sample_next(state.frames, state.actions, a, steps=steps, generator=generator)
+        reward, terminated = self.reward_head.predict(
+            state.frames,
+            a,
+            frame,
+            sample=sample_reward or sample_termination,
+            generator=generator,
+        )
+        if sample_reward != sample_termination:
+            # predict() samples both or neither: recompute the deterministic part that was not asked to be sampled.
+            det_reward, det_term = self.reward_head.predict(state.frames, a, frame, sample=False)
+            reward = reward if sample_reward else det_reward
+            terminated = terminated if sample_termination else det_term
+        frames = torch.cat([state.frames[:, 1:], frame[:, None]], dim=1)
+        actions = torch.cat([state.actions[:, 1:], a[:, None]], dim=1) if state.actions.shape[1] else state.actions
+        return frame, reward.to(self.device), terminated.to(self.device), SimState(frames, actions)
+
+    def reset_where(self, state: SimState, mask: Any, frames: Any, actions: Any) -> SimState:
+        """Re-seed the simulations where ``mask`` (bool (N,)) is True with new context clips.
+
+        ``frames`` / ``actions`` hold either one clip per env (N, ...) or one per True entry of ``mask``.
+        """
+        m = torch.as_tensor(np.asarray(mask) if not torch.is_tensor(mask) else mask).to(self.device)
+        if m.dtype != torch.bool or tuple(m.shape) != (state.num_envs,):
+            raise ValueError(f"mask must be bool ({state.num_envs},), got {m.dtype} {tuple(m.shape)}.")
+        f = self._frames(frames)
+        a = self.check_actions(actions, (f.shape[0], self.context_frames - 1), "actions")
+        count = int(m.sum())
+        if f.shape[0] == state.num_envs:
+            f, a = f[m], a[m]
+        elif f.shape[0] != count:
+            raise ValueError(
+                f"reset_where got {f.shape[0]} clips for {count} masked envs of {state.num_envs}: pass one clip per "
+                "env or one per True mask entry."
+            )
+        new = state.clone()
+        new.frames[m] = f
+        new.actions[m] = a
+        return new
+
+    # ------------------------------------------------------------------------------------------- disk / hub
+    def save_pretrained(self, folder: str | os.PathLike, *, card: bool = True) -> Path:
+        """Write the simulator folder atomically (a complete folder replaces an older one only once written)."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        try:
+            from safetensors.torch import save_file
+
+            (tmp / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2))
+            self.world_model.save_pretrained(tmp / WORLD_MODEL_DIR)
+            save_reward_head(self.reward_head, tmp / REWARD_NAME)
+            save_file(
+                {"frames": self.start_frames.contiguous(), "actions": self.start_actions.contiguous()},
+                str(tmp / START_STATES_NAME),
+            )
+            if card:
+                (tmp / CARD_NAME).write_text(self.model_card())
+            old = None
+            if folder.exists():
+                if not (folder / CONFIG_NAME).is_file():
+                    raise FileExistsError(f"{folder} exists and is not a simulator folder; choose another path.")
+                old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+                os.replace(folder, old)
+            os.replace(tmp, folder)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return folder
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_repo_id: str | os.PathLike,
+        *,
+        device: str | torch.device = "cpu",
+        revision: str | None = None,
+        local_files_only: bool | None = None,
+    ) -> Simulator:
+        """Load a simulator folder, or download one from the Hugging Face Hub by repo id (``"user/name"``).
+
+        Raises:
+            FileNotFoundError: a required file is missing (the message names it), or the repo cannot be fetched
+                (offline, unknown id); the message says how to get the files.
+            ValueError: a config of an unknown format, or weights that do not match their config.
+        """
+        folder = resolve_simulator_path(path_or_repo_id, revision=revision, local_files_only=local_files_only)
+        for name in REQUIRED_FILES:
+            if not (folder / name).is_file():
+                raise FileNotFoundError(
+                    f"Simulator folder {folder} has no {name}; a simulator needs {', '.join(REQUIRED_FILES)} and "
+                    f"{WORLD_MODEL_DIR}/. Re-save it with Simulator.save_pretrained or re-download it."
+                )
+        try:
+            config = SimulatorConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()), str(folder / CONFIG_NAME))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{folder / CONFIG_NAME} is not valid JSON ({e}); re-download or re-save it.") from e
+        if not (folder / WORLD_MODEL_DIR).is_dir():
+            raise FileNotFoundError(f"Simulator folder {folder} has no {WORLD_MODEL_DIR}/ (the backbone's weights).")
+        world_model = _load_world_model(folder / WORLD_MODEL_DIR, config.backbone, device)
+        reward_head = load_reward_head(folder / REWARD_NAME, device=device)
+        from safetensors.torch import load_file
+
+        starts = load_file(str(folder / START_STATES_NAME))
+        if set(starts) != {"frames", "actions"}:
+            raise ValueError(f"{folder / START_STATES_NAME} must hold 'frames' and 'actions', has {sorted(starts)}.")
+        return cls(config, world_model, reward_head, starts["frames"], starts["actions"])
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool = False,
+        token: str | None = None,
+        commit_message: str = "Upload dws-gym simulator",
+    ) -> str:
+        """Upload this simulator (the exact folder :meth:`save_pretrained` writes, model card included).
+
+        Returns the URL of the commit.
+        """
+        from huggingface_hub import HfApi
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.save_pretrained(Path(tmp) / "simulator")
+            api = HfApi(token=token)
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
+        return str(getattr(info, "commit_url", info))
+
+    # ------------------------------------------------------------------------------------------- model card
+    def model_card(self) -> str:
+        """The README.md model card: what it simulates, how it was made, how well, how fast, how to use it."""
+        c = self.config
+        wm = getattr(self.world_model, "config", None)
+        params = sum(p.numel() for p in self.world_model.parameters())
+        rparams = sum(p.numel() for p in self.reward_head.parameters())
+        if c.pretrained_backbone:
+            provenance = (
+                f"Fine-tuned with DWS from the pre-trained video model `{c.pretrained_backbone}`; the action module "
+                "and (depending on the training mode) the backbone were trained on the data below."
+            )
+        else:
+            provenance = (
+                "The backbone was **not pre-trained**: it is a small pixel-space Wan transformer trained from scratch on "
+                "the data below, with the DWS action module and motion-reinforced loss."
+            )
+        meanings = ", ".join(f"{i}: {m}" for i, m in enumerate(c.action_meanings))
+        training = "\n".join(f"- {k}: {v}" for k, v in c.training.items()) or "- (not recorded)"
+        metrics = c.metrics.get("table_markdown") if isinstance(c.metrics, dict) else None
+        if not metrics:
+            metrics = "\n".join(f"- {k}: {v}" for k, v in c.metrics.items()) or "(not measured)"
+        wm_desc = ""
+        if wm is not None and hasattr(wm, "to_dict"):
+            d = wm.to_dict()
+            keys = ["space", "patch_size", "num_layers", "num_heads", "head_dim", "parametrization", "action_mode"]
+            wm_desc = ", ".join(f"{k}={d[k]}" for k in keys if k in d)
+        return f"""---
+library_name: dws-gym
+tags:
+- world-model
+- reinforcement-learning
+- dws
+- gymnasium
+---
+
+# DWS world simulator for `{c.env_id}`
+
+A video world simulator made with Dynamic World Simulation (DWS): given the last {c.context_frames} frames and an
+action it generates the next frame, and a reward / termination head scores the transition. Served as a gymnasium
+vector env by [dws-gym](https://pypi.org/project/dws-gym/).
+
+## Backbone
+
+{provenance}
+
+- backbone: `{c.backbone}` ({wm_desc}), {params / 1e6:.2f}M parameters; reward head {rparams / 1e6:.2f}M parameters
+- observation: uint8 RGB {tuple(c.obs_shape)}; context: {c.context_frames} frames; sampling: {c.sampling_steps} Euler steps
+- actions (Discrete({c.num_actions})): {meanings}
+- bundled start clips: {self.start_frames.shape[0]} real clips of {c.context_frames} frames
+
+## Training
+
+{training}
+
+## Fidelity (held-out open-loop rollouts, next to copying the last frame)
+
+{metrics}
+
+## Use
+
+```python
+import gymnasium as gym
+import dws_gym
+
+envs = gym.make_vec("dws/Dream-v0", num_envs=64, simulator="<this folder or repo id>")
+obs, info = envs.reset(seed=0)
+obs, reward, terminated, truncated, info = envs.step(envs.action_space.sample())
+```
+
+or the step protocol directly:
+
+```python
+from dws_gym.simulator import Simulator
+
+sim = Simulator.from_pretrained("<this folder or repo id>")
+state = sim.init_state(sim.start_frames[:8], sim.start_actions[:8])
+frame, reward, terminated, state = sim.step(state, [0] * 8)
+```
+
+## Limitations
+
+- Open-loop errors compound: long dreams drift away from the real game; compare against the real env.
+- Rewards and terminations are predicted by a separate head and inherit its errors on rare events.
+- Generated at {c.obs_shape[0]}×{c.obs_shape[1]}; only what the training data covered is simulated faithfully.
+"""
+
+
+def resolve_simulator_path(
+    path_or_repo_id: str | os.PathLike, *, revision: str | None = None, local_files_only: bool | None = None
+) -> Path:
+    """A local folder as is; otherwise a Hub repo id downloaded (or found in the cache) with huggingface_hub."""
+    path = Path(path_or_repo_id).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path} is a file; a simulator is a folder (see Simulator.save_pretrained).")
+        return path
+    repo_id = str(path_or_repo_id)
+    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
+        raise FileNotFoundError(
+            f"No simulator folder at {repo_id!r}, and it is not a Hub repo id of the form 'user/name'."
+        )
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HfHubHTTPError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        return Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                local_files_only=bool(local_files_only) or offline,
+            )
+        )
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        how = (
+            f"On a machine with access run `huggingface-cli download {repo_id} --local-dir <folder>` (or "
+            f"`hf download`), copy the folder here and pass its path instead of the repo id."
+        )
+        reason = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else f"{type(e).__name__}: {e}"
+        raise FileNotFoundError(f"Could not get simulator {repo_id!r} from the Hugging Face Hub ({reason}). {how}") from e

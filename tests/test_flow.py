@@ -1,0 +1,478 @@
+"""Tests of the rectified-flow world model (dws_gym.models.flow): parametrisation, causality, KV cache, sampling,
+training, checkpointing, save / load, and the pre-trained Wan path on a tiny locally built Wan folder."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from dws_gym.models.flow import (
+    FLOW_CONFIG_NAME,
+    FLOW_WEIGHTS_NAME,
+    FlowConfig,
+    FlowWorldModel,
+    block_causal_mask,
+)
+
+SIZE = 16  # tiny frames keep every test well under a second or two
+
+
+def tiny_config(**overrides) -> FlowConfig:
+    kwargs = dict(
+        frame_size=SIZE,
+        patch_size=2,
+        num_heads=2,
+        head_dim=16,
+        num_layers=2,
+        ffn_dim=64,
+        freq_dim=16,
+        text_dim=16,
+        num_prompt_tokens=2,
+        num_actions=4,
+        cond_dim=16,
+        context_frames=2,
+        sampling_steps=3,
+    )
+    kwargs.update(overrides)
+    return FlowConfig(**kwargs)
+
+
+def tiny_model(seed: int = 0, **overrides) -> FlowWorldModel:
+    torch.manual_seed(seed)
+    return FlowWorldModel(tiny_config(**overrides)).eval()
+
+
+@torch.no_grad()
+def perturb(model: torch.nn.Module, scale: float = 0.2, seed: int = 1) -> None:
+    """Move every weight (incl. the zero-initialised output head and DWS layers) off its initial value."""
+    gen = torch.Generator().manual_seed(seed)
+    for param in model.parameters():
+        param.add_(torch.randn(param.shape, generator=gen) * scale)
+
+
+def random_frames(batch: int, frames: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, frames, SIZE, SIZE, 3), generator=gen, dtype=torch.uint8)
+
+
+def moving_square_clips(batch: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A white square on black moving right (action 1) or left (action 2) by 2 px per step."""
+    clips = torch.zeros(batch, frames, SIZE, SIZE, 3, dtype=torch.uint8)
+    actions = torch.zeros(batch, frames - 1, dtype=torch.long)
+    for b in range(batch):
+        direction = 1 if b % 2 == 0 else -1
+        x = 6
+        for f in range(frames):
+            clips[b, f, 6:10, x : x + 4] = 255
+            if f < frames - 1:
+                actions[b, f] = 1 if direction > 0 else 2
+                x += 2 * direction
+    return clips, actions
+
+
+# ------------------------------------------------------------------------------------------------------ config
+def test_config_json_round_trip(tmp_path):
+    cfg = tiny_config(context_noise=0.1, t_sampling="logit_normal")
+    path = tmp_path / "cfg.json"
+    cfg.to_json(path)
+    assert FlowConfig.from_json(path) == cfg
+    assert json.loads(path.read_text())["patch_size"] == 2
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(patch_size=4, num_heads=2, head_dim=16), "must fit through the width"),
+        (dict(patch_size=3), "must divide frame_size"),
+        (dict(parametrization="eps"), "parametrization"),
+        (dict(num_actions=None), "num_actions"),
+        (dict(context_noise=1.5), "context_noise"),
+    ],
+)
+def test_config_rejects_bad_values(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)
+
+
+def test_default_config_is_small_and_fits_the_patch():
+    model = FlowWorldModel(FlowConfig())
+    cfg = model.config
+    assert cfg.patch_size**2 * 2 * cfg.channels <= cfg.width
+    assert model.num_parameters() * 4 < 8e6  # < 8 MB of fp32 weights leaves room for the rest of a simulator
+
+
+# ------------------------------------------------------------------------------------------------------ masks
+def test_block_causal_mask():
+    mask = block_causal_mask(3, 3, 2)
+    frame = torch.arange(6) // 2
+    assert torch.equal(mask, frame[:, None] >= frame[None, :])
+    # Queries are the last frame(s) of the keys (KV cache): one query frame sees everything.
+    assert block_causal_mask(1, 4, 5) is None
+    tail = block_causal_mask(2, 4, 1)
+    assert torch.equal(tail, torch.tensor([[True, True, True, False], [True, True, True, True]]))
+
+
+# ------------------------------------------------------------------------------------------------------ copy
+def test_fresh_model_copies_the_last_frame_exactly():
+    model = tiny_model()
+    frames = random_frames(3, 2)
+    actions = torch.tensor([[0], [1], [3]])
+    for use_cache in (True, False):
+        gen = torch.Generator().manual_seed(0)
+        out = model.sample_next(frames, actions, torch.tensor([2, 0, 1]), steps=3, generator=gen, use_cache=use_cache)
+        assert out.dtype == torch.uint8 and out.shape == (3, SIZE, SIZE, 3)
+        assert torch.equal(out, frames[:, -1])
+    # Float frames in [0, 1] are accepted too.
+    out = model.sample_next(frames.float() / 255.0, actions, torch.tensor([2, 0, 1]), steps=2)
+    assert torch.equal(out, frames[:, -1])
+    # The whole-clip prediction is the previous frame, exactly.
+    x0 = model.encode_frames(frames)
+    x_hat = model(torch.randn_like(x0), torch.rand(3, 2), actions, x0)
+    assert torch.equal(x_hat[:, :, 1], x0[:, :, 0]) and torch.equal(x_hat[:, :, 0], x0[:, :, 0])
+
+
+# ------------------------------------------------------------------------------------------------------ causality
+@torch.no_grad()
+def test_changing_frame_j_changes_frames_from_j_on_only():
+    model = tiny_model()
+    perturb(model)
+    frames, j = 4, 2
+    gen = torch.Generator().manual_seed(3)
+    x_t = torch.randn(2, 3, frames, SIZE, SIZE, generator=gen)
+    source = torch.randn(2, 3, frames, SIZE, SIZE, generator=gen)
+    t = torch.rand(2, frames, generator=gen)
+    actions = torch.randint(0, 4, (2, frames - 1), generator=gen)
+    base = model(x_t, t, actions, source)
+    x_t2, source2 = x_t.clone(), source.clone()
+    x_t2[:, :, j] += 0.5
+    source2[:, :, j] -= 0.5
+    changed = model(x_t2, t, actions, source2)
+    assert torch.equal(changed[:, :, :j], base[:, :, :j])
+    for f in range(j, frames):
+        assert (changed[:, :, f] - base[:, :, f]).abs().max() > 1e-4, f
+    # The noise level of frame j is an input of frame j too.
+    t2 = t.clone()
+    t2[:, j] = 1.0 - t2[:, j]
+    assert torch.equal(model(x_t, t2, actions, source)[:, :, :j], base[:, :, :j])
+
+
+@torch.no_grad()
+def test_action_i_changes_frames_after_i_only():
+    model = tiny_model()
+    perturb(model)
+    frames, i = 4, 1
+    gen = torch.Generator().manual_seed(4)
+    x_t = torch.randn(2, 3, frames, SIZE, SIZE, generator=gen)
+    t = torch.rand(2, frames, generator=gen)
+    actions = torch.zeros(2, frames - 1, dtype=torch.long)
+    base = model(x_t, t, actions, x_t)
+    actions2 = actions.clone()
+    actions2[:, i] = 3
+    changed = model(x_t, t, actions2, x_t)
+    assert torch.equal(changed[:, :, : i + 1], base[:, :, : i + 1])
+    for f in range(i + 1, frames):
+        assert (changed[:, :, f] - base[:, :, f]).abs().max() > 1e-4, f
+
+
+@torch.no_grad()
+def test_fresh_dws_module_makes_actions_irrelevant():
+    """With the DWS module still zero-initialised, actions change nothing (D4's exact-base invariant)."""
+    model = tiny_model()
+    perturb(model)
+    for mod in model.conditioner.modulations:
+        mod.linear2.weight.zero_()
+        mod.linear2.bias.zero_()
+    x_t = torch.randn(1, 3, 3, SIZE, SIZE)
+    t = torch.rand(1, 3)
+    a = model(x_t, t, torch.tensor([[0, 1]]), x_t)
+    b = model(x_t, t, torch.tensor([[3, 2]]), x_t)
+    assert torch.equal(a, b)
+
+
+@torch.no_grad()
+def test_causal_processor_matches_upstream_attention():
+    """Frame 0 of a causal clip equals diffusers' own processor (full attention) run on frame 0 alone."""
+    from diffusers import WanTransformer3DModel
+
+    from dws_gym.models.flow import _make_frame_causal
+
+    torch.manual_seed(0)
+    upstream = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=3, out_channels=3,
+        text_dim=8, freq_dim=16, ffn_dim=32, num_layers=2,
+    ).eval()  # fmt: skip
+    causal = copy.deepcopy(upstream)
+    state = _make_frame_causal(causal)
+    state.tokens_per_frame = (8 // 2) * (8 // 2)
+    x = torch.randn(2, 3, 3, 8, 8)
+    text = torch.randn(2, 5, 8)
+    t = torch.tensor([300.0, 800.0])
+    ours = causal(x, t, text, return_dict=False)[0]
+    reference = upstream(x[:, :, :1], t, text, return_dict=False)[0]
+    torch.testing.assert_close(ours[:, :, :1], reference, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------ sampling
+def test_kv_cache_equals_uncached_sampling():
+    model = tiny_model()
+    perturb(model)
+    frames = random_frames(2, 3, seed=5)
+    ctx_actions = torch.tensor([[1, 2], [3, 0]])
+    action = torch.tensor([2, 1])
+    results = {}
+    for use_cache in (True, False):
+        gen = torch.Generator().manual_seed(7)
+        results[use_cache] = model.sample_next_state(
+            frames, ctx_actions, action, steps=3, generator=gen, use_cache=use_cache
+        )
+    torch.testing.assert_close(results[True], results[False], rtol=1e-4, atol=1e-4)
+    assert results[True].abs().max() > 0.1  # a perturbed model generates something non-trivial
+    # The caches are released after sampling.
+    assert all(block.attn1.processor.cache is None for block in model.transformer.blocks)
+
+
+def test_sampling_is_reproducible_and_seed_dependent():
+    model = tiny_model()
+    perturb(model)
+    frames = random_frames(2, 2, seed=6)
+    args = (frames, torch.tensor([[0], [1]]), torch.tensor([3, 2]))
+    a = model.sample_next(*args, steps=2, generator=torch.Generator().manual_seed(11))
+    b = model.sample_next(*args, steps=2, generator=torch.Generator().manual_seed(11))
+    c = model.sample_next(*args, steps=2, generator=torch.Generator().manual_seed(12))
+    assert a.dtype == torch.uint8 and a.shape == (2, SIZE, SIZE, 3)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+@torch.no_grad()
+def test_continuous_actions_condition_the_next_frame():
+    model = tiny_model(action_space="continuous", action_dim=2, num_actions=None)
+    perturb(model)
+    frames = random_frames(1, 2, seed=3)
+    ctx = torch.zeros(1, 1, 2)
+    a, b = (
+        model.sample_next_state(frames, ctx, torch.tensor([act]), steps=2, generator=torch.Generator().manual_seed(0))
+        for act in ([1.0, 0.0], [0.0, 1.0])
+    )
+    assert a.shape == (1, 3, SIZE, SIZE) and (a - b).abs().max() > 1e-4
+
+
+def test_sampling_rejects_bad_inputs():
+    model = tiny_model()
+    frames = random_frames(2, 2)
+    with pytest.raises(ValueError, match="actions must have shape"):
+        model.sample_next(frames, torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\(B, F, 16, 16, 3\)"):
+        model.sample_next(frames[:, :, :8], torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="steps"):
+        model.sample_next(frames, torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, dtype=torch.long), steps=0)
+
+
+def test_sampling_schedule_runs_from_one_to_zero():
+    model = tiny_model(sample_shift=3.0)
+    schedule = model.sampling_schedule(4)
+    assert schedule[0] == 1.0 and schedule[-1] == 0.0
+    assert all(a > b for a, b in zip(schedule, schedule[1:]))
+
+
+# ------------------------------------------------------------------------------------------------------ training
+def test_loss_decreases_on_a_tiny_batch():
+    torch.manual_seed(0)
+    model = FlowWorldModel(tiny_config()).train()
+    clips, actions = moving_square_clips(2, 3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        # The same noise every step: a pure overfitting check.
+        loss, logs = model.training_loss(clips, actions, generator=torch.Generator().manual_seed(0))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(logs["loss"])
+    assert losses[0] > 0 and all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.3 * losses[0], losses
+
+
+def test_training_loss_logs_and_motion_weighting():
+    model = tiny_model()
+    clips, actions = moving_square_clips(2, 4)
+    plain, logs = model.training_loss(clips, actions, motion_c=1.0, generator=torch.Generator().manual_seed(0))
+    # A fresh residual model predicts the previous frame: its error is the copy baseline, and c = 1 is plain MSE.
+    assert logs["mse"] == pytest.approx(logs["copy_mse"]) and plain.item() == pytest.approx(logs["mse"], rel=1e-6)
+    weighted, _ = model.training_loss(clips, actions, motion_c=4.0, generator=torch.Generator().manual_seed(0))
+    assert weighted.item() > plain.item()  # the square's pixels are the ones that change, and they carry the error
+    assert 0.0 < logs["t_mean"] < 1.0
+
+
+def test_masked_frames_do_not_reach_the_loss():
+    model = tiny_model()
+    perturb(model, 0.05)
+    clips, actions = moving_square_clips(2, 4)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    mask[0, 3] = False  # past the end of episode 0
+    a, _ = model.training_loss(clips, actions, mask, generator=torch.Generator().manual_seed(2))
+    clips2 = clips.clone()
+    clips2[0, 3] = 128
+    b, _ = model.training_loss(clips2, actions, mask, generator=torch.Generator().manual_seed(2))
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="context frame must be real"):
+        model.training_loss(clips, actions, torch.zeros(2, 4, dtype=torch.bool))
+
+
+def test_context_noise_and_v_parametrisation_train():
+    model = tiny_model(context_noise=0.1, parametrization="v", t_sampling="logit_normal")
+    clips, actions = moving_square_clips(2, 3)
+    loss, logs = model.training_loss(clips, actions, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and model.transformer.proj_out.weight.grad.abs().sum() > 0
+
+
+def test_gradient_checkpointing_gives_equal_gradients():
+    model = tiny_model()
+    perturb(model, 0.05)
+    checkpointed = copy.deepcopy(model)
+    checkpointed.enable_gradient_checkpointing()
+    clips, actions = moving_square_clips(2, 4)
+    grads = []
+    for m in (model, checkpointed):
+        m.train()
+        loss, _ = m.training_loss(clips, actions, generator=torch.Generator().manual_seed(9))
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert any(n.startswith("transformer.dws_action") for n in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+# ------------------------------------------------------------------------------------------------------ disk
+def test_save_load_gives_identical_samples(tmp_path):
+    torch.manual_seed(0)
+    model = FlowWorldModel(tiny_config(action_text_dim=6, num_actions=3), action_text_embeddings=torch.randn(3, 6))
+    perturb(model)
+    folder = model.save_pretrained(tmp_path / "flow")
+    assert (folder / FLOW_CONFIG_NAME).is_file() and (folder / FLOW_WEIGHTS_NAME).is_file()
+    loaded = FlowWorldModel.from_pretrained(folder)
+    assert loaded.config == model.config
+    frames = random_frames(2, 2, seed=8)
+    args = (frames, torch.tensor([[0], [2]]), torch.tensor([1, 2]))
+    a = model.sample_next(*args, steps=2, generator=torch.Generator().manual_seed(1))
+    b = loaded.sample_next(*args, steps=2, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+
+
+def test_load_errors_name_the_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=FLOW_CONFIG_NAME):
+        FlowWorldModel.from_pretrained(tmp_path)
+
+
+def test_text_action_embeddings_are_required_when_configured():
+    with pytest.raises(ValueError, match="action_text_embeddings"):
+        FlowWorldModel(tiny_config(action_text_dim=6))
+    model = FlowWorldModel(tiny_config(action_text_dim=6), action_text_embeddings=torch.randn(4, 6))
+    assert model.action_embedder.mode == "text"
+
+
+# ------------------------------------------------------------------------------------------------------ pre-trained
+@pytest.fixture(scope="module")
+def tiny_wan_folder(tmp_path_factory):
+    """A Wan2.1-layout folder with a tiny transformer, VAE, UMT5 text encoder and a word-level tokenizer."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    root = tmp_path_factory.mktemp("tiny_wan")
+    torch.manual_seed(0)
+    WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+        text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2,
+    ).save_pretrained(root / "transformer")  # fmt: skip
+    AutoencoderKLWan(
+        base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+        latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 2.0, 0.5, 1.0],
+    ).save_pretrained(root / "vae")  # fmt: skip
+    UMT5EncoderModel(UMT5Config(vocab_size=32, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).save_pretrained(
+        root / "text_encoder"
+    )
+    words = "the a game of breakout agent moves paddle left right does nothing".split()
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>", eos_token="</s>"
+    ).save_pretrained(root / "tokenizer")
+    return root
+
+
+def _load_tiny_wan(folder, **kwargs) -> FlowWorldModel:
+    defaults = dict(
+        working_resolution=32,
+        prompt="a game of breakout",
+        action_texts=["the agent does nothing", "the agent moves the paddle left", "the agent moves right"],
+        prompt_max_length=8,
+        context_frames=2,
+    )
+    defaults.update(kwargs)
+    return FlowWorldModel.from_pretrained_wan(folder, **defaults).eval()
+
+
+@torch.no_grad()
+def test_pretrained_wan_path_starts_as_the_base_model(tiny_wan_folder):
+    from diffusers import WanTransformer3DModel
+
+    model = _load_tiny_wan(tiny_wan_folder)
+    cfg = model.config
+    assert cfg.space == "latent" and cfg.parametrization == "v" and cfg.base_model == str(tiny_wan_folder)
+    assert model.action_embedder.mode == "text" and model.action_embedder.num_actions == 3
+    assert model.prompt_embeds.shape == (1, 8, 16)
+    assert model.prompt_embeds[0, 4:].abs().sum() == 0  # zero-padded past the prompt's 4 real tokens, as Wan does
+    base = WanTransformer3DModel.from_pretrained(tiny_wan_folder, subfolder="transformer").eval()
+    x_t = torch.randn(2, 4, 1, 4, 4)
+    t = torch.tensor([[0.3], [0.9]])
+    x0_hat = model(x_t, t, torch.zeros(2, 0, dtype=torch.long), x_t)
+    v_base = base(x_t, t[:, 0] * 1000, model.prompt_embeds.expand(2, -1, -1), return_dict=False)[0]
+    torch.testing.assert_close(x0_hat, x_t - t[:, None, :, None, None] * v_base, rtol=1e-5, atol=1e-5)
+
+
+def test_pretrained_wan_path_samples_trains_and_round_trips(tiny_wan_folder, tmp_path):
+    model = _load_tiny_wan(tiny_wan_folder, prompt=None, prompt_embeds=torch.randn(1, 6, 16))
+    frames = torch.randint(0, 256, (2, 3, 64, 64, 3), dtype=torch.uint8)
+    actions = torch.tensor([[0, 1], [2, 2]])
+    latents = model.encode_frames(frames)
+    assert latents.shape == (2, 4, 3, 4, 4)
+    step_args = (frames[:, :2], actions[:, :1], actions[:, 1])
+    out = model.sample_next(*step_args, steps=2, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 64, 64, 3) and out.dtype == torch.uint8
+    loss, _ = model.training_loss(frames, actions, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert model.conditioner.modulations[0].linear2.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.vae.parameters())  # the VAE stays frozen
+
+    model.save_pretrained(tmp_path / "latent")
+    loaded = FlowWorldModel.from_pretrained(tmp_path / "latent")
+    again = loaded.sample_next(*step_args, steps=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+
+
+def test_pretrained_base_must_cover_everything_but_the_new_module(tiny_wan_folder):
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    model = _load_tiny_wan(
+        tiny_wan_folder, prompt=None, prompt_embeds=torch.zeros(1, 4, 16), action_texts=None, num_actions=3
+    )
+    base = WanTransformer3DModel.from_pretrained(tiny_wan_folder, subfolder="transformer").state_dict()
+    vae = AutoencoderKLWan.from_pretrained(tiny_wan_folder, subfolder="vae").state_dict()
+    model.load_base_weights(base, vae)  # the complete base loads
+    del base["blocks.0.ffn.net.2.weight"]
+    with pytest.raises(RuntimeError, match="blocks.0.ffn.net.2.weight"):
+        model.load_base_weights(base, vae)
+
+
+def test_missing_pretrained_folder_fails_fast(tmp_path):
+    with pytest.raises(OSError, match="could not load a diffusers Wan2.1 model"):
+        FlowWorldModel.from_pretrained_wan(tmp_path / "nope", prompt_embeds=torch.zeros(1, 4, 16), num_actions=3)

@@ -1,0 +1,417 @@
+"""Fine-tune a video generative model into an action-conditioned world simulator with DWS.
+
+Data comes from a trajectory store (collected with a random policy first if the folder is empty). The backbone is a
+rectified-flow Wan transformer: the small pixel-space default trained from scratch, or a pre-trained Wan2.1
+(`--pretrained Wan-AI/Wan2.1-T2V-1.3B-Diffusers` or a local folder in that layout) run in its VAE latent space. The
+DWS action module conditions every block per frame; the loss is motion-reinforced. A reward / termination head is
+trained on the real transitions, then the held-out table (open-loop rollouts next to copying the last frame) is
+printed, and the simulator folder is saved (and pushed to the Hub with --push-to-hub).
+
+    python train_world_model.py                                # ~20 min CPU demo of the whole pipeline
+    python train_world_model.py --env-id ALE/Breakout-v5 --total-steps 200000 --output-dir runs/breakout --resume
+    torchrun --nproc-per-node 2 train_world_model.py ...       # multi-GPU / multi-process (DDP)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import tyro
+
+
+@dataclass
+class Args:
+    exp_name: str = "train_world_model"
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "dws-gym"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = True
+    """log real-vs-predicted rollout videos to TensorBoard at evaluation (needs moviepy<2; skipped if missing)"""
+    save_model: bool = True
+    """save the simulator folder at the end"""
+    upload_model: bool = False
+    """alias of --push-to-hub with the repo `{hf_entity}/{env}-dws`"""
+    hf_entity: str = ""
+    """the user or org name of the model repository from the Hugging Face Hub"""
+    push_to_hub: str | None = None
+    """Hub repo id to upload the finished simulator to (e.g. `user/breakout-dws`)"""
+
+    # data
+    env_id: str = "ALE/Breakout-v5"
+    """real env the simulator imitates"""
+    data: str = "data/breakout"
+    """trajectory store folder; collected with a random policy if empty"""
+    collect_steps: int = 20_000
+    """agent steps to collect when the store is empty"""
+    held_out_fraction: float = 0.1
+    """fraction of episodes (the newest) held out for evaluation"""
+
+    # model
+    backbone: Literal["flow", "ar"] = "flow"
+    """model family: rectified-flow Wan transformer (`flow`) or autoregressive token transformer (`ar`)"""
+    pretrained: str | None = None
+    """a diffusers Wan2.1 repo id or local folder; None trains the small pixel-space backbone from scratch"""
+    working_resolution: int = 256
+    """pre-trained path: frames are resized to this size before the VAE"""
+    prompt: str | None = None
+    """pre-trained path: static prompt for the cross-attention (default: describes the game)"""
+    train_mode: Literal["full", "module"] = "full"
+    """`full` fine-tunes everything; `module` freezes the backbone and trains only the DWS module and action embedder"""
+    context_frames: int = 4
+    """K: context frames each step conditions on"""
+    horizon: int = 1
+    """H: target frames per training clip (each with its own noise level)"""
+    patch_size: int = 4
+    """pixel backbone: spatial patch size"""
+    num_heads: int = 4
+    """pixel backbone: attention heads"""
+    head_dim: int = 32
+    """pixel backbone: width of each head (width = num_heads * head_dim)"""
+    num_layers: int = 3
+    """pixel backbone: transformer blocks"""
+    ffn_dim: int = 512
+    """pixel backbone: feed-forward width"""
+    action_conditioning: Literal["frame", "global", "none"] = "frame"
+    """frame = DWS per-frame module; global = the action trajectory pooled into one embedding; none = action-free"""
+    action_text: bool = False
+    """embed actions from language templates with a pre-trained text encoder (needs the `text` extra)"""
+    motion_c: float = 4.0
+    """motion-reinforced loss strength c (1 = the plain loss)"""
+    motion_tau: float = 0.2
+    """motion-reinforced loss temperature tau"""
+    motion_delta: float = 0.05
+    """motion-reinforced loss: frames whose largest change is below delta get small weights"""
+    context_noise: float = 0.1
+    """largest noise level of context-frame augmentation (fights drift in long rollouts)"""
+    sampling_steps: int = 4
+    """Euler steps per generated frame"""
+
+    # optimisation
+    total_steps: int = 150
+    """world-model optimiser steps"""
+    batch_size: int = 8
+    """clips per step (per process)"""
+    learning_rate: float = 3e-4
+    """peak learning rate (AdamW)"""
+    warmup_steps: int = 20
+    """linear warm-up steps"""
+    weight_decay: float = 0.01
+    """AdamW weight decay"""
+    max_grad_norm: float = 1.0
+    """gradient clipping"""
+    gradient_checkpointing: bool = False
+    """recompute blocks in backward to save memory"""
+    bf16: bool = False
+    """bf16 autocast on CUDA"""
+    reward_steps: int = 300
+    """reward / termination head optimiser steps"""
+    reward_batch_size: int = 64
+    """transitions per reward-head step"""
+
+    # evaluation, checkpoints
+    eval_clips: int = 32
+    """held-out clips for the table"""
+    eval_horizon: int = 15
+    """open-loop rollout length of the table"""
+    eval_every: int = 0
+    """evaluate every N steps during training (0 = only at the end)"""
+    log_every: int = 10
+    """log losses every N steps"""
+    checkpoint_every: int = 50
+    """write an atomic training checkpoint every N steps"""
+    num_start_states: int = 64
+    """real start clips bundled with the simulator"""
+    output_dir: str | None = None
+    """run folder (checkpoint + simulator); default runs/{run_name}"""
+    resume: bool = False
+    """continue the run in --output-dir from its last checkpoint"""
+    progress: bool = True
+    """show progress bars"""
+
+
+def game_prompt(env_id: str) -> str:
+    game = env_id.split("/")[-1].split("-")[0]
+    return f"A video of the game {game}, played by an agent, seen from a fixed camera, pixel-art graphics."
+
+
+def build_model(args: Args, meanings: list[str], device: torch.device):
+    """The world model for these args: pixel-space from scratch, or a pre-trained Wan with the DWS module."""
+    from dws_gym.models.actions import TextActionEncoder, action_texts
+    from dws_gym.models.flow import FlowConfig, FlowWorldModel
+
+    game = args.env_id.split("/")[-1].split("-")[0].lower()
+    if args.pretrained is not None:
+        return FlowWorldModel.from_pretrained_wan(
+            args.pretrained,
+            working_resolution=args.working_resolution,
+            prompt=args.prompt or game_prompt(args.env_id),
+            action_texts=action_texts(meanings, game=game),
+            context_frames=args.context_frames,
+            device=device,
+            action_mode=args.action_conditioning,
+            motion_c=args.motion_c,
+            motion_tau=args.motion_tau,
+            motion_delta=args.motion_delta,
+            sampling_steps=args.sampling_steps,
+            context_noise=args.context_noise,
+            gradient_checkpointing=args.gradient_checkpointing,
+        )
+    text = None
+    if args.action_text:
+        text = TextActionEncoder().encode(action_texts(meanings, game=game))
+    config = FlowConfig(
+        context_frames=args.context_frames,
+        patch_size=args.patch_size,
+        num_heads=args.num_heads,
+        head_dim=args.head_dim,
+        num_layers=args.num_layers,
+        ffn_dim=args.ffn_dim,
+        num_actions=len(meanings),
+        action_text_dim=None if text is None else int(text.shape[1]),
+        action_mode=args.action_conditioning,
+        motion_c=args.motion_c,
+        motion_tau=args.motion_tau,
+        motion_delta=args.motion_delta,
+        context_noise=args.context_noise,
+        sampling_steps=args.sampling_steps,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
+    return FlowWorldModel(config, action_text_embeddings=text).to(device)
+
+
+class _LossModule(torch.nn.Module):
+    """DDP wraps ``forward`` only: route the world model's training loss through it."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames, actions, mask, generator):  # noqa: D102
+        return self.model.training_loss(frames, actions, mask, generator=generator)
+
+
+if __name__ == "__main__":
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm.auto import tqdm
+
+    from dws_gym.collect import CollectArgs, collect
+    from dws_gym.data import TrajectoryStore
+    from dws_gym.evaluation import evaluate_held_out, sample_eval_clips, split_episodes
+    from dws_gym.models.conditioning import freeze_base
+    from dws_gym.models.reward import RewardConfig, RewardHead, balance_weights_from_data, fit_reward_head
+    from dws_gym.simulator import Simulator, SimulatorConfig
+    from dws_gym.training import (
+        cleanup_distributed,
+        load_checkpoint,
+        lr_at,
+        pick_device,
+        restore_rng,
+        rng_state,
+        save_checkpoint,
+        seed_everything,
+        setup_distributed,
+    )
+
+    args = tyro.cli(Args)
+    if args.backbone == "ar":
+        raise SystemExit("--backbone ar is not available in this version of dws-gym; use --backbone flow.")
+    device = pick_device(args.cuda)
+    dist = setup_distributed(device)
+    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    out_dir = Path(args.output_dir or f"runs/{run_name}")
+    if args.resume and not (out_dir / "checkpoint").exists():
+        raise SystemExit(f"--resume: no checkpoint in {out_dir / 'checkpoint'}; pass the --output-dir of the run.")
+    seed_everything(args.seed + dist.rank, args.torch_deterministic)
+
+    writer = None
+    if dist.is_main:
+        if args.track:
+            import wandb
+
+            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                       config=vars(args), name=run_name, save_code=True)
+        writer = SummaryWriter(f"runs/{run_name}")
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    # ---------------------------------------------------------------- data
+    store = TrajectoryStore(args.data, create=True)
+    if len(store) == 0:
+        if dist.is_main:
+            print(f"{args.data} is empty: collecting {args.collect_steps} random-policy steps of {args.env_id}")
+            collect(CollectArgs(env_id=args.env_id, steps=args.collect_steps, out=args.data, seed=args.seed,
+                                progress=args.progress))
+        if dist.enabled:
+            torch.distributed.barrier()
+        store.refresh()
+    train_ids, held_ids = split_episodes(store, args.held_out_fraction)
+    meta = store.meta(train_ids[0])
+    if meta.env_id != args.env_id:
+        raise SystemExit(f"{args.data} holds {meta.env_id} episodes, not {args.env_id}; pick another --data folder.")
+    meanings = list(meta.action_meanings or [str(i) for i in range(meta.action_space["n"])])
+    clips = store.clips(args.context_frames, args.horizon, episode_ids=train_ids)
+    transitions = store.transitions(episode_ids=train_ids, frame_stack=args.context_frames)
+    print(f"data: {len(train_ids)} train / {len(held_ids)} held-out episodes, {len(clips)} training windows")
+
+    # ---------------------------------------------------------------- model
+    model = build_model(args, meanings, device)
+    if args.train_mode == "module":
+        trainable = freeze_base(model.transformer, model.action_embedder)
+    else:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
+    loss_module = _LossModule(model)
+    if dist.enabled:
+        loss_module = torch.nn.parallel.DistributedDataParallel(
+            loss_module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+    generator = torch.Generator().manual_seed(args.seed * 1000 + dist.rank)
+    np_rng = np.random.default_rng(args.seed * 1000 + dist.rank)
+    reward_head = RewardHead(RewardConfig(context_frames=args.context_frames, num_actions=len(meanings))).to(device)
+    start_step = 0
+    if args.resume:
+        ckpt = load_checkpoint(out_dir / "checkpoint", map_location=device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        restore_rng(ckpt["rng"][min(dist.rank, len(ckpt["rng"]) - 1)], generator, np_rng)
+        start_step = int(ckpt["step"])
+        if "reward_head" in ckpt:
+            reward_head.load_state_dict(ckpt["reward_head"])
+        print(f"resumed {out_dir} at step {start_step}")
+
+    last_rngs: list = []
+
+    def checkpoint(step: int, reward_done: bool = False, collective: bool = True) -> None:
+        """Atomic checkpoint. Collective (every rank calls it) unless only rank 0 is still working."""
+        rngs = [rng_state(generator, np_rng)]
+        if dist.enabled and collective:
+            gathered: list = [None] * dist.world_size
+            torch.distributed.all_gather_object(gathered, rngs[0])
+            rngs = last_rngs[:] = gathered
+        elif dist.enabled and last_rngs:  # keep the other ranks' streams from the last collective checkpoint
+            rngs = [rngs[0]] + last_rngs[1:]
+        if dist.is_main:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rngs, "step": step,
+                     "args": asdict(args)}
+            if reward_done:
+                state["reward_head"] = reward_head.state_dict()
+            save_checkpoint(out_dir / "checkpoint", state)
+
+    # ---------------------------------------------------------------- train the world model
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if (args.bf16 and device.type == "cuda") else None
+    model.train()
+    bar = tqdm(range(start_step, args.total_steps), desc="world model", disable=not (args.progress and dist.is_main),
+               initial=start_step, total=args.total_steps)
+    t0, samples = time.perf_counter(), 0
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, base_lr=args.learning_rate, warmup=args.warmup_steps, total=args.total_steps)
+        batch = clips.sample(args.batch_size, np_rng)
+        frames = torch.from_numpy(batch["frames"]).to(device)
+        actions = torch.from_numpy(batch["actions"]).to(device)
+        mask = torch.from_numpy(batch["mask"]).to(device)
+        if amp is not None:
+            with amp:
+                loss, logs = loss_module(frames, actions, mask, generator)
+        else:
+            loss, logs = loss_module(frames, actions, mask, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm)
+        optimizer.step()
+        samples += args.batch_size * dist.world_size
+        if dist.is_main and (step % args.log_every == 0 or step == args.total_steps - 1):
+            sps = samples / (time.perf_counter() - t0)
+            for k, v in logs.items():
+                writer.add_scalar(f"losses/{k}", v, step)
+            writer.add_scalar("losses/grad_norm", float(grad_norm), step)
+            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], step)
+            writer.add_scalar("charts/samples_per_second", sps, step)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", mse=f"{logs['mse']:.4f}", copy=f"{logs['copy_mse']:.4f}",
+                            sps=f"{sps:.1f}")
+        if (step + 1) % args.checkpoint_every == 0:
+            checkpoint(step + 1)
+    train_seconds = time.perf_counter() - t0
+    train_sps = samples / max(train_seconds, 1e-9)
+    model.eval()
+    if args.total_steps > start_step:
+        checkpoint(args.total_steps)
+
+    # ---------------------------------------------------------------- reward / termination head
+    if dist.is_main:
+        stats = transitions.get_batch(np.arange(len(transitions)))
+        class_w, pos_w = balance_weights_from_data(stats["reward"], stats["terminated"])
+        del stats
+        fit_reward_head(reward_head, transitions.sample, steps=args.reward_steps, batch_size=args.reward_batch_size,
+                        generator=np_rng, progress=args.progress, class_weights=class_w, pos_weight=pos_w)
+        reward_head.eval()
+        checkpoint(args.total_steps, reward_done=True, collective=False)
+
+        # ------------------------------------------------------------ simulator + held-out table
+        start_batch = sample_eval_clips(store, train_ids, args.context_frames, 1, args.num_start_states, np_rng)
+        sim_config = SimulatorConfig(
+            env_id=args.env_id,
+            action_meanings=meanings,
+            obs_shape=tuple(meta.obs_shape),
+            context_frames=args.context_frames,
+            sampling_steps=args.sampling_steps,
+            backbone=args.backbone,
+            pretrained_backbone=args.pretrained,
+            training={
+                "data": f"{len(store)} episodes / {store.num_steps} steps of {args.env_id} (policy: {meta.policy})",
+                "steps": args.total_steps,
+                "batch_size": args.batch_size * dist.world_size,
+                "samples_per_second": round(train_sps, 2),
+                "device": str(device),
+                "command": "python train_world_model.py " + " ".join(os.sys.argv[1:]),
+            },
+        )
+        sim = Simulator(sim_config, model, reward_head, start_batch["frames"][:, : args.context_frames],
+                        start_batch["actions"][:, : args.context_frames - 1])
+        eval_batch = sample_eval_clips(store, held_ids, args.context_frames, args.eval_horizon, args.eval_clips, np_rng)
+        result = evaluate_held_out(sim, eval_batch, horizon=args.eval_horizon, generator=generator,
+                                   shuffle_rng=np_rng, keep_frames=args.capture_video)
+        table = result.to_markdown()
+        print(table)
+        sim.config.metrics = result.to_dict()
+        sim.config.metrics["table_markdown"] = table
+        for row in result.table.rows:
+            if isinstance(row.get("h"), int):  # per-horizon rows (the "mean" row is in the table text)
+                for k, v in row.items():
+                    if isinstance(v, (int, float)) and k != "h":
+                        writer.add_scalar(f"eval/{k.replace(' ', '_')}", v, row["h"])
+        if args.capture_video:
+            try:
+                real = eval_batch["frames"][:4, args.context_frames:]
+                pred = result.arrays["frames"][:4]
+                video = np.concatenate([real, pred], axis=3)  # side by side: real | predicted
+                writer.add_video("eval/real_vs_predicted", torch.from_numpy(video).permute(0, 1, 4, 2, 3), fps=8)
+            except Exception as e:  # moviepy<2 is optional
+                print(f"video logging skipped: {e}")
+        if args.save_model:
+            folder = sim.save_pretrained(out_dir / "simulator")
+            (out_dir / "held_out_table.md").write_text(table + "\n")
+            print(f"simulator saved to {folder}")
+        repo = args.push_to_hub or (f"{args.hf_entity}/{args.env_id.split('/')[-1].lower()}-dws"
+                                    if args.upload_model and args.hf_entity else None)
+        if repo:
+            print(f"pushed to {sim.push_to_hub(repo)}")
+        print(json.dumps({"train_samples_per_second": round(train_sps, 2), "train_seconds": round(train_seconds, 1)}))
+        writer.close()
+    cleanup_distributed(dist)
