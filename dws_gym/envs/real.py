@@ -113,7 +113,33 @@ def _own_metadata_atari_vector_env() -> type:
     return type("_AtariVectorEnv", (AtariVectorEnv,), {"metadata": {}})
 
 
-class AtariRealVectorEnv(VectorEnv):
+class _RealVectorEnv(VectorEnv):
+    """What both real families share: the dream-format spaces, action meanings, per-instance metadata, render."""
+
+    def _setup(self, game: str, num_envs: int, mode: AutoresetMode, action_meanings: list[str]) -> None:
+        self.game = game
+        self.num_envs = num_envs
+        self.autoreset_mode = mode
+        # Each instance keeps its own metadata dict (ale-py writes into the shared VectorEnv class dict).
+        self.metadata = {"autoreset_mode": mode, "render_modes": ["rgb_array"], "render_fps": 15}
+        self.render_mode = "rgb_array"
+        self.action_meanings = list(action_meanings)
+        self.single_observation_space = Box(0, 255, FRAME_SHAPE, np.uint8)
+        self.single_action_space = Discrete(len(self.action_meanings))
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
+        self._last_obs: np.ndarray | None = None
+
+    def get_action_meanings(self) -> list[str]:
+        """Names of the discrete actions in action-index order (e.g. ``['NOOP', 'FIRE', 'RIGHT', 'LEFT']``)."""
+        return list(self.action_meanings)
+
+    def render(self) -> np.ndarray | None:
+        """The current frame of every env, (N, 64, 64, 3) uint8."""
+        return None if self._last_obs is None else self._last_obs.copy()
+
+
+class AtariRealVectorEnv(_RealVectorEnv):
     """A batch of ALE games stepped by ale-py's threaded vector interface, emitting (N, 64, 64, 3) uint8 RGB.
 
     Args:
@@ -175,23 +201,8 @@ class AtariRealVectorEnv(VectorEnv):
             reward_clipping=False,
             use_fire_reset=use_fire_reset,
         )
-        self.game = game
-        self.num_envs = num_envs
-        self.autoreset_mode = mode
-        # ale-py writes into the VectorEnv base-class dict: every instance keeps its own copy.
-        self.metadata = {"autoreset_mode": mode, "render_modes": ["rgb_array"], "render_fps": 15}
-        self.render_mode = "rgb_array"
-        self.action_meanings: list[str] = [a.name for a in self._ale.ale.get_action_set()]
-        self.single_observation_space = Box(0, 255, FRAME_SHAPE, np.uint8)
-        self.single_action_space = Discrete(len(self.action_meanings))
-        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
-        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
+        self._setup(game, num_envs, mode, [a.name for a in self._ale.ale.get_action_set()])
         self._lives = np.zeros(num_envs, dtype=np.int64)
-        self._last_obs: np.ndarray | None = None
-
-    def get_action_meanings(self) -> list[str]:
-        """Names of the discrete actions, in action-index order (e.g. ``['NOOP', 'FIRE', 'RIGHT', 'LEFT']``)."""
-        return list(self.action_meanings)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Reset every env; ``seed`` seeds the whole batch reproducibly."""
@@ -221,15 +232,11 @@ class AtariRealVectorEnv(VectorEnv):
         self._last_obs = obs[:, 0]
         return self._last_obs, reward.astype(np.float32), terminated, truncated, info
 
-    def render(self) -> np.ndarray | None:
-        """The current frame of every env, (N, 64, 64, 3) uint8."""
-        return None if self._last_obs is None else self._last_obs.copy()
-
     def close_extras(self, **kwargs: Any) -> None:
         self._ale.close()
 
 
-class ProcgenRealVectorEnv(VectorEnv):
+class ProcgenRealVectorEnv(_RealVectorEnv):
     """A batch of Procgen games (``procgen.ProcgenGym3Env``) as a gymnasium VectorEnv emitting (N, 64, 64, 3) uint8.
 
     Args:
@@ -287,25 +294,9 @@ class ProcgenRealVectorEnv(VectorEnv):
             rand_seed=seed,
             **procgen_kwargs,
         )
-        self.game = game
-        self.num_envs = num_envs
-        self.autoreset_mode = mode
-        self.metadata = {"autoreset_mode": mode, "render_modes": ["rgb_array"], "render_fps": 15}
-        self.render_mode = "rgb_array"
         self._env = None
-        self.action_meanings: list[str] = [
-            "+".join(combo) if combo else "NOOP" for combo in _procgen_combos()
-        ]
-        self.single_observation_space = Box(0, 255, FRAME_SHAPE, np.uint8)
-        self.single_action_space = Discrete(len(self.action_meanings))
-        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
-        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
+        self._setup(game, num_envs, mode, ["+".join(combo) if combo else "NOOP" for combo in _procgen_combos()])
         self._steps = np.zeros(num_envs, dtype=np.int64)
-        self._last_obs: np.ndarray | None = None
-
-    def get_action_meanings(self) -> list[str]:
-        """Names of Procgen's 15 key combos in action-index order (e.g. ``'LEFT+DOWN'``, ``'NOOP'``, ``'D'``)."""
-        return list(self.action_meanings)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Start fresh episodes in every env. gym3 cannot reset, so the batch is rebuilt with a seed derived from
@@ -345,10 +336,6 @@ class ProcgenRealVectorEnv(VectorEnv):
         info["life_lost"] = terminated.copy()
         self._last_obs = obs["rgb"].copy()
         return self._last_obs, np.asarray(reward, dtype=np.float32), terminated, truncated, info
-
-    def render(self) -> np.ndarray | None:
-        """The current frame of every env, (N, 64, 64, 3) uint8."""
-        return None if self._last_obs is None else self._last_obs.copy()
 
     def close_extras(self, **kwargs: Any) -> None:
         self._env = None

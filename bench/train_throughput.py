@@ -1,0 +1,110 @@
+"""Training throughput of the default flow world model (samples/s), with and without the DWS action module.
+
+The baseline in the same run is the identical backbone with ``action_mode="none"`` (no action module), so the ratio
+is the module's training cost. Real Breakout clips are used when ``--data`` points at a trajectory store; otherwise
+random frames (throughput does not depend on pixel values).
+
+    python bench/train_throughput.py --batch-size 8 --steps 5 --write-results
+    python bench/train_throughput.py --device cuda --bf16 --batch-size 256 --write-results     # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dws_gym.models.flow import FlowConfig, FlowWorldModel
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {torch.get_num_threads()} torch threads{gpu}, torch {torch.__version__}"
+
+
+def measure(mode: str, args: argparse.Namespace, frames: torch.Tensor, actions: torch.Tensor) -> float:
+    torch.manual_seed(0)
+    cfg = FlowConfig(num_actions=4, action_mode=mode, context_frames=args.context)
+    model = FlowWorldModel(cfg).to(args.device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if args.bf16 else None
+
+    def step() -> None:
+        if amp is not None:
+            with amp:
+                loss, _ = model.training_loss(frames, actions, generator=g)
+        else:
+            loss, _ = model.training_loss(frames, actions, generator=g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return args.steps * args.batch_size / (time.perf_counter() - t)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--context", type=int, default=4)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--data", default=None, help="trajectory store of real clips (optional)")
+    p.add_argument("--write-results", action="store_true")
+    p.add_argument("--results-file", default=str(Path(__file__).with_name("RESULTS.md")))
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    k = args.context
+    if args.data:
+        from dws_gym.data import TrajectoryStore
+
+        batch = TrajectoryStore(args.data).clips(k, 1).sample(args.batch_size, np.random.default_rng(0))
+        frames, actions = torch.from_numpy(batch["frames"]), torch.from_numpy(batch["actions"])
+    else:
+        frames = torch.randint(0, 256, (args.batch_size, k + 1, 64, 64, 3), dtype=torch.uint8)
+        actions = torch.randint(0, 4, (args.batch_size, k))
+    frames, actions = frames.to(args.device), actions.to(args.device)
+    dws = measure("frame", args, frames, actions)
+    base = measure("none", args, frames, actions)
+    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    row = (f"| {date} | {args.device}{' bf16' if args.bf16 else ''} | {args.batch_size} | {k}+1 | {dws:.2f} | "
+           f"{base:.2f} | {dws / base:.3f} |")
+    header = ("| date | device | batch | clip (K+H) | samples/s with DWS module | samples/s without (baseline) | "
+              "ratio |\n|---|---|---|---|---|---|---|")
+    print(header)
+    print(row)
+    if args.write_results:
+        with open(args.results_file, "a") as f:
+            f.write(f"\n## Flow world model training throughput ({date})\n\nMachine: {machine()}  \n"
+                    f"Command: `python {' '.join(sys.argv)}`  \nDefault FlowConfig (pixel space, patch 4, width 128, "
+                    f"3 layers; 1.03M parameters); one AdamW step per batch, motion-reinforced loss.\n\n"
+                    f"{header}\n{row}\n")
+
+
+if __name__ == "__main__":
+    main()
