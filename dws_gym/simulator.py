@@ -199,7 +199,7 @@ class Simulator:
 
     def check_actions(self, action: Any, shape: tuple[int, ...], name: str = "action") -> torch.Tensor:
         """Validate discrete actions (integers in ``[0, num_actions)``, given shape); return int64 on the device."""
-        a = torch.as_tensor(np.asarray(action)) if not torch.is_tensor(action) else action
+        a = torch.as_tensor(np.array(action)) if not torch.is_tensor(action) else action  # copy: may be read-only
         if tuple(a.shape) != shape:
             raise ValueError(f"{name} must have shape {shape}, got {tuple(a.shape)}.")
         if a.dtype.is_floating_point:
