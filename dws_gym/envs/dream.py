@@ -256,10 +256,13 @@ class DreamVectorEnv(VectorEnv):
             ``(obs, info)`` with obs uint8 ``(N, H, W, 3)`` (``(N, k, H, W, 3)`` stacked) and ``info["start_id"]``.
         """
         super().reset(seed=seed)
+        # The generator lives on the simulator's device: sampling noise is drawn where it is used (a CPU generator
+        # would copy every Euler step's noise to the GPU). Seeded runs repeat exactly on the same device type.
         if seed is not None:
-            self._generator = torch.Generator().manual_seed(_derive_torch_seed(seed))
+            self._generator = torch.Generator(device=self.device).manual_seed(_derive_torch_seed(seed))
         elif self._generator is None:
-            self._generator = torch.Generator().manual_seed(int(self.np_random.integers(0, 2**62)))
+            seed0 = int(self.np_random.integers(0, 2**62))
+            self._generator = torch.Generator(device=self.device).manual_seed(seed0)
         options = dict(options or {})
         unknown = set(options) - set(_RESET_OPTIONS)
         if unknown:
