@@ -126,7 +126,7 @@ class Args:
     """transitions per reward-head step"""
 
     # evaluation, checkpoints
-    eval_clips: int = 32
+    eval_clips: int = 16
     """held-out clips for the table"""
     eval_horizon: int = 15
     """open-loop rollout length of the table"""
@@ -355,9 +355,8 @@ if __name__ == "__main__":
 
     # ---------------------------------------------------------------- reward / termination head
     if dist.is_main:
-        stats = transitions.get_batch(np.arange(len(transitions)))
+        stats = transitions.step_records()  # rewards / flags only: no frame is read
         class_w, pos_w = balance_weights_from_data(stats["reward"], stats["terminated"])
-        del stats
         fit_reward_head(reward_head, transitions.sample, steps=args.reward_steps, batch_size=args.reward_batch_size,
                         generator=np_rng, progress=args.progress, class_weights=class_w, pos_weight=pos_w)
         reward_head.eval()

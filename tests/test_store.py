@@ -505,3 +505,19 @@ def test_import_arrays_round_trip(tmp_path):
         import_arrays(store, obs, acts, rew, term, trunc, env_id="Imp-v0", final_obs=nxt[:4])
     with pytest.raises(ValueError, match="rewards"):
         import_arrays(store, obs, acts, rew[:-1], term, trunc, env_id="Imp-v0")
+
+
+def test_step_records_match_batches_without_frames(tmp_path):
+    store = TrajectoryStore(tmp_path / "s", create=True)
+    rng = np.random.default_rng(0)
+    for T in (5, 8):
+        store.add_episode(rng.integers(0, 256, (T + 1, 8, 8, 3), dtype=np.uint8), rng.integers(0, 4, T),
+                          rng.normal(size=T).astype(np.float32), np.eye(T, dtype=bool)[-1], np.zeros(T, bool),
+                          env_id="ALE/Breakout-v5", action_meanings=["NOOP", "FIRE", "RIGHT", "LEFT"])
+    tr = store.transitions()
+    records = tr.step_records()
+    batch = tr.get_batch(np.arange(len(tr)))
+    assert set(records) == {"action", "reward", "terminated", "truncated", "life_lost"}
+    for k, v in records.items():
+        np.testing.assert_array_equal(v, batch[k])
+    np.testing.assert_array_equal(tr.step_records([3, 1])["reward"], batch["reward"][[3, 1]])

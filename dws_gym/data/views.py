@@ -255,6 +255,19 @@ class TransitionDataset:
             "life_lost": eps.life_lost[flat],
         }
 
+    def step_records(self, indices: Any = None) -> dict[str, np.ndarray]:
+        """The per-step records (``action``, ``reward``, ``terminated``, ``truncated``, ``life_lost``) of the given
+        transitions (all when ``None``) without reading any frame: dataset statistics over millions of steps."""
+        eps = self._eps
+        flat = self._flat if indices is None else self._flat[_check_indices(indices, len(self))]
+        return {
+            "action": eps.actions[flat],
+            "reward": eps.rewards[flat],
+            "terminated": eps.terminated[flat],
+            "truncated": eps.truncated[flat],
+            "life_lost": eps.life_lost[flat],
+        }
+
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         if i < 0:
             i += len(self)
