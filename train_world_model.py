@@ -130,8 +130,6 @@ class Args:
     """held-out clips for the table"""
     eval_horizon: int = 15
     """open-loop rollout length of the table"""
-    eval_every: int = 0
-    """evaluate every N steps during training (0 = only at the end)"""
     log_every: int = 10
     """log losses every N steps"""
     checkpoint_every: int = 50
@@ -151,7 +149,7 @@ def game_prompt(env_id: str) -> str:
     return f"A video of the game {game}, played by an agent, seen from a fixed camera, pixel-art graphics."
 
 
-def build_model(args: Args, meanings: list[str], device: torch.device):
+def build_model(args: Args, meanings: list[str], device: torch.device, frame_size: int = 64, channels: int = 3):
     """The world model for these args: pixel-space from scratch, or a pre-trained Wan with the DWS module."""
     from dws_gym.models.actions import TextActionEncoder, action_texts
     from dws_gym.models.flow import FlowConfig, FlowWorldModel
@@ -164,6 +162,7 @@ def build_model(args: Args, meanings: list[str], device: torch.device):
             prompt=args.prompt or game_prompt(args.env_id),
             action_texts=action_texts(meanings, game=game),
             context_frames=args.context_frames,
+            frame_size=frame_size,
             device=device,
             action_mode=args.action_conditioning,
             motion_c=args.motion_c,
@@ -177,6 +176,8 @@ def build_model(args: Args, meanings: list[str], device: torch.device):
     if args.action_text:
         text = TextActionEncoder().encode(action_texts(meanings, game=game))
     config = FlowConfig(
+        frame_size=frame_size,
+        channels=channels,
         context_frames=args.context_frames,
         patch_size=args.patch_size,
         num_heads=args.num_heads,
@@ -260,17 +261,29 @@ if __name__ == "__main__":
         if dist.enabled:
             torch.distributed.barrier()
         store.refresh()
-    train_ids, held_ids = split_episodes(store, args.held_out_fraction)
+    ours = [i for i in store.episode_ids() if store.meta(i).env_id == args.env_id]
+    if not ours:
+        found = sorted({store.meta(i).env_id for i in store.episode_ids()})
+        raise SystemExit(f"{args.data} holds no {args.env_id} episodes (it has {found}); pick another --data folder.")
+    train_ids, held_ids = split_episodes(store, args.held_out_fraction, episode_ids=ours)
     meta = store.meta(train_ids[0])
-    if meta.env_id != args.env_id:
-        raise SystemExit(f"{args.data} holds {meta.env_id} episodes, not {args.env_id}; pick another --data folder.")
     meanings = list(meta.action_meanings or [str(i) for i in range(meta.action_space["n"])])
     clips = store.clips(args.context_frames, args.horizon, episode_ids=train_ids)
-    transitions = store.transitions(episode_ids=train_ids, frame_stack=args.context_frames)
+    # Keep the last step of episodes that lost their final frame (Procgen): it carries the reward and termination.
+    transitions = store.transitions(episode_ids=train_ids, frame_stack=args.context_frames, keep_unknown_final=True)
+    # Draw the start clips and the held-out windows now, so too little data fails before training, not after it.
+    sample_rng = np.random.default_rng(args.seed + 12345)
+    start_batch = sample_eval_clips(store, train_ids, args.context_frames, 1, args.num_start_states, sample_rng,
+                                    replace=True)
+    eval_batch = sample_eval_clips(store, held_ids, args.context_frames, args.eval_horizon, args.eval_clips,
+                                   sample_rng, replace=True)
     print(f"data: {len(train_ids)} train / {len(held_ids)} held-out episodes, {len(clips)} training windows")
 
     # ---------------------------------------------------------------- model
-    model = build_model(args, meanings, device)
+    height, width, channels = meta.obs_shape
+    if height != width:
+        raise SystemExit(f"frames of {args.data} are {height}x{width}; the world model needs square frames.")
+    model = build_model(args, meanings, device, frame_size=height, channels=channels)
     if args.train_mode == "module":
         trainable = freeze_base(model.transformer, model.action_embedder)
     else:
@@ -283,16 +296,19 @@ if __name__ == "__main__":
         )
     generator = torch.Generator().manual_seed(args.seed * 1000 + dist.rank)
     np_rng = np.random.default_rng(args.seed * 1000 + dist.rank)
-    reward_head = RewardHead(RewardConfig(context_frames=args.context_frames, num_actions=len(meanings))).to(device)
+    reward_head = RewardHead(RewardConfig(context_frames=args.context_frames, num_actions=len(meanings),
+                                          frame_shape=tuple(meta.obs_shape))).to(device)
     start_step = 0
+    reward_trained = False
     if args.resume:
         ckpt = load_checkpoint(out_dir / "checkpoint", map_location=device)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         restore_rng(ckpt["rng"][min(dist.rank, len(ckpt["rng"]) - 1)], generator, np_rng)
         start_step = int(ckpt["step"])
-        if "reward_head" in ckpt:
+        if "reward_head" in ckpt:  # a finished head is kept as it is (resuming never retrains it)
             reward_head.load_state_dict(ckpt["reward_head"])
+            reward_trained = True
         print(f"resumed {out_dir} at step {start_step}")
 
     last_rngs: list = []
@@ -355,15 +371,19 @@ if __name__ == "__main__":
 
     # ---------------------------------------------------------------- reward / termination head
     if dist.is_main:
-        stats = transitions.step_records()  # rewards / flags only: no frame is read
-        class_w, pos_w = balance_weights_from_data(stats["reward"], stats["terminated"])
-        fit_reward_head(reward_head, transitions.sample, steps=args.reward_steps, batch_size=args.reward_batch_size,
-                        generator=np_rng, progress=args.progress, class_weights=class_w, pos_weight=pos_w)
-        reward_head.eval()
-        checkpoint(args.total_steps, reward_done=True, collective=False)
+        if not reward_trained:
+            stats = transitions.step_records()  # rewards / flags only: no frame is read
+            if not (stats["reward"] != 0).any() or not stats["terminated"].any():
+                print("warning: the training data has no non-zero reward or no termination; the reward head "
+                      "cannot learn to predict them")
+            class_w, pos_w = balance_weights_from_data(stats["reward"], stats["terminated"])
+            fit_reward_head(reward_head, transitions.sample, steps=args.reward_steps,
+                            batch_size=args.reward_batch_size, generator=np_rng, progress=args.progress,
+                            class_weights=class_w, pos_weight=pos_w)
+            reward_head.eval()
+            checkpoint(args.total_steps, reward_done=True, collective=False)
 
         # ------------------------------------------------------------ simulator + held-out table
-        start_batch = sample_eval_clips(store, train_ids, args.context_frames, 1, args.num_start_states, np_rng)
         sim_config = SimulatorConfig(
             env_id=args.env_id,
             action_meanings=meanings,
@@ -383,7 +403,6 @@ if __name__ == "__main__":
         )
         sim = Simulator(sim_config, model, reward_head, start_batch["frames"][:, : args.context_frames],
                         start_batch["actions"][:, : args.context_frames - 1])
-        eval_batch = sample_eval_clips(store, held_ids, args.context_frames, args.eval_horizon, args.eval_clips, np_rng)
         result = evaluate_held_out(sim, eval_batch, horizon=args.eval_horizon, generator=generator,
                                    shuffle_rng=np_rng, keep_frames=args.capture_video)
         table = result.to_markdown()

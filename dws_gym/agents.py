@@ -26,8 +26,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, Union, runtime_checkable
@@ -38,6 +36,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributions import Categorical
+
+from dws_gym.fileio import write_folder_atomically
 
 __all__ = [
     "CONFIG_NAME",
@@ -579,20 +579,6 @@ def check_policy_matches(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    """Flush a directory entry to disk (best effort; not every platform allows opening directories)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _is_policy_folder(path: Path) -> bool:
     """True when ``path`` holds a config.json written by :func:`save_policy` (safe to replace)."""
     try:
@@ -641,31 +627,11 @@ def save_policy(policy: ActorCritic, path: str | os.PathLike[str], *, extra: dic
     # safetensors refuses views sharing memory; detached contiguous CPU copies are always accepted.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in policy.state_dict().items()}
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    tmp = path.parent / f".{path.name}.tmp-{token}"
-    old = path.parent / f".{path.name}.old-{token}"
-    tmp.mkdir()
-    try:
-        with open(tmp / CONFIG_NAME, "w") as f:
-            f.write(config_text)
-            f.flush()
-            os.fsync(f.fileno())
+    def write(tmp: Path) -> None:
+        (tmp / CONFIG_NAME).write_text(config_text)
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "format_version": str(FORMAT_VERSION)})
-        with open(tmp / WEIGHTS_NAME, "rb") as f:
-            os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        if path.exists():
-            os.rename(path, old)
-        os.rename(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not path.exists():
-            os.rename(old, path)  # put the previous checkpoint back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    return path
+
+    return write_folder_atomically(path, write)
 
 
 def _read_config(path: Path) -> PolicyConfig:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dws_gym.fileio import write_folder_atomically
 from dws_gym.models.reward import RewardHead, load_reward_head, save_reward_head
 
 SIMULATOR_FORMAT_VERSION = 1
@@ -199,23 +199,33 @@ class Simulator:
 
     def check_actions(self, action: Any, shape: tuple[int, ...], name: str = "action") -> torch.Tensor:
         """Validate discrete actions (integers in ``[0, num_actions)``, given shape); return int64 on the device."""
-        a = torch.as_tensor(np.array(action)) if not torch.is_tensor(action) else action  # copy: may be read-only
+        if torch.is_tensor(action):
+            a = action
+        else:
+            arr = np.array(action)  # a copy: the caller's array may be read-only
+            if arr.dtype.kind not in "biuf":
+                raise ValueError(f"{name} must be integer action indices, got values of dtype {arr.dtype}.")
+            a = torch.as_tensor(arr)
         if tuple(a.shape) != shape:
             raise ValueError(f"{name} must have shape {shape}, got {tuple(a.shape)}.")
-        if a.dtype.is_floating_point:
-            if not bool(torch.isfinite(a).all()):
-                raise ValueError(f"{name} contains NaN or inf: {a.tolist()}.")
-            if not bool((a == a.round()).all()):
-                raise ValueError(f"{name} must hold integer action indices, got float values {a.tolist()}.")
-        elif a.dtype == torch.bool or a.is_complex():
+        if a.dtype == torch.bool or a.is_complex():
             raise ValueError(f"{name} must be integer action indices, got dtype {a.dtype}.")
-        a = a.long()
-        if a.numel() and (int(a.min()) < 0 or int(a.max()) >= self.num_actions):
+        if a.dtype.is_floating_point:
+            bad = ~torch.isfinite(a)
+            if bool(bad.any()):
+                raise ValueError(f"{name} contains NaN or inf at positions {_first(bad)}.")
+            bad = a != a.round()
+            if bool(bad.any()):
+                raise ValueError(f"{name} must hold integer action indices; non-integer values at {_first(bad)}.")
+        # Range check before any cast, so huge floats are reported as they are (not as overflowed int64).
+        bad = (a < 0) | (a >= self.num_actions)
+        if bool(bad.any()):
+            where = _first(bad)
             raise ValueError(
-                f"{name} must lie in [0, {self.num_actions}) ({', '.join(self.config.action_meanings)}), "
-                f"got {a.tolist()}."
+                f"{name} must lie in [0, {self.num_actions}) ({', '.join(self.config.action_meanings)}); "
+                f"out of range at positions {where}: {a.reshape(-1)[torch.as_tensor(where)].tolist()}."
             )
-        return a.to(self.device)
+        return a.long().to(self.device)
 
     # ------------------------------------------------------------------------------------------- D2 protocol
     def init_state(self, frames: Any, actions: Any) -> SimState:
@@ -295,12 +305,13 @@ class Simulator:
     def save_pretrained(self, folder: str | os.PathLike, *, card: bool = True) -> Path:
         """Write the simulator folder atomically (a complete folder replaces an older one only once written)."""
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-        try:
+        if folder.exists() and not (folder / CONFIG_NAME).is_file():
+            raise FileExistsError(f"{folder} exists and is not a simulator folder; choose another path.")
+
+        def write(tmp: Path) -> None:
             from safetensors.torch import save_file
 
-            (tmp / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2))
+            (tmp / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2, allow_nan=False))
             self.world_model.save_pretrained(tmp / WORLD_MODEL_DIR)
             save_reward_head(self.reward_head, tmp / REWARD_NAME)
             save_file(
@@ -309,18 +320,8 @@ class Simulator:
             )
             if card:
                 (tmp / CARD_NAME).write_text(self.model_card())
-            old = None
-            if folder.exists():
-                if not (folder / CONFIG_NAME).is_file():
-                    raise FileExistsError(f"{folder} exists and is not a simulator folder; choose another path.")
-                old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-                os.replace(folder, old)
-            os.replace(tmp, folder)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        write_folder_atomically(folder, write)
         return folder
 
     @classmethod
@@ -470,6 +471,11 @@ frame, reward, terminated, state = sim.step(state, [0] * 8)
 """
 
 
+def _first(mask: torch.Tensor, k: int = 8) -> list[int]:
+    """Flat indices of the first ``k`` True entries (error messages stay short at thousands of envs)."""
+    return torch.nonzero(mask.reshape(-1)).reshape(-1)[:k].tolist()
+
+
 def resolve_simulator_path(
     path_or_repo_id: str | os.PathLike, *, revision: str | None = None, local_files_only: bool | None = None
 ) -> Path:
@@ -502,4 +508,7 @@ def resolve_simulator_path(
             f"`hf download`), copy the folder here and pass its path instead of the repo id."
         )
         reason = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else f"{type(e).__name__}: {e}"
-        raise FileNotFoundError(f"Could not get simulator {repo_id!r} from the Hugging Face Hub ({reason}). {how}") from e
+        raise FileNotFoundError(
+            f"No local folder {repo_id!r}, and simulator {repo_id!r} could not be had from the Hugging Face Hub "
+            f"({reason}). If you meant a folder, check the path. {how}"
+        ) from e

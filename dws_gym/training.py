@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import random
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +64,10 @@ def setup_distributed(device: torch.device) -> DistInfo:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # Rank 0 alone trains the reward head, evaluates, saves and uploads at the end while the others wait.
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=3)
+        )
     return DistInfo(rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", 0)), world_size=world)
 
 
@@ -117,14 +120,3 @@ def rng_state(generator: torch.Generator, np_rng: np.random.Generator) -> dict[s
 def restore_rng(state: dict[str, Any], generator: torch.Generator, np_rng: np.random.Generator) -> None:
     generator.set_state(state["torch_generator"])
     np_rng.bit_generator.state = state["numpy"]
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished folder ``src`` over ``dst`` (old ``dst`` removed only after the move)."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -216,8 +216,9 @@ def test_causal_processor_matches_upstream_attention():
 
 
 # ------------------------------------------------------------------------------------------------------ sampling
-def test_kv_cache_equals_uncached_sampling():
-    model = tiny_model()
+@pytest.mark.parametrize("action_mode", ["frame", "global"])
+def test_kv_cache_equals_uncached_sampling(action_mode):
+    model = tiny_model(action_mode=action_mode)
     perturb(model)
     frames = random_frames(2, 3, seed=5)
     ctx_actions = torch.tensor([[1, 2], [3, 0]])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import numpy as np
 import pytest
@@ -281,10 +280,8 @@ def _toy_sample(n: int, rng: np.random.Generator, k: int = 2, size: int = 32) ->
 def test_tiny_overfit_white_block_reward_and_black_frame_termination() -> None:
     torch.manual_seed(0)
     head = RewardHead(RewardConfig(**SMALL))
-    start = time.perf_counter()
     history = fit_reward_head(head, _toy_sample, steps=150, batch_size=32, lr=3e-3,
                               generator=np.random.default_rng(0), progress=False, log_every=10)
-    elapsed = time.perf_counter() - start
     assert history[-1]["step"] == 149 and history[-1]["loss"] < history[0]["loss"]
     test = _toy_sample(400, np.random.default_rng(123))
     reward, term = head.predict(test["obs"], test["action"], test["next_obs"][:, -1])
@@ -294,7 +291,6 @@ def test_tiny_overfit_white_block_reward_and_black_frame_termination() -> None:
     assert reward_acc >= 0.95, (reward_acc, history[-1])
     assert (reward.numpy()[pos] == 1.0).mean() >= 0.9  # the rare class is found, not just the majority
     assert term_acc >= 0.97 and term.numpy()[test["terminated"]].mean() >= 0.95, (term_acc, history[-1])
-    assert elapsed < 20, elapsed
 
 
 def test_twohot_head_learns_reward_magnitude() -> None:
@@ -307,14 +303,11 @@ def test_twohot_head_learns_reward_magnitude() -> None:
 
     torch.manual_seed(1)
     head = RewardHead(RewardConfig(mode="twohot", **SMALL))
-    start = time.perf_counter()
     fit_reward_head(head, sample, steps=150, batch_size=32, lr=3e-3, generator=np.random.default_rng(1),
                     progress=False)
-    elapsed = time.perf_counter() - start
     test = sample(300, np.random.default_rng(321))
     reward, term = head.predict(test["obs"], test["action"], test["next_obs"][:, -1])
     err = np.abs(reward.numpy() - test["reward"])
     assert (err < 0.25).mean() >= 0.95, err.mean()
     assert np.median(err[test["reward"] > 0]) < 0.25
     assert (term.numpy() == test["terminated"]).mean() >= 0.97
-    assert elapsed < 20, elapsed

@@ -99,6 +99,10 @@ def test_bad_actions_and_frames_say_what_is_wrong():
         sim.step(state, np.array([0.0, np.nan]))
     with pytest.raises(ValueError, match="integer"):
         sim.step(state, np.array([0.5, 1.0]))
+    with pytest.raises(ValueError, match="dtype object"):
+        sim.step(state, [None, 1])
+    with pytest.raises(ValueError, match=r"positions \[1\]: \[1e\+30\]"):
+        sim.step(state, np.array([0.0, 1e30]))
     with pytest.raises(ValueError, match="uint8"):
         sim.init_state(sim.start_frames[:2].float(), sim.start_actions[:2])
     with pytest.raises(ValueError, match=f"the last {K} frames"):

@@ -521,3 +521,22 @@ def test_step_records_match_batches_without_frames(tmp_path):
     for k, v in records.items():
         np.testing.assert_array_equal(v, batch[k])
     np.testing.assert_array_equal(tr.step_records([3, 1])["reward"], batch["reward"][[3, 1]])
+
+
+def test_keep_unknown_final_exposes_the_last_step(tmp_path):
+    """Procgen-style episodes lose their final frame; a reward head still needs that step's reward and flag."""
+    store = TrajectoryStore(tmp_path / "s", create=True)
+    T = 4
+    obs = np.arange(T, dtype=np.uint8)[:, None, None, None] * np.ones((T, 4, 4, 3), np.uint8)  # T frames only
+    rewards = np.array([0, 0, 0, 10], np.float32)
+    store.add_episode(obs, np.zeros(T, np.int64), rewards, np.eye(T, dtype=bool)[-1], np.zeros(T, bool),
+                      env_id="procgen/coinrun", action_space={"type": "discrete", "n": 15}, final_frame_known=False)
+    plain = store.transitions()
+    assert len(plain) == T - 1 and plain.step_records()["reward"].max() == 0
+    kept = store.transitions(keep_unknown_final=True, frame_stack=2)
+    assert len(kept) == T
+    batch = kept.get_batch(np.arange(T))
+    assert batch["next_obs_known"].tolist() == [True, True, True, False]
+    assert batch["reward"][-1] == 10 and batch["terminated"][-1]
+    assert batch["next_obs"][-1, -1, 0, 0, 0] == T - 1  # stands in with the last stored frame
+    assert batch["next_obs"][1, -1, 0, 0, 0] == 2 and batch["obs"][1, 0, 0, 0, 0] == 0

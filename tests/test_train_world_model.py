@@ -62,6 +62,13 @@ def test_resume_continues_from_checkpoint(trained, tmp_path):
     assert "resumed" in proc.stdout and "at step 2" in proc.stdout
     ckpt = torch.load(run_dir / "checkpoint" / "training_state.pt", weights_only=False)
     assert ckpt["step"] == 3
+    # the finished reward head is kept, not trained again; the world model did train one more step
+    before = Simulator.from_pretrained(cwd / "run" / "simulator")
+    after = Simulator.from_pretrained(run_dir / "simulator")
+    for (name, a), b in zip(before.reward_head.state_dict().items(), after.reward_head.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert any(not torch.equal(a, b) for a, b in zip(before.world_model.state_dict().values(),
+                                                     after.world_model.state_dict().values()))
 
 
 def test_resume_without_checkpoint_says_what_to_do(tmp_path):

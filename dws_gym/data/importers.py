@@ -92,6 +92,9 @@ def import_arrays(
                 f"(one per finished episode), got {len(final_obs)}"
             )
 
+    if action_space is None and action_meanings is None and np.issubdtype(np.asarray(actions).dtype, np.integer):
+        # Decide the discrete action count once for the whole dataset, not per episode.
+        action_space = {"type": "discrete", "n": int(np.max(actions)) + 1 if len(actions) else 1, "inferred": True}
     ids: list[int] = []
     for k, (a, b, finished) in enumerate(segments):
         final = None

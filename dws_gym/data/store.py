@@ -464,12 +464,15 @@ class TrajectoryStore:
         return ClipDataset(self, context, horizon, stride, episode_ids=episode_ids)
 
     def transitions(
-        self, *, episode_ids: Sequence[int] | None = None, frame_stack: int = 1
+        self, *, episode_ids: Sequence[int] | None = None, frame_stack: int = 1, keep_unknown_final: bool = False
     ) -> TransitionDataset:
-        """Every step with a known next frame; see :class:`dws_gym.data.views.TransitionDataset`."""
+        """Every step with a known next frame (plus, with ``keep_unknown_final``, the last step of episodes whose
+        final frame is unknown); see :class:`dws_gym.data.views.TransitionDataset`."""
         from dws_gym.data.views import TransitionDataset
 
-        return TransitionDataset(self, episode_ids=episode_ids, frame_stack=frame_stack)
+        return TransitionDataset(
+            self, episode_ids=episode_ids, frame_stack=frame_stack, keep_unknown_final=keep_unknown_final
+        )
 
     # ------------------------------------------------------------------ writing
 
@@ -561,6 +564,9 @@ class TrajectoryStore:
             np.issubdtype(rewards.dtype, np.floating) or np.issubdtype(rewards.dtype, np.integer)
         ):
             raise ValueError(f"rewards must be real numbers, got dtype {rewards.dtype}")
+        if not np.all(np.isfinite(rewards)):
+            bad = int(np.flatnonzero(~np.isfinite(rewards))[0])
+            raise ValueError(f"rewards must be finite; step {bad} has {rewards[bad]!r}. Nothing was written.")
         terminated = _as_flags("terminated", terminated, T)
         truncated = _as_flags("truncated", truncated, T)
         life_lost = np.zeros(T, bool) if life_lost is None else _as_flags("life_lost", life_lost, T)

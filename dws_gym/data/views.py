@@ -191,13 +191,21 @@ class TransitionDataset:
     """
 
     def __init__(
-        self, store: TrajectoryStore, *, episode_ids: Sequence[int] | None = None, frame_stack: int = 1
+        self,
+        store: TrajectoryStore,
+        *,
+        episode_ids: Sequence[int] | None = None,
+        frame_stack: int = 1,
+        keep_unknown_final: bool = False,
     ) -> None:
         if int(frame_stack) != frame_stack or frame_stack < 1:
             raise ValueError(f"frame_stack must be a positive integer, got {frame_stack!r}")
         self.frame_stack = int(frame_stack)
+        self.keep_unknown_final = bool(keep_unknown_final)
         self._eps = eps = _EpisodeSet(store, episode_ids)
-        counts = np.minimum(eps.lengths, eps.frames - 1)  # steps with a stored next frame
+        # Steps with a stored next frame; with keep_unknown_final also the last step of episodes whose final frame
+        # was lost (Procgen), whose reward / termination matter to a reward head even without the frame.
+        counts = eps.lengths.copy() if keep_unknown_final else np.minimum(eps.lengths, eps.frames - 1)
         self._offsets = np.zeros(len(counts) + 1, dtype=np.int64)
         np.cumsum(counts, out=self._offsets[1:])
         n = int(self._offsets[-1])
@@ -232,20 +240,24 @@ class TransitionDataset:
 
         Returns ``obs`` and ``next_obs`` uint8 ``(n, H, W, C)`` (``(n, k, H, W, C)`` when stacking), ``action``
         ``(n,)`` int64 or ``(n, *shape)`` float32, ``reward`` float32 ``(n,)`` raw, ``terminated``,
-        ``truncated``, ``life_lost`` bool ``(n,)``.
+        ``truncated``, ``life_lost`` bool ``(n,)``, and ``next_obs_known`` bool ``(n,)``: False only for the kept
+        last step of an episode whose final frame is unknown, where ``next_obs`` repeats the last stored frame.
         """
         eps = self._eps
         idx = _check_indices(indices, len(self))
         pos, t, flat = self._pos[idx], self.step_index[idx], self._flat[idx]
         k = self.frame_stack
+        last = eps.frames[pos] - 1  # index of the last stored frame of each transition's episode
+        next_known = t + 1 <= last
         if k == 1:
             obs = eps.gather_frames(pos, t)
-            next_obs = eps.gather_frames(pos, t + 1)
+            next_obs = eps.gather_frames(pos, np.minimum(t + 1, last))
         else:  # k frames ending at t (clamped at the episode start), and the same shifted by one
             rel = np.arange(-k + 1, 1)[None, :]
             obs = eps.gather_frames(pos, np.maximum(t[:, None] + rel, 0))
-            next_obs = eps.gather_frames(pos, np.maximum(t[:, None] + 1 + rel, 0))
+            next_obs = eps.gather_frames(pos, np.minimum(np.maximum(t[:, None] + 1 + rel, 0), last[:, None]))
         return {
+            "next_obs_known": next_known,
             "obs": obs,
             "action": eps.actions[flat],
             "reward": eps.rewards[flat],

@@ -87,8 +87,9 @@ class DreamVectorEnv(VectorEnv):
         sample_reward: Sample rewards from the head's distribution instead of its predicted value.
         sample_termination: Bernoulli termination instead of ``probability > 0.5``.
 
-    Randomness: ``reset(seed=s)`` seeds ``self.np_random`` (handed to the sampler on every call) and one CPU
-    ``torch.Generator`` (all the simulator's noise), so seeded runs repeat exactly. Under NEXT_STEP, an env that
+    Randomness: ``reset(seed=s)`` seeds ``self.np_random`` (handed to the sampler on every call) and one
+    ``torch.Generator`` on the simulator's device (all the simulator's noise), so seeded runs repeat exactly on the
+    same kind of device (CPU and CUDA draw different streams). Under NEXT_STEP, an env that
     ended on the previous step is restarted: its action is ignored, its reward is 0, both flags are False, and it
     draws no simulator noise (so a 1-env vector env and ``gym.make`` stay in lockstep).
 

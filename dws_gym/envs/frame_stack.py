@@ -43,9 +43,11 @@ class FrameStackVector(VectorWrapper):
         mask = None if options is None else options.get("reset_mask")
         if mask is None:
             self._stack[:] = obs[:, None]
+            self._needs_reset[:] = False
         else:
+            mask = np.asarray(mask, dtype=bool)
             self._stack[mask] = obs[mask][:, None]
-        self._needs_reset[:] = False
+            self._needs_reset[mask] = False
         return self._stack.copy(), info
 
     def step(self, actions: Any):

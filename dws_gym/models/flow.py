@@ -868,6 +868,10 @@ class FlowWorldModel(nn.Module):
         ctx = self.encode_frames(context_frames)  # (B, C, K, h, w)
         all_actions = torch.cat([context_actions.to(self.device), action.unsqueeze(1)], dim=1)
         cond = self.action_embedder.embed_for_frames(all_actions)  # (B, K + 1, cond_dim)
+        if self.config.action_mode == "global":
+            # The global ablation pools the whole clip's embeddings (as one training call does); pool once here so
+            # the cached context call and the new-frame calls see the same pooled embedding.
+            cond = cond.mean(dim=1, keepdim=True).expand_as(cond)
         prev_ctx = _shift_prev(ctx)
         prev_new = ctx[:, :, -1:]
         t_ctx = torch.zeros(batch, k, device=self.device)
