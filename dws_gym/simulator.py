@@ -391,9 +391,15 @@ class Simulator:
         params = sum(p.numel() for p in self.world_model.parameters())
         rparams = sum(p.numel() for p in self.reward_head.parameters())
         if c.pretrained_backbone:
+            pretraining = c.training.get("backbone_pretraining") or (
+                "a text-to-video diffusion transformer with its own VAE and UMT5 text encoder, pre-trained by its "
+                "authors on large-scale image and video data (see its model card)"
+                if "wan" in c.pretrained_backbone.lower()
+                else "a pre-trained video generative model (see its model card for its pre-training data)"
+            )
             provenance = (
-                f"Fine-tuned with DWS from the pre-trained video model `{c.pretrained_backbone}`; the action module "
-                "and (depending on the training mode) the backbone were trained on the data below."
+                f"Fine-tuned with DWS from `{c.pretrained_backbone}`: {pretraining}. The DWS action module and "
+                "(depending on the training mode) the backbone were then trained on the data below."
             )
         else:
             provenance = (
@@ -433,6 +439,7 @@ vector env by [dws-gym](https://pypi.org/project/dws-gym/).
 - observation: uint8 RGB {tuple(c.obs_shape)}; context: {c.context_frames} frames; sampling: {c.sampling_steps} Euler steps
 - actions (Discrete({c.num_actions})): {meanings}
 - bundled start clips: {self.start_frames.shape[0]} real clips of {c.context_frames} frames
+- stepping speed: {c.metrics.get("transitions_per_second", "not measured; run `python bench/dream_env.py --simulator <folder>`")}
 
 ## Training
 

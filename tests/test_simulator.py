@@ -165,4 +165,6 @@ def test_model_card_is_what_would_be_uploaded(tmp_path):
     assert "ALE/Breakout-v5" in card and "**not pre-trained**" in card
     assert "0: NOOP, 1: FIRE, 2: RIGHT, 3: LEFT" in card and "| 1 | 30 | 29 |" in card
     sim.config.pretrained_backbone = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
-    assert "Fine-tuned with DWS from the pre-trained video model `Wan-AI/Wan2.1-T2V-1.3B-Diffusers`" in sim.model_card()
+    card = sim.model_card()
+    assert "Fine-tuned with DWS from `Wan-AI/Wan2.1-T2V-1.3B-Diffusers`: a text-to-video" in card
+    assert "pre-trained by its authors on large-scale image and video data" in card and "stepping speed" in card
