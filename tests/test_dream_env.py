@@ -15,9 +15,8 @@ from dws_gym.envs.dream import DreamEnv, DreamVectorEnv
 from dws_gym.envs.frame_stack import FrameStackVector
 from dws_gym.envs.registration import DEFAULT_MAX_EPISODE_STEPS, DREAM_GAMES, dream_env_ids, register_dream_envs
 from dws_gym.imagination import UniformStartSampler
-from dws_gym.models.flow import FlowConfig, FlowWorldModel
-from dws_gym.models.reward import RewardConfig, RewardHead
-from dws_gym.simulator import Simulator, SimulatorConfig
+from dws_gym.simulator import Simulator
+from tiny_sim import make_tiny_sim
 
 K = 3
 MEANINGS = ["NOOP", "FIRE", "RIGHT", "LEFT"]
@@ -25,27 +24,8 @@ STARTS = 6
 
 
 def tiny_sim(seed: int = 0, term_logit: float | None = None, env_id: str = "ALE/Breakout-v5") -> Simulator:
-    """A 1-layer pixel-space flow simulator (perturbed so its frames depend on the noise and the action).
-
-    ``term_logit``: fix the termination probability to sigmoid(term_logit) (0.0 -> 0.5, 20 -> always).
-    """
-    torch.manual_seed(seed)
-    cfg = FlowConfig(context_frames=K, patch_size=4, num_heads=2, head_dim=48, num_layers=1, ffn_dim=64,
-                     freq_dim=16, text_dim=16, num_actions=4, cond_dim=16, sampling_steps=1)
-    model = FlowWorldModel(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    head = RewardHead(RewardConfig(context_frames=K, num_actions=4, dim=16, depth=1, num_heads=2))
-    if term_logit is not None:
-        with torch.no_grad():
-            head.termination_out.weight.zero_()
-            head.termination_out.bias.fill_(term_logit)
-    rng = np.random.default_rng(seed)
-    frames = rng.integers(0, 256, size=(STARTS, K, 64, 64, 3), dtype=np.uint8)
-    actions = rng.integers(0, 4, size=(STARTS, K - 1))
-    config = SimulatorConfig(env_id=env_id, action_meanings=MEANINGS, context_frames=K, sampling_steps=1)
-    return Simulator(config, model, head, frames, actions)
+    """A perturbed tiny simulator; ``term_logit`` fixes the termination probability (0.0 -> 0.5, 20 -> always)."""
+    return make_tiny_sim(seed, context=K, num_starts=STARTS, env_id=env_id, term_logit=term_logit)
 
 
 @pytest.fixture(scope="module")

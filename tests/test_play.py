@@ -12,8 +12,6 @@ import torch
 from dws_gym.agents import ActorCritic, PolicyConfig, save_policy
 from dws_gym.envs import registration
 from dws_gym.models.actions import PROCGEN_COMBOS
-from dws_gym.models.flow import FlowConfig, FlowWorldModel
-from dws_gym.models.reward import RewardConfig, RewardHead
 from dws_gym.play import (
     SEPARATOR_WIDTH,
     PlayArgs,
@@ -23,7 +21,8 @@ from dws_gym.play import (
     play_headless,
     side_by_side,
 )
-from dws_gym.simulator import Simulator, SimulatorConfig
+from dws_gym.simulator import Simulator
+from tiny_sim import make_tiny_sim
 
 K = 3
 BREAKOUT = ["NOOP", "FIRE", "RIGHT", "LEFT"]
@@ -32,20 +31,7 @@ E, T, SCALE = 2, 3, 2
 
 
 def tiny_breakout_sim(seed: int = 0) -> Simulator:
-    """A 1-layer pixel-space flow simulator of ALE/Breakout-v5 (weights perturbed so frames depend on the noise)."""
-    torch.manual_seed(seed)
-    cfg = FlowConfig(context_frames=K, patch_size=4, num_heads=2, head_dim=48, num_layers=1, ffn_dim=64,
-                     freq_dim=16, text_dim=16, num_actions=4, cond_dim=16, sampling_steps=1)
-    model = FlowWorldModel(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    head = RewardHead(RewardConfig(context_frames=K, num_actions=4, dim=16, depth=1, num_heads=2))
-    rng = np.random.default_rng(seed)
-    frames = rng.integers(0, 256, size=(4, K, 64, 64, 3), dtype=np.uint8)
-    actions = rng.integers(0, 4, size=(4, K - 1))
-    config = SimulatorConfig(env_id="ALE/Breakout-v5", action_meanings=BREAKOUT, context_frames=K, sampling_steps=1)
-    return Simulator(config, model, head, frames, actions)
+    return make_tiny_sim(seed, context=K)
 
 
 @pytest.fixture(scope="module")

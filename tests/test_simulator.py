@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from dws_gym.models.flow import FlowConfig, FlowWorldModel
 from dws_gym.models.reward import RewardConfig, RewardHead
 from dws_gym.simulator import (
     CONFIG_NAME,
@@ -14,28 +13,15 @@ from dws_gym.simulator import (
     START_STATES_NAME,
     WORLD_MODEL_DIR,
     Simulator,
-    SimulatorConfig,
 )
+from tiny_sim import make_tiny_sim
 
 K = 3
 MEANINGS = ["NOOP", "FIRE", "RIGHT", "LEFT"]
 
 
 def tiny_sim(seed: int = 0, perturb: bool = False) -> Simulator:
-    torch.manual_seed(seed)
-    cfg = FlowConfig(context_frames=K, patch_size=4, num_heads=2, head_dim=48, num_layers=1, ffn_dim=64,
-                     freq_dim=16, text_dim=16, num_actions=4, cond_dim=16, sampling_steps=2)
-    model = FlowWorldModel(cfg)
-    if perturb:  # leave "copy the last frame": every parameter gets a small random push
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-    head = RewardHead(RewardConfig(context_frames=K, num_actions=4, dim=16, depth=1, num_heads=2))
-    rng = np.random.default_rng(seed)
-    frames = rng.integers(0, 256, size=(5, K, 64, 64, 3), dtype=np.uint8)
-    actions = rng.integers(0, 4, size=(5, K - 1))
-    config = SimulatorConfig(env_id="ALE/Breakout-v5", action_meanings=MEANINGS, context_frames=K, sampling_steps=2)
-    return Simulator(config, model, head, frames, actions)
+    return make_tiny_sim(seed, context=K, perturb=perturb, sampling_steps=2, num_starts=5)
 
 
 def test_step_protocol_shapes_and_rolling_state():
