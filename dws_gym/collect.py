@@ -190,7 +190,7 @@ def collect(args: CollectArgs) -> CollectResult:
             recorded += new_steps
             if bar is not None:
                 bar.update(new_steps)
-                bar.set_postfix(episodes=len(written))
+                bar.set_postfix(episodes=len(written), refresh=False)
         for i, buf in enumerate(bufs):
             if len(buf) > 0 and not awaiting_reset[i]:
                 buf.truncated[-1] = True
