@@ -334,7 +334,7 @@ def measure_dream(sim: Simulator, num_envs: int, args: argparse.Namespace, devic
     finally:
         if env is not None:
             env.close()
-        del env
+        env = None  # drop the last reference before collecting
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()

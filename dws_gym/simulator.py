@@ -244,6 +244,7 @@ class Simulator:
         steps: int | None = None,
         sample_reward: bool = False,
         sample_termination: bool = False,
+        validate: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, SimState]:
         """Advance every simulation by one action.
 
@@ -254,12 +255,14 @@ class Simulator:
             steps: Euler steps (``None``: ``config.sampling_steps``).
             sample_reward: Sample the reward from the head's distribution instead of its predicted value.
             sample_termination: Bernoulli termination instead of ``probability > 0.5``.
+            validate: Check ``action``; pass ``False`` only for an int64 tensor on the device that already went
+                through :meth:`check_actions` (saves the checks' device syncs on a hot path).
 
         Returns:
             ``(frame uint8 (N, H, W, 3), reward float32 (N,), terminated bool (N,), new state)``, all on the device.
         """
         n = state.num_envs
-        a = self.check_actions(action, (n,))
+        a = self.check_actions(action, (n,)) if validate else action
         steps = self.config.sampling_steps if steps is None else steps
         frame = self.world_model.sample_next(state.frames, state.actions, a, steps=steps, generator=generator)
         reward, terminated = self.reward_head.predict(

@@ -463,7 +463,7 @@ def test_concurrent_writers_do_not_collide(tmp_path):
 def test_import_arrays_round_trip(tmp_path):
     store = TrajectoryStore(tmp_path, create=True)
     # three episodes back to back (lengths 3, 4, 2), the last one unfinished; frame value = 10 * episode + t
-    lengths, finished = [3, 4, 2], [True, True, False]
+    lengths = [3, 4, 2]  # the last episode is unfinished
     obs, nxt, acts, term, trunc = [], [], [], [], []
     for e, T in enumerate(lengths):
         frames = 10 * e + np.arange(T + 1)

@@ -230,12 +230,6 @@ class DreamVectorEnv(VectorEnv):
         return ids
 
     def _check_actions(self, actions: Any) -> torch.Tensor:
-        if not torch.is_tensor(actions):
-            actions = np.asarray(actions)
-            if actions.dtype.kind not in "iuf":
-                raise ValueError(
-                    f"actions must be integer action indices of shape ({self.num_envs},), got dtype {actions.dtype}."
-                )
         return self.simulator.check_actions(actions, (self.num_envs,), "actions")
 
     def _observation(self) -> Any:
@@ -329,6 +323,7 @@ class DreamVectorEnv(VectorEnv):
                 steps=self.sampling_steps,
                 sample_reward=self.sample_reward,
                 sample_termination=self.sample_termination,
+                validate=False,  # checked once above, for every env
             )
             if every:
                 self._state = new

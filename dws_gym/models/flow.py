@@ -906,16 +906,19 @@ class FlowWorldModel(nn.Module):
         """Write ``flow_config.json`` and ``flow_model.safetensors`` (full weights, no pickle) into ``folder``."""
         from safetensors.torch import save_file
 
+        from dws_gym.fileio import write_folder_atomically
+
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        if folder.exists() and any(folder.iterdir()) and not (folder / FLOW_CONFIG_NAME).is_file():
+            raise FileExistsError(f"{folder} exists and is not a flow world model folder; choose another path.")
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        tmp = folder / (FLOW_WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata={"format": "pt", "dws_flow_format": str(FLOW_FORMAT_VERSION)})
-        os.replace(tmp, folder / FLOW_WEIGHTS_NAME)
-        tmp_cfg = folder / (FLOW_CONFIG_NAME + ".tmp")
-        self.config.to_json(tmp_cfg)
-        os.replace(tmp_cfg, folder / FLOW_CONFIG_NAME)
-        return folder
+
+        def write(tmp: Path) -> None:  # weights and config become visible together
+            save_file(state, str(tmp / FLOW_WEIGHTS_NAME),
+                      metadata={"format": "pt", "dws_flow_format": str(FLOW_FORMAT_VERSION)})
+            self.config.to_json(tmp / FLOW_CONFIG_NAME)
+
+        return write_folder_atomically(folder, write)
 
     @classmethod
     def from_config(cls, config: FlowConfig | dict[str, Any]) -> FlowWorldModel:
