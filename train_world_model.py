@@ -76,17 +76,17 @@ class Args:
     """`full` fine-tunes everything; `module` freezes the backbone and trains only the DWS module and action embedder"""
     context_frames: int = 4
     """K: context frames each step conditions on"""
-    horizon: int = 1
+    horizon: int = 4
     """H: target frames per training clip (each with its own noise level)"""
-    patch_size: int = 4
+    patch_size: int = 8
     """pixel backbone: spatial patch size"""
-    num_heads: int = 4
+    num_heads: int = 6
     """pixel backbone: attention heads"""
     head_dim: int = 32
     """pixel backbone: width of each head (width = num_heads * head_dim)"""
     num_layers: int = 3
     """pixel backbone: transformer blocks"""
-    ffn_dim: int = 512
+    ffn_dim: int = 768
     """pixel backbone: feed-forward width"""
     action_conditioning: Literal["frame", "global", "none"] = "frame"
     """frame = DWS per-frame module; global = the action trajectory pooled into one embedding; none = action-free"""
@@ -104,13 +104,13 @@ class Args:
     """Euler steps per generated frame"""
 
     # optimisation
-    total_steps: int = 150
+    total_steps: int = 400
     """world-model optimiser steps"""
-    batch_size: int = 8
+    batch_size: int = 16
     """clips per step (per process)"""
-    learning_rate: float = 3e-4
+    learning_rate: float = 5e-4
     """peak learning rate (AdamW)"""
-    warmup_steps: int = 20
+    warmup_steps: int = 50
     """linear warm-up steps"""
     weight_decay: float = 0.01
     """AdamW weight decay"""
@@ -361,6 +361,9 @@ if __name__ == "__main__":
             writer.add_scalar("charts/samples_per_second", sps, step)
             bar.set_postfix(loss=f"{logs['loss']:.4f}", mse=f"{logs['mse']:.4f}", copy=f"{logs['copy_mse']:.4f}",
                             sps=f"{sps:.1f}")
+            if not args.progress:  # background runs: one plain line per log interval instead of a bar
+                print(f"step {step + 1}/{args.total_steps} loss {logs['loss']:.5f} mse {logs['mse']:.5f} "
+                      f"copy {logs['copy_mse']:.5f} samples/s {sps:.1f}", flush=True)
         if (step + 1) % args.checkpoint_every == 0:
             checkpoint(step + 1)
     train_seconds = time.perf_counter() - t0

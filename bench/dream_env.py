@@ -154,7 +154,7 @@ def build_default_simulator(
     frames, actions, meanings = _start_clips(DEFAULT_ENV_ID, num_starts, FlowConfig.context_frames, seed)
     n = len(meanings)
     if tiny:
-        flow = FlowConfig(num_actions=n, num_heads=2, head_dim=48, num_layers=1, ffn_dim=64, freq_dim=16,
+        flow = FlowConfig(num_actions=n, patch_size=4, num_heads=2, head_dim=48, num_layers=1, ffn_dim=64, freq_dim=16,
                           text_dim=16, cond_dim=16, sampling_steps=steps)
         head = RewardConfig(context_frames=flow.context_frames, num_actions=n, dim=16, depth=1, num_heads=2)
     else:

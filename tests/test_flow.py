@@ -100,8 +100,8 @@ def test_config_rejects_bad_values(overrides, message):
 def test_default_config_is_small_and_fits_the_patch():
     model = FlowWorldModel(FlowConfig())
     cfg = model.config
-    assert cfg.patch_size**2 * 2 * cfg.channels <= cfg.width
-    assert model.num_parameters() * 4 < 8e6  # < 8 MB of fp32 weights leaves room for the rest of a simulator
+    assert cfg.patch_size**2 * cfg.channels <= cfg.width  # each token can emit its whole patch
+    assert model.num_parameters() * 4 < 12e6  # < 12 MB of fp32 weights keeps a shipped simulator under 20 MB
 
 
 # ------------------------------------------------------------------------------------------------------ masks

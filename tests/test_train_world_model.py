@@ -14,7 +14,7 @@ from dws_gym.simulator import Simulator
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train_world_model.py"
 TINY = ["--patch-size", "4", "--num-heads", "2", "--head-dim", "48", "--num-layers", "1", "--ffn-dim", "64",
-        "--context-frames", "3", "--batch-size", "2", "--reward-steps", "4", "--reward-batch-size", "8",
+        "--context-frames", "3", "--horizon", "2", "--batch-size", "2", "--reward-steps", "4", "--reward-batch-size", "8",
         "--eval-clips", "2", "--eval-horizon", "3", "--num-start-states", "4", "--sampling-steps", "1",
         "--no-progress", "--no-capture-video", "--warmup-steps", "1", "--log-every", "1"]
 

@@ -136,11 +136,11 @@ class FlowConfig:
     channels: int = 3
     context_frames: int = 4
     space: str = "pixel"
-    patch_size: int = 4
-    num_heads: int = 4
+    patch_size: int = 8
+    num_heads: int = 6
     head_dim: int = 32
     num_layers: int = 3
-    ffn_dim: int = 512
+    ffn_dim: int = 768
     freq_dim: int = 64
     text_dim: int = 64
     num_prompt_tokens: int = 4
@@ -277,10 +277,11 @@ class FlowConfig:
                 raise ValueError(f"patch_size {self.patch_size} must divide frame_size {self.frame_size}")
             if self.head_dim % 2 or self.head_dim < 6:
                 raise ValueError(f"head_dim must be even and >= 6 (3-axis rotary embedding), got {self.head_dim}")
-            values = self.patch_size**2 * self.channels * (2 if self.prev_frame_input else 1)
+            # The output projection is the bottleneck (DESIGN section 5): each token must emit its patch's values.
+            values = self.patch_size**2 * self.channels
             if values > self.width:
                 raise ValueError(
-                    f"a {self.patch_size}x{self.patch_size} patch carries {values} values but the width is only "
+                    f"a {self.patch_size}x{self.patch_size} patch outputs {values} values but the width is only "
                     f"{self.width}; use a smaller patch_size or a larger num_heads * head_dim (a patch must fit "
                     "through the width, DESIGN section 5)"
                 )
