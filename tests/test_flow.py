@@ -90,6 +90,7 @@ def test_config_json_round_trip(tmp_path):
         (dict(parametrization="eps"), "parametrization"),
         (dict(num_actions=None), "num_actions"),
         (dict(context_noise=1.5), "context_noise"),
+        (dict(keep_below=-0.1), "keep_below"),
     ],
 )
 def test_config_rejects_bad_values(overrides, message):
@@ -246,6 +247,24 @@ def test_sampling_is_reproducible_and_seed_dependent():
     assert a.dtype == torch.uint8 and a.shape == (2, SIZE, SIZE, 3)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+@torch.no_grad()
+def test_keep_below_keeps_small_changes_of_the_previous_frame():
+    model = tiny_model()
+    perturb(model, scale=0.05)
+    frames = random_frames(2, 2, seed=7)
+    args = (frames, torch.tensor([[0], [1]]), torch.tensor([3, 2]))
+    free = model.sample_next(*args, steps=2, generator=torch.Generator().manual_seed(3))
+    change = (free.int() - frames[:, -1].int()).abs().amax(dim=-1)  # (B, H, W), in 0..255
+    threshold = float(change.float().median()) / 255.0
+    model.config.keep_below = threshold
+    kept = model.sample_next(*args, steps=2, generator=torch.Generator().manual_seed(3))
+    # Pixels that changed by clearly less than the threshold are copied; clearly larger changes are untouched.
+    small, large = change < threshold * 255 - 1, change > threshold * 255 + 1
+    assert small.any() and large.any()
+    assert torch.equal(kept[small], frames[:, -1][small])
+    assert torch.equal(kept[large], free[large])
 
 
 @torch.no_grad()

@@ -121,6 +121,9 @@ class FlowConfig:
         motion_c, motion_tau, motion_delta: Motion-reinforced loss (D6) defaults; ``motion_c = 1`` is the plain loss.
         sampling_steps: Default Euler steps of :meth:`FlowWorldModel.sample_next`.
         sample_shift: Timestep shift of the sampling schedule, ``t -> s t / (1 + (s - 1) t)`` (1 = linear).
+        keep_below: Pixel space only: after sampling, pixels whose change from the previous frame is below this (in
+            ``[0, 1]`` units, largest over channels) keep their previous value. Low-amplitude output noise otherwise
+            compounds over long open-loop rollouts of flat-coloured games; ``0`` disables it.
         kv_cache: Cache the context's keys / values while sampling (same result, fewer FLOPs).
         gradient_checkpointing: Recompute blocks in backward to save memory.
         working_resolution: Latent space only: env frames are resized to this square size before the VAE.
@@ -162,6 +165,7 @@ class FlowConfig:
     motion_delta: float = DEFAULT_DELTA
     sampling_steps: int = 4
     sample_shift: float = 1.0
+    keep_below: float = 0.0
     kv_cache: bool = True
     gradient_checkpointing: bool = False
     working_resolution: int | None = None
@@ -257,6 +261,8 @@ class FlowConfig:
             positive_int("cond_hidden_dim", self.cond_hidden_dim)
         if not (0.0 <= self.context_noise < 1.0):
             raise ValueError(f"FlowConfig.context_noise must be in [0, 1), got {self.context_noise!r}")
+        if not (isinstance(self.keep_below, (int, float)) and 0.0 <= self.keep_below < 1.0):
+            raise ValueError(f"FlowConfig.keep_below must be in [0, 1), got {self.keep_below!r}")
         if not (self.logit_std > 0 and math.isfinite(self.logit_mean)):
             raise ValueError("FlowConfig.logit_std must be > 0 and logit_mean finite")
         if not (self.sample_shift > 0 and math.isfinite(self.sample_shift)):
@@ -900,6 +906,11 @@ class FlowWorldModel(nn.Module):
         finally:
             for proc in procs:
                 proc.cache = None
+        if self.config.keep_below > 0 and self.config.space == "pixel":
+            # Compare what the frame will show (decoding clamps to [-1, 1]); a change of d in [0, 1] units is 2 d.
+            x = x.clamp(-1.0, 1.0)
+            still = (x - prev_new).abs().amax(dim=1, keepdim=True) < 2.0 * self.config.keep_below
+            x = torch.where(still, prev_new, x)
         return x[:, :, 0]
 
     # ---------------------------------------------------------------------------------------------- disk

@@ -1,0 +1,98 @@
+"""Score a saved simulator on the held-out episodes of a trajectory store: the held-out table and acceptance checks.
+
+    python -m dws_gym.evaluate --simulator dws_gym/assets/simulators/breakout --data data/breakout --clips 128
+    python -m dws_gym.evaluate --simulator runs/breakout/simulator --data data/breakout --sampling-steps 1 2 4
+
+The held-out episodes are the last ``--held-out-fraction`` of the store's episodes of the simulator's env id (the
+split ``train_world_model.py`` makes), so a simulator is scored on episodes it never trained on when it was trained
+on the same store. Windows are drawn with a fixed seed: the same command gives the same windows, so tables of
+different simulators or sampling steps are comparable row by row.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import tyro
+
+from dws_gym.data import TrajectoryStore
+from dws_gym.evaluation import EvalResult, evaluate_held_out, sample_eval_clips, split_episodes
+from dws_gym.simulator import Simulator
+
+
+@dataclass
+class EvaluateArgs:
+    """Open-loop rollouts of a simulator on held-out real windows, next to copying the last frame."""
+
+    simulator: str
+    """simulator folder or Hugging Face Hub repo id"""
+    data: str
+    """trajectory store holding episodes of the simulator's env id"""
+    clips: int = 128
+    """held-out windows (drawn with replacement when the episodes hold fewer)"""
+    horizon: int = 15
+    """open-loop steps per window"""
+    held_out_fraction: float = 0.1
+    """the last fraction of the env id's episodes is held out (as in train_world_model.py)"""
+    sampling_steps: list[int] = field(default_factory=list)
+    """Euler steps per frame to score, one table each (default: the simulator's own)"""
+    batch_size: int | None = 64
+    """windows per simulator call (bounds memory)"""
+    seed: int = 0
+    """seeds the windows, the sampling noise and the action shuffle"""
+    device: str = "cpu"
+    """where the simulator runs: cpu | cuda | cuda:<i>"""
+    out: str | None = None
+    """write the results as JSON here"""
+
+
+def held_out_windows(store: TrajectoryStore, env_id: str, context: int, horizon: int, n: int,
+                     held_out_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """``n`` windows of ``context + horizon`` real frames from the held-out episodes of ``env_id`` in ``store``."""
+    ours = [i for i in store.episode_ids() if store.meta(i).env_id == env_id]
+    if not ours:
+        found = sorted({store.meta(i).env_id for i in store.episode_ids()})
+        raise ValueError(f"{store.root} holds no {env_id} episodes (it has {found}); pass a store of that game")
+    _, held = split_episodes(store, held_out_fraction, episode_ids=ours)
+    rng = np.random.default_rng(seed)
+    return sample_eval_clips(store, held, context, horizon, n, rng, replace=True)
+
+
+def evaluate(args: EvaluateArgs, simulator: Simulator | None = None) -> dict[int, EvalResult]:
+    """Run the evaluation ``args`` describes; returns ``{sampling_steps: EvalResult}``."""
+    sim = simulator if simulator is not None else Simulator.from_pretrained(args.simulator, device=args.device)
+    store = TrajectoryStore(args.data)
+    clips = held_out_windows(store, sim.config.env_id, sim.context_frames, args.horizon, args.clips,
+                             args.held_out_fraction, args.seed)
+    results: dict[int, EvalResult] = {}
+    for steps in args.sampling_steps or [int(sim.config.sampling_steps)]:
+        generator = torch.Generator(device=sim.device).manual_seed(args.seed)
+        results[int(steps)] = evaluate_held_out(sim, clips, horizon=args.horizon, generator=generator,
+                                                shuffle_rng=args.seed, batch_size=args.batch_size, steps=int(steps))
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[int, EvalResult]:
+    """CLI entry point: print one table (and acceptance summary) per sampling-step count."""
+    args = tyro.cli(EvaluateArgs, args=argv)
+    results = evaluate(args)
+    summary: dict[str, Any] = {}
+    for steps, result in results.items():
+        print(f"\n## {args.simulator}: {steps} sampling step(s)\n")
+        print(result.to_markdown())
+        summary[str(steps)] = result.to_dict()
+    if args.out is not None:
+        Path(args.out).write_text(json.dumps(summary, indent=1))
+        print(f"\nresults written to {args.out}")
+    return results
+
+
+__all__ = ["EvaluateArgs", "evaluate", "held_out_windows", "main"]
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""`python -m dws_gym.evaluate`: a saved simulator scored on the held-out episodes of a real Breakout store."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tiny_sim import make_tiny_sim
+
+from dws_gym.collect import CollectArgs, collect
+from dws_gym.data import TrajectoryStore
+from dws_gym.evaluate import EvaluateArgs, evaluate, held_out_windows, main
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("breakout")
+    collect(CollectArgs(env_id="ALE/Breakout-v5", steps=240, out=str(out), num_envs=4, progress=False))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def sim_folder(tmp_path_factory: pytest.TempPathFactory) -> str:
+    folder = tmp_path_factory.mktemp("sim") / "simulator"
+    make_tiny_sim(seed=3).save_pretrained(folder)
+    return str(folder)
+
+
+def test_held_out_windows_come_from_the_last_episodes(store_path):
+    store = TrajectoryStore(store_path)
+    batch = held_out_windows(store, "ALE/Breakout-v5", 3, 4, 5, 0.25, seed=0)
+    ids = sorted(store.episode_ids())
+    held = ids[-int(np.ceil(0.25 * len(ids))):]
+    assert batch["frames"].shape == (5, 7, 64, 64, 3) and batch["mask"].all()
+    assert set(batch["episode_id"].tolist()) <= set(held)
+    again = held_out_windows(store, "ALE/Breakout-v5", 3, 4, 5, 0.25, seed=0)
+    assert np.array_equal(batch["frames"], again["frames"])  # same seed, same windows
+
+
+def test_cli_prints_one_table_per_step_count_and_writes_json(store_path, sim_folder, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    results = main(["--simulator", sim_folder, "--data", store_path, "--clips", "3", "--horizon", "2",
+                    "--held-out-fraction", "0.25", "--sampling-steps", "1", "2", "--out", str(out)])
+    assert sorted(results) == [1, 2]
+    for result in results.values():
+        assert result.num_clips == 3 and result.horizon == 2
+        assert [row["h"] for row in result.table.rows] == [1, 2, "mean"]
+    printed = capsys.readouterr().out
+    assert printed.count("sampling step(s)") == 2 and "psnr model" in printed
+    saved = json.loads(out.read_text())
+    assert sorted(saved) == ["1", "2"] and saved["1"]["num_clips"] == 3
+
+
+def test_same_command_gives_the_same_numbers(store_path, sim_folder):
+    args = EvaluateArgs(simulator=sim_folder, data=store_path, clips=3, horizon=2, held_out_fraction=0.25)
+    a, b = evaluate(args), evaluate(args)
+    (steps,) = a
+    assert a[steps].table.rows == b[steps].table.rows
+
+
+def test_store_without_the_simulators_game_is_refused(store_path, tmp_path):
+    sim = make_tiny_sim(seed=0, env_id="ALE/Pong-v5")
+    args = EvaluateArgs(simulator="unused", data=store_path, clips=2, horizon=2)
+    with pytest.raises(ValueError, match="holds no ALE/Pong-v5 episodes"):
+        evaluate(args, simulator=sim)
