@@ -6,6 +6,7 @@ and, with --write-results, appends it to bench/RESULTS.md — whatever it shows.
 
     python bench/ablation.py --data data/breakout --total-steps 2000 --write-results
     python bench/ablation.py --data data/breakout --total-steps 200 --extra="--batch-size 4"    # quick look
+    python bench/ablation.py --data data/breakout --jobs 2 --threads 1     # two variants at a time, 1 thread each
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -36,6 +38,15 @@ def mean_row(metrics: dict) -> dict:
     return {}
 
 
+def early_sensitivity(metrics: dict, upto: int = 5) -> float | None:
+    """Mean action sensitivity over h = 1..upto (the horizons of the acceptance rule), or None if absent."""
+    rows = [r for r in metrics.get("table", {}).get("rows", []) if isinstance(r.get("h"), int) and r["h"] <= upto]
+    values = [r.get("action_sensitivity") for r in rows]
+    if not values or any(not isinstance(v, (int, float)) for v in values):
+        return None
+    return sum(values) / len(values)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="trajectory store shared by every variant")
@@ -45,6 +56,8 @@ def main() -> None:
     p.add_argument("--out", default="runs/ablation")
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), help="subset of: " + "; ".join(VARIANTS))
     p.add_argument("--extra", default="", help="more train_world_model.py flags, one string")
+    p.add_argument("--jobs", type=int, default=1, help="variants trained at the same time")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per variant (default: all, or 1 with --jobs > 1)")
     p.add_argument("--write-results", action="store_true")
     p.add_argument("--results-file", default=str(Path(__file__).with_name("RESULTS.md")))
     args = p.parse_args()
@@ -52,22 +65,44 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}")
 
-    results = {}
+    if args.jobs < 1:
+        raise SystemExit("--jobs must be >= 1")
+    env = dict(os.environ)
+    threads = args.threads if args.threads is not None else (1 if args.jobs > 1 else None)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    outs = {}
+    running: list[tuple[str, subprocess.Popen]] = []
+
+    def wait_one() -> None:
+        name, proc = running.pop(0)
+        if proc.wait() != 0:
+            raise SystemExit(f"variant {name!r} failed (exit {proc.returncode}); see its output above")
+
     for name in args.variants:
         out = Path(args.out) / name.replace(" ", "").replace(",", "_").replace("(", "").replace(")", "")
+        outs[name] = out
         cmd = [sys.executable, str(ROOT / "train_world_model.py"), "--env-id", args.env_id, "--data", args.data,
                "--total-steps", str(args.total_steps), "--seed", str(args.seed), "--output-dir", str(out),
-               "--no-capture-video", "--no-progress", *VARIANTS[name], *shlex.split(args.extra)]
+               "--no-capture-video", "--no-progress", "--log-every", "100", *VARIANTS[name], *shlex.split(args.extra)]
         print(f"== {name}: {' '.join(cmd)}", flush=True)
-        subprocess.run(cmd, check=True)
+        if len(running) >= args.jobs:
+            wait_one()
+        running.append((name, subprocess.Popen(cmd, env=env)))
+    while running:
+        wait_one()
+    results = {}
+    for name, out in outs.items():
         config = json.loads((out / "simulator" / "simulator_config.json").read_text())
         results[name] = config["metrics"]
 
-    header = "| variant | " + " | ".join(COLUMNS) + " | acceptance |"
-    lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
+    header = "| variant | " + " | ".join(COLUMNS) + " | action_sensitivity h1-5 | acceptance |"
+    lines = [header, "|" + "---|" * (len(COLUMNS) + 3)]
     for name, metrics in results.items():
         row = mean_row(metrics)
         cells = [f"{row[c]:.4g}" if isinstance(row.get(c), (int, float)) else "n/a" for c in COLUMNS]
+        early = early_sensitivity(metrics)
+        cells.append("n/a" if early is None else f"{early:.4g}")
         acc = metrics.get("acceptance") or {}
         verdict = "pass" if acc.get("all") else ("fail" if acc else "n/a (horizon < 15)")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {verdict} |")
@@ -77,7 +112,8 @@ def main() -> None:
         date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         with open(args.results_file, "a") as f:
             f.write(f"\n## DWS ablation ({date})\n\nCommand: `python {' '.join(sys.argv)}`  \nSame data, seed and "
-                    f"budget ({args.total_steps} steps) per variant; mean over horizons 1..15 of the held-out table.\n\n"
+                    f"budget ({args.total_steps} steps) per variant; mean over horizons 1..15 of the held-out table (and "
+                    "the mean action sensitivity over h = 1..5, the horizons of the acceptance rule).\n\n"
                     f"{table}\n")
 
 
