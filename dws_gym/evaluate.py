@@ -2,6 +2,7 @@
 
     python -m dws_gym.evaluate --simulator dws_gym/assets/simulators/breakout --data data/breakout --clips 128
     python -m dws_gym.evaluate --simulator runs/breakout/simulator --data data/breakout --sampling-steps 1 2 4
+    python -m dws_gym.evaluate --simulator runs/breakout/simulator --data data/breakout --sampling-steps 2 --record
 
 The held-out episodes are the last ``--held-out-fraction`` of the store's episodes of the simulator's env id (the
 split ``train_world_model.py`` makes), so a simulator is scored on episodes it never trained on when it was trained
@@ -12,6 +13,7 @@ different simulators or sampling steps are comparable row by row.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,9 @@ class EvaluateArgs:
     """where the simulator runs: cpu | cuda | cuda:<i>"""
     out: str | None = None
     """write the results as JSON here"""
+    record: bool = False
+    """write the table into the simulator folder's config and model card (one --sampling-steps value, which becomes
+    the simulator's default so the card describes how it steps)"""
 
 
 def held_out_windows(store: TrajectoryStore, env_id: str, context: int, horizon: int, n: int,
@@ -77,10 +82,33 @@ def evaluate(args: EvaluateArgs, simulator: Simulator | None = None) -> dict[int
     return results
 
 
+def record(sim: Simulator, folder: str | Path, steps: int, result: EvalResult, command: str) -> Path:
+    """Make ``result`` (scored at ``steps`` sampling steps) the simulator's recorded fidelity and rewrite ``folder``.
+
+    ``steps`` becomes the simulator's default, so its config, card and table agree. The folder is replaced
+    atomically: a failure leaves the previous copy intact.
+    """
+    sim.config.sampling_steps = int(steps)
+    world_config = getattr(sim.world_model, "config", None)
+    if world_config is not None and hasattr(world_config, "sampling_steps"):
+        world_config.sampling_steps = int(steps)
+    metrics = result.to_dict()
+    metrics["evaluation_command"] = command
+    keep = {k: v for k, v in (sim.config.metrics or {}).items() if k == "transitions_per_second"}
+    sim.config.metrics = {**metrics, **keep}
+    return sim.save_pretrained(folder)
+
+
 def main(argv: list[str] | None = None) -> dict[int, EvalResult]:
     """CLI entry point: print one table (and acceptance summary) per sampling-step count."""
     args = tyro.cli(EvaluateArgs, args=argv)
-    results = evaluate(args)
+    folder = Path(args.simulator)
+    if args.record and not (folder / "simulator_config.json").is_file():
+        raise SystemExit(f"--record rewrites a simulator folder; {args.simulator} is not one (download it first).")
+    if args.record and len(args.sampling_steps) > 1:
+        raise SystemExit("--record takes one --sampling-steps value (the one the recorded table describes).")
+    sim = Simulator.from_pretrained(args.simulator, device=args.device)
+    results = evaluate(args, simulator=sim)
     summary: dict[str, Any] = {}
     for steps, result in results.items():
         print(f"\n## {args.simulator}: {steps} sampling step(s)\n")
@@ -89,10 +117,15 @@ def main(argv: list[str] | None = None) -> dict[int, EvalResult]:
     if args.out is not None:
         Path(args.out).write_text(json.dumps(summary, indent=1))
         print(f"\nresults written to {args.out}")
+    if args.record:
+        ((steps, result),) = results.items()
+        command = "python -m dws_gym.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
+        record(sim.to("cpu"), folder, steps, result, command)
+        print(f"\nrecorded in {folder / 'simulator_config.json'} and {folder / 'README.md'} ({steps} sampling steps)")
     return results
 
 
-__all__ = ["EvaluateArgs", "evaluate", "held_out_windows", "main"]
+__all__ = ["EvaluateArgs", "evaluate", "held_out_windows", "main", "record"]
 
 if __name__ == "__main__":
     main()

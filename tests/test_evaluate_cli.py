@@ -64,3 +64,24 @@ def test_store_without_the_simulators_game_is_refused(store_path, tmp_path):
     args = EvaluateArgs(simulator="unused", data=store_path, clips=2, horizon=2)
     with pytest.raises(ValueError, match="holds no ALE/Pong-v5 episodes"):
         evaluate(args, simulator=sim)
+
+
+def test_record_writes_the_table_into_the_folder_and_card(store_path, tmp_path):
+    folder = tmp_path / "sim"
+    make_tiny_sim(seed=4).save_pretrained(folder)
+    main(["--simulator", str(folder), "--data", store_path, "--clips", "2", "--horizon", "2",
+          "--held-out-fraction", "0.25", "--sampling-steps", "2", "--record"])
+    from dws_gym.simulator import Simulator
+
+    sim = Simulator.from_pretrained(folder)
+    assert sim.config.sampling_steps == 2 and sim.world_model.config.sampling_steps == 2
+    assert sim.config.metrics["num_clips"] == 2 and "--record" in sim.config.metrics["evaluation_command"]
+    card = (folder / "README.md").read_text()
+    assert sim.config.metrics["table_markdown"].splitlines()[0] in card and "2 Euler steps" in card
+
+
+def test_record_refuses_several_step_counts_and_non_folders(store_path, sim_folder, tmp_path):
+    with pytest.raises(SystemExit, match="one --sampling-steps"):
+        main(["--simulator", sim_folder, "--data", store_path, "--sampling-steps", "1", "2", "--record"])
+    with pytest.raises(SystemExit, match="not one"):
+        main(["--simulator", str(tmp_path / "nothing"), "--data", store_path, "--record"])
