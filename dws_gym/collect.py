@@ -225,5 +225,12 @@ def main(argv: list[str] | None = None) -> CollectResult:
     return result
 
 
+
+def cli() -> None:
+    """The ``dws-collect`` console script: :func:`main` with exit status 0 on success (a script's return value would
+    become its exit status)."""
+    main()
+
+
 if __name__ == "__main__":
     main()

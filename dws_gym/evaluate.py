@@ -125,7 +125,14 @@ def main(argv: list[str] | None = None) -> dict[int, EvalResult]:
     return results
 
 
-__all__ = ["EvaluateArgs", "evaluate", "held_out_windows", "main", "record"]
+__all__ = ["EvaluateArgs", "cli", "evaluate", "held_out_windows", "main", "record"]
+
+
+def cli() -> None:
+    """The ``dws-evaluate`` console script: :func:`main` with exit status 0 on success (a script's return value would
+    become its exit status)."""
+    main()
+
 
 if __name__ == "__main__":
     main()

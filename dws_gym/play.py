@@ -592,5 +592,12 @@ def main(argv: Sequence[str] | None = None) -> PlayResult | None:
         raise SystemExit(2) from None
 
 
+
+def cli() -> None:
+    """The ``dws-play`` console script: :func:`main` with exit status 0 on success (a script's return value would
+    become its exit status)."""
+    main()
+
+
 if __name__ == "__main__":
     main()

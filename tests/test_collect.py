@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +101,15 @@ def test_sigkilled_collector_leaves_clean_store(tmp_path):
             assert ep["terminated"][-1], "only finished games are written before the step budget is reached"
         clips = store.clips(context=4, horizon=4)
         assert clips.sample(8, np.random.default_rng(0))["frames"].shape == (8, 8, 64, 64, 3)
+
+
+def test_console_script_exits_zero(tmp_path):
+    """`dws-collect` (installed by pip) must exit 0: a console script's return value becomes its exit status."""
+    script = Path(sys.executable).with_name("dws-collect")
+    if not script.exists():
+        pytest.skip("dws-collect is not installed next to this interpreter")
+    proc = subprocess.run([str(script), "--steps", "20", "--num-envs", "2", "--out", str(tmp_path / "s"),
+                           "--no-progress"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "collected" in proc.stdout
