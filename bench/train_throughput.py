@@ -36,6 +36,14 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} torch threads{gpu}, torch {torch.__version__}"
 
 
+def describe_default() -> str:
+    """The default FlowConfig in words (what this benchmark trains)."""
+    cfg = FlowConfig(num_actions=4)
+    params = FlowWorldModel(cfg).num_parameters()
+    return (f"Default FlowConfig (pixel space, patch {cfg.patch_size}, width {cfg.width}, {cfg.num_layers} layers; "
+            f"{params / 1e6:.2f}M parameters)")
+
+
 def measure(mode: str, args: argparse.Namespace, frames: torch.Tensor, actions: torch.Tensor) -> float:
     torch.manual_seed(0)
     cfg = FlowConfig(num_actions=4, action_mode=mode, context_frames=args.context)
@@ -70,6 +78,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--context", type=int, default=4)
+    p.add_argument("--horizon", type=int, default=4, help="target frames per clip (train_world_model.py's default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--threads", type=int, default=None)
@@ -79,15 +88,15 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    k = args.context
+    k, h = args.context, args.horizon
     if args.data:
         from dws_gym.data import TrajectoryStore
 
-        batch = TrajectoryStore(args.data).clips(k, 1).sample(args.batch_size, np.random.default_rng(0))
+        batch = TrajectoryStore(args.data).clips(k, h).sample(args.batch_size, np.random.default_rng(0))
         frames, actions = torch.from_numpy(batch["frames"]), torch.from_numpy(batch["actions"])
     else:
-        frames = torch.randint(0, 256, (args.batch_size, k + 1, 64, 64, 3), dtype=torch.uint8)
-        actions = torch.randint(0, 4, (args.batch_size, k))
+        frames = torch.randint(0, 256, (args.batch_size, k + h, 64, 64, 3), dtype=torch.uint8)
+        actions = torch.randint(0, 4, (args.batch_size, k + h - 1))
     frames, actions = frames.to(args.device), actions.to(args.device)
     dws = measure("frame", args, frames, actions)
     base = measure("none", args, frames, actions)
@@ -101,8 +110,8 @@ def main() -> None:
     if args.write_results:
         with open(args.results_file, "a") as f:
             f.write(f"\n## Flow world model training throughput ({date})\n\nMachine: {machine()}  \n"
-                    f"Command: `python {' '.join(sys.argv)}`  \nDefault FlowConfig (pixel space, patch 4, width 128, "
-                    f"3 layers; 1.03M parameters); one AdamW step per batch, motion-reinforced loss.\n\n"
+                    f"Command: `python {' '.join(sys.argv)}`  \n{describe_default()}; one AdamW step per batch, "
+                    f"motion-reinforced loss; a sample is one clip of K context + H target frames.\n\n"
                     f"{header}\n{row}\n")
 
 
