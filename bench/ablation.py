@@ -85,9 +85,9 @@ def main() -> None:
         cmd = [sys.executable, str(ROOT / "train_world_model.py"), "--env-id", args.env_id, "--data", args.data,
                "--total-steps", str(args.total_steps), "--seed", str(args.seed), "--output-dir", str(out),
                "--no-capture-video", "--no-progress", "--log-every", "100", *VARIANTS[name], *shlex.split(args.extra)]
-        print(f"== {name}: {' '.join(cmd)}", flush=True)
         if len(running) >= args.jobs:
             wait_one()
+        print(f"== {name}: {' '.join(cmd)}", flush=True)
         running.append((name, subprocess.Popen(cmd, env=env)))
     while running:
         wait_one()
