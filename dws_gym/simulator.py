@@ -414,6 +414,8 @@ class Simulator:
         metrics = c.metrics.get("table_markdown") if isinstance(c.metrics, dict) else None
         if not metrics:
             metrics = "\n".join(f"- {k}: {v}" for k, v in c.metrics.items()) or "(not measured)"
+        elif c.metrics.get("evaluation_command"):
+            metrics += f"\n\nMeasured by: `{c.metrics['evaluation_command']}`"
         wm_desc = ""
         if wm is not None and hasattr(wm, "to_dict"):
             d = wm.to_dict()
