@@ -8,9 +8,9 @@ trained on the real transitions, then the held-out table (open-loop rollouts nex
 printed, and the simulator folder is saved (and pushed to the Hub with --push-to-hub).
 
     python train_world_model.py                                # ~20 min CPU demo of the whole pipeline
-    # the default simulator shipped for dws/Breakout-v0 (about 50 min of training on 2 CPU cores):
+    # the default simulator shipped for dws/Breakout-v0 (about 75 min of training on 2 CPU cores):
     python -m dws_gym.collect --env-id ALE/Breakout-v5 --steps 100000 --num-envs 8 --out data/breakout
-    python train_world_model.py --data data/breakout --warmup-steps 100 --total-steps 1600 --eval-clips 32 \
+    python train_world_model.py --data data/breakout --warmup-steps 100 --total-steps 2400 --eval-clips 32 \
         --output-dir runs/breakout-default                     # --resume continues from the last checkpoint
     torchrun --nproc-per-node 2 train_world_model.py ...       # multi-GPU / multi-process (DDP)
 """
