@@ -127,6 +127,11 @@ class Args:
     """reward / termination head optimiser steps"""
     reward_batch_size: int = 64
     """transitions per reward-head step"""
+    reward_rare_fraction: float = 0.25
+    """share of each reward-head batch drawn from transitions with a non-zero reward or a termination (the loss
+    is then unweighted); 0 draws uniformly and weights the loss by clipped inverse class frequency instead"""
+    retrain_reward_head: bool = False
+    """with --resume: train the reward head again even if the checkpoint holds a finished one"""
 
     # evaluation, checkpoints
     eval_clips: int = 16
@@ -219,7 +224,13 @@ if __name__ == "__main__":
     from dws_gym.data import TrajectoryStore
     from dws_gym.evaluation import evaluate_held_out, sample_eval_clips, split_episodes
     from dws_gym.models.conditioning import freeze_base
-    from dws_gym.models.reward import RewardConfig, RewardHead, balance_weights_from_data, fit_reward_head
+    from dws_gym.models.reward import (
+        RareEventSampler,
+        RewardConfig,
+        RewardHead,
+        balance_weights_from_data,
+        fit_reward_head,
+    )
     from dws_gym.simulator import Simulator, SimulatorConfig
     from dws_gym.training import (
         cleanup_distributed,
@@ -236,6 +247,10 @@ if __name__ == "__main__":
     args = tyro.cli(Args)
     if args.backbone == "ar":
         raise SystemExit("--backbone ar is not available in this version of dws-gym; use --backbone flow.")
+    if not 0 <= args.reward_rare_fraction < 1:
+        raise SystemExit(f"--reward-rare-fraction must be in [0, 1), got {args.reward_rare_fraction}.")
+    if args.retrain_reward_head and not args.resume:
+        raise SystemExit("--retrain-reward-head retrains the head of a finished run; pass it with --resume.")
     device = pick_device(args.cuda)
     dist = setup_distributed(device)
     run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -309,7 +324,7 @@ if __name__ == "__main__":
         optimizer.load_state_dict(ckpt["optimizer"])
         restore_rng(ckpt["rng"][min(dist.rank, len(ckpt["rng"]) - 1)], generator, np_rng)
         start_step = int(ckpt["step"])
-        if "reward_head" in ckpt:  # a finished head is kept as it is (resuming never retrains it)
+        if "reward_head" in ckpt and not args.retrain_reward_head:  # a finished head is kept as it is
             reward_head.load_state_dict(ckpt["reward_head"])
             reward_trained = True
         print(f"resumed {out_dir} at step {start_step}")
@@ -382,8 +397,13 @@ if __name__ == "__main__":
             if not (stats["reward"] != 0).any() or not stats["terminated"].any():
                 print("warning: the training data has no non-zero reward or no termination; the reward head "
                       "cannot learn to predict them")
-            class_w, pos_w = balance_weights_from_data(stats["reward"], stats["terminated"])
-            fit_reward_head(reward_head, transitions.sample, steps=args.reward_steps,
+            if args.reward_rare_fraction > 0:  # oversample rare events; weighting on top would shift twice
+                sample_fn = RareEventSampler(transitions, args.reward_rare_fraction)
+                class_w, pos_w = [1.0, 1.0, 1.0], 1.0
+            else:
+                sample_fn = transitions.sample
+                class_w, pos_w = balance_weights_from_data(stats["reward"], stats["terminated"])
+            fit_reward_head(reward_head, sample_fn, steps=args.reward_steps,
                             batch_size=args.reward_batch_size, generator=np_rng, progress=args.progress,
                             class_weights=class_w, pos_weight=pos_w)
             reward_head.eval()

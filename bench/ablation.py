@@ -111,7 +111,7 @@ def main() -> None:
     if args.write_results:
         date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         with open(args.results_file, "a") as f:
-            f.write(f"\n## DWS ablation ({date})\n\nCommand: `python {' '.join(sys.argv)}`  \nSame data, seed and "
+            f.write(f"\n## DWS ablation ({date})\n\nCommand: `python {shlex.join(sys.argv)}`  \nSame data, seed and "
                     f"budget ({args.total_steps} steps) per variant; mean over horizons 1..15 of the held-out table (and "
                     "the mean action sensitivity over h = 1..5, the horizons of the acceptance rule).\n\n"
                     f"{table}\n")

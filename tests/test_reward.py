@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from dws_gym.data.store import TrajectoryStore
 from dws_gym.models.reward import (
+    RareEventSampler,
     RewardConfig,
     RewardHead,
     RewardOutput,
@@ -311,3 +313,47 @@ def test_twohot_head_learns_reward_magnitude() -> None:
     assert (err < 0.25).mean() >= 0.95, err.mean()
     assert np.median(err[test["reward"] > 0]) < 0.25
     assert (term.numpy() == test["terminated"]).mean() >= 0.97
+
+
+def _store_with_rare_events(tmp_path, rare: bool = True):
+    """A real store of 3 episodes of 50 steps with 2 rewarded steps and one game over each (none if not rare)."""
+    store = TrajectoryStore(tmp_path / "store", create=True)
+    rng = np.random.default_rng(0)
+    for e in range(3):
+        T = 50
+        rewards = np.zeros(T, np.float32)
+        term = np.zeros(T, bool)
+        if rare:
+            rewards[[10, 30]] = [1.0, -1.0] if e == 0 else [1.0, 4.0]
+            term[-1] = True
+        obs = rng.integers(0, 255, size=(T + 1, 8, 8, 3), dtype=np.uint8)
+        trunc = ~term & (np.arange(T) == T - 1)  # an episode without a game over ends by truncation
+        store.add_episode(obs, rng.integers(0, 4, size=T), rewards, term, trunc, env_id="Test-v0",
+                          action_space={"type": "discrete", "n": 4})
+    return store.transitions(frame_stack=2)
+
+
+def test_rare_event_sampler_fills_its_share_with_rare_transitions(tmp_path):
+    data = _store_with_rare_events(tmp_path)
+    sampler = RareEventSampler(data, rare_fraction=0.25)
+    assert len(sampler.rare_indices) == 9 and sampler.rare_count(64) == 16
+    batch = sampler(64, np.random.default_rng(1))
+    rare = (batch["reward"] != 0) | batch["terminated"]
+    assert rare[:16].all() and batch["obs"].shape == (64, 2, 8, 8, 3)
+    assert rare.mean() < 0.5  # the other 48 are uniform draws (9 of 150 transitions are rare)
+    again = sampler(64, np.random.default_rng(1))
+    assert all(np.array_equal(batch[k], again[k]) for k in batch)
+
+
+def test_rare_event_sampler_without_rare_events_or_share_draws_uniformly(tmp_path):
+    data = _store_with_rare_events(tmp_path)
+    assert RareEventSampler(data, rare_fraction=0.0).rare_count(64) == 0
+    plain = RareEventSampler(_store_with_rare_events(tmp_path / "plain", rare=False), rare_fraction=0.5)
+    assert len(plain.rare_indices) == 0 and plain.rare_count(64) == 0
+    assert plain(8, np.random.default_rng(0))["reward"].shape == (8,)
+    rng = np.random.default_rng(2)
+    idx = RareEventSampler(data, rare_fraction=0.0).indices(1000, rng)
+    assert idx.min() >= 0 and idx.max() < len(data) and len(np.unique(idx)) > 100
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="rare_fraction"):
+            RareEventSampler(data, rare_fraction=bad)

@@ -71,6 +71,33 @@ def test_resume_continues_from_checkpoint(trained, tmp_path):
                                                      after.world_model.state_dict().values()))
 
 
+def test_retrain_reward_head_keeps_world_model_and_trains_a_new_head(trained, tmp_path):
+    cwd, _ = trained
+    run_dir = tmp_path / "run"
+    shutil.copytree(cwd / "run", run_dir)
+    proc = run(["--data", str(cwd / "store"), "--total-steps", "2", "--output-dir", str(run_dir), "--resume",
+                "--retrain-reward-head", "--seed", "7"] + TINY, tmp_path)
+    assert "at step 2" in proc.stdout
+    before = Simulator.from_pretrained(cwd / "run" / "simulator")
+    after = Simulator.from_pretrained(run_dir / "simulator")
+    for (name, a), b in zip(before.world_model.state_dict().items(), after.world_model.state_dict().values()):
+        assert torch.equal(a, b), name  # no world-model step: the run had already reached --total-steps
+    assert any(not torch.equal(a, b) for a, b in zip(before.reward_head.state_dict().values(),
+                                                     after.reward_head.state_dict().values()))
+    ckpt = torch.load(run_dir / "checkpoint" / "training_state.pt", weights_only=False)
+    assert "reward_head" in ckpt and ckpt["step"] == 2
+
+
+@pytest.mark.parametrize("flags, message", [(["--retrain-reward-head"], "--resume"),
+                                            (["--reward-rare-fraction", "1.0"], "[0, 1)")])
+def test_reward_flags_are_checked_before_any_work(tmp_path, flags, message):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--data", "store"] + flags, cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and message in proc.stderr + proc.stdout
+    assert not (tmp_path / "store").exists()  # failed before collecting anything
+
+
 def test_resume_without_checkpoint_says_what_to_do(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, str(SCRIPT), "--resume", "--output-dir", "nowhere"], cwd=tmp_path,

@@ -43,6 +43,8 @@ Class imbalance (rewards and terminations are rare in real data). Our choice, ap
   :func:`balance_weights_from_data`), else from the batch.
 * Termination: binary cross-entropy with ``pos_weight = n_negative / n_positive`` clipped to
   ``[1, max_pos_weight]`` (default 10), again from the dataset when given, else from the batch.
+* Or oversampling instead of weights: :class:`RareEventSampler` fills a fixed share of every batch with rare
+  transitions, so a short training budget still sees many of them; the loss is then left unweighted.
 
 Why clip: a game over is about one step in a thousand in Atari; full inverse-frequency weights would make the head
 fire on every look-alike frame and end dreamed episodes early, which hurts an agent more than a missed terminal.
@@ -69,6 +71,7 @@ from torch import nn
 
 __all__ = [
     "SIGN_VALUES",
+    "RareEventSampler",
     "RewardConfig",
     "RewardOutput",
     "RewardHead",
@@ -223,6 +226,52 @@ def balance_weights_from_data(
     counts = torch.bincount(reward_to_sign_class(r.to(torch.float64)), minlength=3)
     weights = class_balanced_weights(counts, max_class_weight)
     return [float(w) for w in weights], termination_pos_weight(t, max_pos_weight)
+
+
+class RareEventSampler:
+    """Batches of transitions in which a fixed share are rare events: a non-zero reward or a termination.
+
+    Drawing uniformly, a batch of 64 Atari transitions holds a rewarded step about every other batch and a game over
+    every few dozen, so a head sees few of the events it must learn within a short budget, however the loss weights
+    them. This sampler draws ``round(rare_fraction * n)`` items uniformly from the rare transitions and the rest
+    uniformly from all of them (with replacement), so every batch carries examples of both.
+
+    Oversampling shifts the head's prior towards the rare classes (by about ``rare_fraction / rare share`` of the
+    data), the same direction as loss weights; train with unit weights (``class_weights=(1, 1, 1)``,
+    ``pos_weight=1``) rather than stacking both.
+
+    Args:
+        dataset: a transition view with ``step_records()`` and ``get_batch(indices)`` and ``len()`` (a
+            :class:`dws_gym.data.views.TransitionDataset`).
+        rare_fraction: share of each batch drawn from the rare transitions, in ``[0, 1)``; 0 samples uniformly.
+            With no rare transition in the data every batch is drawn uniformly.
+    """
+
+    def __init__(self, dataset: Any, rare_fraction: float = 0.25) -> None:
+        if not (math.isfinite(rare_fraction) and 0.0 <= rare_fraction < 1.0):
+            raise ValueError(f"rare_fraction must be in [0, 1), got {rare_fraction!r}")
+        if len(dataset) == 0:
+            raise ValueError("the dataset has no transitions to sample")
+        records = dataset.step_records()
+        rare = (np.asarray(records["reward"]) != 0) | np.asarray(records["terminated"], dtype=bool)
+        self.dataset = dataset
+        self.rare_fraction = float(rare_fraction)
+        self.rare_indices = np.flatnonzero(rare)
+        """Indices (into ``dataset``) of the transitions with a non-zero reward or a termination."""
+
+    def rare_count(self, n: int) -> int:
+        """How many of a batch of ``n`` are drawn from the rare transitions."""
+        return int(round(self.rare_fraction * n)) if len(self.rare_indices) else 0
+
+    def indices(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Dataset indices of one batch of ``n`` (rare draws first)."""
+        k = self.rare_count(n)
+        rare = self.rare_indices[rng.integers(0, len(self.rare_indices), size=k)] if k else np.zeros(0, np.int64)
+        return np.concatenate([rare, rng.integers(0, len(self.dataset), size=int(n) - k)])
+
+    def __call__(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """One batch of ``n`` transitions, as the dataset's ``get_batch`` returns it (for :func:`fit_reward_head`)."""
+        return self.dataset.get_batch(self.indices(n, rng))
 
 
 # --------------------------------------------------------------------------------------------------------------------

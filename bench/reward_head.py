@@ -1,0 +1,143 @@
+"""Reward / termination head: rare-event oversampling vs loss weighting, on the same data and budget.
+
+Trains one :class:`~dws_gym.models.reward.RewardHead` per variant on a trajectory store's training episodes (the
+same split as ``train_world_model.py``), with the same seed, steps and batch size, then scores every transition of
+the held-out episodes with its real next frame: precision and recall of a positive reward, a negative reward and
+a termination. With --write-results the table is appended to bench/RESULTS.md, whatever it shows.
+
+Variants:
+
+* ``weighted``: uniform batches, cross-entropy weighted by clipped inverse class frequency (at most 10) and
+  termination ``pos_weight`` (at most 10), the loss-side remedy;
+* ``oversample f``: a share ``f`` of each batch drawn from the transitions with a non-zero reward or a termination
+  (:class:`~dws_gym.models.reward.RareEventSampler`), unweighted loss (``train_world_model.py``'s default, f = 0.25).
+
+    python bench/reward_head.py --data data/breakout --steps 300 --write-results
+    python bench/reward_head.py --data data/breakout --steps 300 --fractions 0.1 0.25 0.5 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dws_gym.data.store import TrajectoryStore
+from dws_gym.evaluation import split_episodes
+from dws_gym.metrics import precision_recall
+from dws_gym.models.reward import (
+    RareEventSampler,
+    RewardConfig,
+    RewardHead,
+    balance_weights_from_data,
+    fit_reward_head,
+)
+
+TARGETS = ("reward>0", "reward<0", "terminated")
+
+
+def score(head: RewardHead, data, batch_size: int = 256) -> dict[str, tuple[float, float, int, int]]:
+    """Precision, recall, support and predicted count of each target over every transition of ``data``."""
+    pred_r, true_r, pred_t, true_t = [], [], [], []
+    head.eval()
+    for start in range(0, len(data), batch_size):
+        batch = data.get_batch(np.arange(start, min(start + batch_size, len(data))))
+        reward, term = head.predict(batch["obs"], batch["action"], batch["next_obs"][:, -1])
+        pred_r.append(reward.numpy())
+        pred_t.append(term.numpy())
+        true_r.append(batch["reward"])
+        true_t.append(batch["terminated"])
+    pr, tr, pt, tt = (np.concatenate(x) for x in (pred_r, true_r, pred_t, true_t))
+    out = {}
+    for name, pred, true in (("reward>0", pr > 0, tr > 0), ("reward<0", pr < 0, tr < 0), ("terminated", pt, tt)):
+        m = precision_recall(pred, true)
+        out[name] = (m.precision, m.recall, m.support, m.predicted)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="trajectory store (e.g. from python -m dws_gym.collect)")
+    p.add_argument("--env-id", default=None, help="use only this env id's episodes (default: the first episode's)")
+    p.add_argument("--steps", type=int, default=300, help="optimiser steps per variant")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--context-frames", type=int, default=4)
+    p.add_argument("--held-out-fraction", type=float, default=0.1)
+    p.add_argument("--fractions", type=float, nargs="*", default=[0.25], help="oversampling shares to compare")
+    p.add_argument("--no-weighted", action="store_true", help="skip the loss-weighted baseline")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--write-results", action="store_true")
+    p.add_argument("--results-file", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    store = TrajectoryStore(args.data)
+    ids = store.episode_ids()
+    if not ids:
+        raise SystemExit(f"{args.data} holds no episodes; collect some with python -m dws_gym.collect")
+    env_id = args.env_id or store.meta(ids[0]).env_id
+    ours = [i for i in ids if store.meta(i).env_id == env_id]
+    train_ids, held_ids = split_episodes(store, args.held_out_fraction, episode_ids=ours)
+    meta = store.meta(train_ids[0])
+    k = args.context_frames
+    train = store.transitions(episode_ids=train_ids, frame_stack=k, keep_unknown_final=True)
+    held = store.transitions(episode_ids=held_ids, frame_stack=k)
+    stats = train.step_records()
+    rare_share = float(((stats["reward"] != 0) | stats["terminated"]).mean())
+    print(f"{len(train)} training / {len(held)} held-out transitions of {env_id}; rare share {rare_share:.2%}",
+          file=sys.stderr)
+
+    variants: list[tuple[str, float | None]] = [] if args.no_weighted else [("weighted (clip 10)", None)]
+    variants += [(f"oversample {f:g}", f) for f in args.fractions]
+    rows = []
+    for name, fraction in variants:
+        torch.manual_seed(args.seed)
+        head = RewardHead(RewardConfig(context_frames=k, num_actions=meta.action_space["n"],
+                                       frame_shape=tuple(meta.obs_shape)))
+        if fraction is None:
+            sample_fn = train.sample
+            class_w, pos_w = balance_weights_from_data(stats["reward"], stats["terminated"])
+        else:
+            sample_fn = RareEventSampler(train, fraction)
+            class_w, pos_w = [1.0, 1.0, 1.0], 1.0
+        t0 = time.perf_counter()
+        fit_reward_head(head, sample_fn, steps=args.steps, batch_size=args.batch_size,
+                        generator=np.random.default_rng(args.seed), progress=False,
+                        class_weights=class_w, pos_weight=pos_w)
+        seconds = time.perf_counter() - t0
+        rows.append((name, score(head, held), seconds))
+        print(f"{name}: {rows[-1][1]} ({seconds:.0f} s)", file=sys.stderr)
+
+    header = "| variant | " + " | ".join(f"{t} precision | {t} recall" for t in TARGETS) + " | train s |"
+    lines = [header, "|" + "---|" * (2 * len(TARGETS) + 2)]
+    for name, result, seconds in rows:
+        cells = [f"{result[t][0]:.3f} | {result[t][1]:.3f}" for t in TARGETS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+    supports = ", ".join(f"{t}: {rows[0][1][t][2]}" for t in TARGETS)
+    table = "\n".join(lines)
+    print(table)
+    if args.write_results:
+        date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        command = "python bench/reward_head.py " + shlex.join(sys.argv[1:])
+        with open(args.results_file, "a", encoding="utf-8") as f:
+            f.write(
+                f"\n## Reward head: oversampling vs loss weights ({date})\n\nCommand: `{command}` "
+                f"({torch.get_num_threads()} torch threads)  \n"
+                f"Same seed, {args.steps} steps of {args.batch_size} transitions per variant; scored "
+                f"on all {len(held)} held-out transitions with their real next frame ({supports} positives); "
+                f"rare (non-zero reward or termination) share of the training data {rare_share:.2%}. "
+                "Precision is nan when nothing was predicted.\n\n"
+                f"{table}\n"
+            )
+
+
+if __name__ == "__main__":
+    main()
