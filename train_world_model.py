@@ -123,11 +123,13 @@ class Args:
     """recompute blocks in backward to save memory"""
     bf16: bool = False
     """bf16 autocast on CUDA"""
-    reward_steps: int = 300
+    reward_steps: int = 600
     """reward / termination head optimiser steps"""
     reward_batch_size: int = 64
     """transitions per reward-head step"""
-    reward_rare_fraction: float = 0.25
+    reward_learning_rate: float = 1e-3
+    """reward-head learning rate (AdamW)"""
+    reward_rare_fraction: float = 0.15
     """share of each reward-head batch drawn from transitions with a non-zero reward or a termination (the loss
     is then unweighted); 0 draws uniformly and weights the loss by clipped inverse class frequency instead"""
     retrain_reward_head: bool = False
@@ -150,6 +152,11 @@ class Args:
     """continue the run in --output-dir from its last checkpoint"""
     progress: bool = True
     """show progress bars"""
+
+
+MODEL_FLAGS = ("backbone", "pretrained", "working_resolution", "train_mode", "context_frames", "patch_size",
+               "num_heads", "head_dim", "num_layers", "ffn_dim", "action_conditioning", "action_text")
+"""Args fields that shape the world model: a checkpoint resumes only under the values it was trained with."""
 
 
 def game_prompt(env_id: str) -> str:
@@ -320,7 +327,16 @@ if __name__ == "__main__":
     reward_trained = False
     if args.resume:
         ckpt = load_checkpoint(out_dir / "checkpoint", map_location=device)
-        model.load_state_dict(ckpt["model"])
+        saved = ckpt.get("args", {})
+        changed = [k for k in MODEL_FLAGS if k in saved and saved[k] != getattr(args, k)]
+        if changed:
+            flags = " ".join(f"--{k.replace('_', '-')} {saved[k]}" for k in changed)
+            raise SystemExit(f"--resume: {out_dir} was trained with a different model ({flags}); pass those flags "
+                             "to resume it, or pick a new --output-dir.")
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise SystemExit(f"--resume: the checkpoint in {out_dir} does not fit this model: {str(e)[:500]}") from e
         optimizer.load_state_dict(ckpt["optimizer"])
         restore_rng(ckpt["rng"][min(dist.rank, len(ckpt["rng"]) - 1)], generator, np_rng)
         start_step = int(ckpt["step"])
@@ -403,7 +419,7 @@ if __name__ == "__main__":
             else:
                 sample_fn = transitions.sample
                 class_w, pos_w = balance_weights_from_data(stats["reward"], stats["terminated"])
-            fit_reward_head(reward_head, sample_fn, steps=args.reward_steps,
+            fit_reward_head(reward_head, sample_fn, steps=args.reward_steps, lr=args.reward_learning_rate,
                             batch_size=args.reward_batch_size, generator=np_rng, progress=args.progress,
                             class_weights=class_w, pos_weight=pos_w)
             reward_head.eval()

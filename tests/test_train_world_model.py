@@ -98,6 +98,21 @@ def test_reward_flags_are_checked_before_any_work(tmp_path, flags, message):
     assert not (tmp_path / "store").exists()  # failed before collecting anything
 
 
+def test_resume_with_other_model_flags_names_them_and_keeps_the_checkpoint(trained, tmp_path):
+    cwd, _ = trained
+    run_dir = tmp_path / "run"
+    shutil.copytree(cwd / "run", run_dir)
+    state = run_dir / "checkpoint" / "training_state.pt"
+    before = state.read_bytes()
+    tiny = [a if a != "48" else "32" for a in TINY]  # --head-dim 48 -> 32
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--data", str(cwd / "store"), "--total-steps", "3",
+                           "--output-dir", str(run_dir), "--resume"] + tiny, cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "--head-dim 48" in proc.stderr + proc.stdout
+    assert state.read_bytes() == before
+
+
 def test_resume_without_checkpoint_says_what_to_do(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, str(SCRIPT), "--resume", "--output-dir", "nowhere"], cwd=tmp_path,
