@@ -10,10 +10,10 @@ Variants:
 * ``weighted``: uniform batches, cross-entropy weighted by clipped inverse class frequency (at most 10) and
   termination ``pos_weight`` (at most 10), the loss-side remedy;
 * ``oversample f``: a share ``f`` of each batch drawn from the transitions with a non-zero reward or a termination
-  (:class:`~dws_gym.models.reward.RareEventSampler`), unweighted loss (``train_world_model.py``'s default, f = 0.25).
+  (:class:`~dws_gym.models.reward.RareEventSampler`), unweighted loss (``train_world_model.py``'s default, f = 0.15).
 
-    python bench/reward_head.py --data data/breakout --steps 300 --write-results
-    python bench/reward_head.py --data data/breakout --steps 300 --fractions 0.1 0.25 0.5 --threads 1
+    python bench/reward_head.py --data data/breakout --steps 600 --write-results
+    python bench/reward_head.py --data data/breakout --steps 600 --fractions 0.15 0.25 0.5 --threads 1
 """
 
 from __future__ import annotations
@@ -65,11 +65,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="trajectory store (e.g. from python -m dws_gym.collect)")
     p.add_argument("--env-id", default=None, help="use only this env id's episodes (default: the first episode's)")
-    p.add_argument("--steps", type=int, default=300, help="optimiser steps per variant")
+    p.add_argument("--steps", type=int, default=600, help="optimiser steps per variant")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (train_world_model.py's default)")
     p.add_argument("--context-frames", type=int, default=4)
     p.add_argument("--held-out-fraction", type=float, default=0.1)
-    p.add_argument("--fractions", type=float, nargs="*", default=[0.25], help="oversampling shares to compare")
+    p.add_argument("--fractions", type=float, nargs="*", default=[0.15], help="oversampling shares to compare")
     p.add_argument("--no-weighted", action="store_true", help="skip the loss-weighted baseline")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
@@ -109,7 +110,7 @@ def main() -> None:
             sample_fn = RareEventSampler(train, fraction)
             class_w, pos_w = [1.0, 1.0, 1.0], 1.0
         t0 = time.perf_counter()
-        fit_reward_head(head, sample_fn, steps=args.steps, batch_size=args.batch_size,
+        fit_reward_head(head, sample_fn, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                         generator=np.random.default_rng(args.seed), progress=False,
                         class_weights=class_w, pos_weight=pos_w)
         seconds = time.perf_counter() - t0
@@ -131,7 +132,7 @@ def main() -> None:
             f.write(
                 f"\n## Reward head: oversampling vs loss weights ({date})\n\nCommand: `{command}` "
                 f"({torch.get_num_threads()} torch threads)  \n"
-                f"Same seed, {args.steps} steps of {args.batch_size} transitions per variant; scored "
+                f"Same seed, {args.steps} steps of {args.batch_size} transitions at lr {args.lr:g} per variant; scored "
                 f"on all {len(held)} held-out transitions with their real next frame ({supports} positives); "
                 f"rare (non-zero reward or termination) share of the training data {rare_share:.2%}. "
                 "Precision is nan when nothing was predicted.\n\n"
