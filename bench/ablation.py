@@ -7,6 +7,7 @@ and, with --write-results, appends it to bench/RESULTS.md — whatever it shows.
     python bench/ablation.py --data data/breakout --total-steps 2000 --write-results
     python bench/ablation.py --data data/breakout --total-steps 200 --extra="--batch-size 4"    # quick look
     python bench/ablation.py --data data/breakout --jobs 2 --threads 1     # two variants at a time, 1 thread each
+    python bench/ablation.py --data data/breakout --resume ...   # after an interruption: same flags plus --resume
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ def early_sensitivity(metrics: dict, upto: int = 5) -> float | None:
     return sum(values) / len(values)
 
 
+def finished(out: Path, total_steps: int) -> bool:
+    """Whether ``out`` holds a simulator exported by a run of ``total_steps`` steps."""
+    config = out / "simulator" / "simulator_config.json"
+    if not config.exists():
+        return False
+    return json.loads(config.read_text()).get("training", {}).get("steps") == total_steps
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="trajectory store shared by every variant")
@@ -58,6 +67,8 @@ def main() -> None:
     p.add_argument("--extra", default="", help="more train_world_model.py flags, one string")
     p.add_argument("--jobs", type=int, default=1, help="variants trained at the same time")
     p.add_argument("--threads", type=int, default=None, help="torch threads per variant (default: all, or 1 with --jobs > 1)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep variants that already finished under --out and continue the others from their checkpoints")
     p.add_argument("--write-results", action="store_true")
     p.add_argument("--results-file", default=str(Path(__file__).with_name("RESULTS.md")))
     args = p.parse_args()
@@ -82,9 +93,14 @@ def main() -> None:
     for name in args.variants:
         out = Path(args.out) / name.replace(" ", "").replace(",", "_").replace("(", "").replace(")", "")
         outs[name] = out
+        if args.resume and finished(out, args.total_steps):
+            print(f"== {name}: finished in {out}, kept", flush=True)
+            continue
         cmd = [sys.executable, str(ROOT / "train_world_model.py"), "--env-id", args.env_id, "--data", args.data,
                "--total-steps", str(args.total_steps), "--seed", str(args.seed), "--output-dir", str(out),
                "--no-capture-video", "--no-progress", "--log-every", "100", *VARIANTS[name], *shlex.split(args.extra)]
+        if args.resume and (out / "checkpoint").exists():
+            cmd.append("--resume")
         if len(running) >= args.jobs:
             wait_one()
         print(f"== {name}: {' '.join(cmd)}", flush=True)

@@ -35,3 +35,17 @@ def test_two_variants_side_by_side_give_one_table(tmp_path):
         float(cells[0])
     text = results.read_text()
     assert text.startswith("# figures\n") and "## DWS ablation" in text and "none, c=default" in text
+
+    # An interrupted ablation: one variant lost its export. --resume keeps the finished one and continues the other
+    # from its checkpoint instead of training both again.
+    import shutil
+    shutil.rmtree(tmp_path / "runs" / "none_c=default" / "simulator")
+    frame_config = tmp_path / "runs" / "frame_c=default" / "simulator" / "simulator_config.json"
+    before = frame_config.read_text()
+    proc = subprocess.run([*cmd[:-3], "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "== frame, c=default: finished" in proc.stdout
+    assert "resumed" in proc.stdout and "none_c=default" in proc.stdout
+    assert frame_config.read_text() == before
+    assert (tmp_path / "runs" / "none_c=default" / "simulator" / "simulator_config.json").exists()
+    assert results.read_text() == text  # written once, by the run that asked for it
