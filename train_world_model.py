@@ -123,7 +123,7 @@ class Args:
     """recompute blocks in backward to save memory"""
     bf16: bool = False
     """bf16 autocast on CUDA"""
-    reward_steps: int = 600
+    reward_steps: int = 1000
     """reward / termination head optimiser steps"""
     reward_batch_size: int = 64
     """transitions per reward-head step"""

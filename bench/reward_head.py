@@ -12,8 +12,8 @@ Variants:
 * ``oversample f``: a share ``f`` of each batch drawn from the transitions with a non-zero reward or a termination
   (:class:`~dws_gym.models.reward.RareEventSampler`), unweighted loss (``train_world_model.py``'s default, f = 0.15).
 
-    python bench/reward_head.py --data data/breakout --steps 600 --write-results
-    python bench/reward_head.py --data data/breakout --steps 600 --fractions 0.15 0.25 0.5 --threads 1
+    python bench/reward_head.py --data data/breakout --write-results
+    python bench/reward_head.py --data data/breakout --steps 1000 --fractions 0.15 0.25 0.5 --threads 1
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="trajectory store (e.g. from python -m dws_gym.collect)")
     p.add_argument("--env-id", default=None, help="use only this env id's episodes (default: the first episode's)")
-    p.add_argument("--steps", type=int, default=600, help="optimiser steps per variant")
+    p.add_argument("--steps", type=int, default=1000, help="optimiser steps per variant")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (train_world_model.py's default)")
     p.add_argument("--context-frames", type=int, default=4)
