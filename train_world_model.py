@@ -231,13 +231,7 @@ if __name__ == "__main__":
     from dws_gym.data import TrajectoryStore
     from dws_gym.evaluation import evaluate_held_out, sample_eval_clips, split_episodes
     from dws_gym.models.conditioning import freeze_base
-    from dws_gym.models.reward import (
-        RareEventSampler,
-        RewardConfig,
-        RewardHead,
-        balance_weights_from_data,
-        fit_reward_head,
-    )
+    from dws_gym.models.reward import RewardConfig, RewardHead, fit_reward_head, reward_head_batches
     from dws_gym.simulator import Simulator, SimulatorConfig
     from dws_gym.training import (
         cleanup_distributed,
@@ -413,12 +407,7 @@ if __name__ == "__main__":
             if not (stats["reward"] != 0).any() or not stats["terminated"].any():
                 print("warning: the training data has no non-zero reward or no termination; the reward head "
                       "cannot learn to predict them")
-            if args.reward_rare_fraction > 0:  # oversample rare events; weighting on top would shift twice
-                sample_fn = RareEventSampler(transitions, args.reward_rare_fraction)
-                class_w, pos_w = [1.0, 1.0, 1.0], 1.0
-            else:
-                sample_fn = transitions.sample
-                class_w, pos_w = balance_weights_from_data(stats["reward"], stats["terminated"])
+            sample_fn, class_w, pos_w = reward_head_batches(transitions, args.reward_rare_fraction)
             fit_reward_head(reward_head, sample_fn, steps=args.reward_steps, lr=args.reward_learning_rate,
                             batch_size=args.reward_batch_size, generator=np_rng, progress=args.progress,
                             class_weights=class_w, pos_weight=pos_w)

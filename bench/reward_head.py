@@ -31,13 +31,7 @@ import torch
 from dws_gym.data.store import TrajectoryStore
 from dws_gym.evaluation import split_episodes
 from dws_gym.metrics import precision_recall
-from dws_gym.models.reward import (
-    RareEventSampler,
-    RewardConfig,
-    RewardHead,
-    balance_weights_from_data,
-    fit_reward_head,
-)
+from dws_gym.models.reward import RewardConfig, RewardHead, fit_reward_head, reward_head_batches
 
 TARGETS = ("reward>0", "reward<0", "terminated")
 
@@ -96,19 +90,14 @@ def main() -> None:
     print(f"{len(train)} training / {len(held)} held-out transitions of {env_id}; rare share {rare_share:.2%}",
           file=sys.stderr)
 
-    variants: list[tuple[str, float | None]] = [] if args.no_weighted else [("weighted (clip 10)", None)]
+    variants: list[tuple[str, float]] = [] if args.no_weighted else [("weighted (clip 10)", 0.0)]
     variants += [(f"oversample {f:g}", f) for f in args.fractions]
     rows = []
     for name, fraction in variants:
         torch.manual_seed(args.seed)
         head = RewardHead(RewardConfig(context_frames=k, num_actions=meta.action_space["n"],
                                        frame_shape=tuple(meta.obs_shape)))
-        if fraction is None:
-            sample_fn = train.sample
-            class_w, pos_w = balance_weights_from_data(stats["reward"], stats["terminated"])
-        else:
-            sample_fn = RareEventSampler(train, fraction)
-            class_w, pos_w = [1.0, 1.0, 1.0], 1.0
+        sample_fn, class_w, pos_w = reward_head_batches(train, fraction)
         t0 = time.perf_counter()
         fit_reward_head(head, sample_fn, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                         generator=np.random.default_rng(args.seed), progress=False,

@@ -21,6 +21,7 @@ from dws_gym.models.reward import (
     class_balanced_weights,
     fit_reward_head,
     load_reward_head,
+    reward_head_batches,
     reward_to_sign_class,
     save_reward_head,
     symexp,
@@ -357,3 +358,17 @@ def test_rare_event_sampler_without_rare_events_or_share_draws_uniformly(tmp_pat
     for bad in (-0.1, 1.0, float("nan")):
         with pytest.raises(ValueError, match="rare_fraction"):
             RareEventSampler(data, rare_fraction=bad)
+
+
+def test_reward_head_batches_picks_one_remedy_for_rare_events(tmp_path):
+    data = _store_with_rare_events(tmp_path)
+    sample_fn, class_w, pos_w = reward_head_batches(data, 0.25)
+    assert isinstance(sample_fn, RareEventSampler) and sample_fn.rare_fraction == 0.25
+    assert class_w == [1.0, 1.0, 1.0] and pos_w == 1.0  # oversampling alone: no weights on top
+    sample_fn, class_w, pos_w = reward_head_batches(data, 0.0)
+    records = data.step_records()
+    assert sample_fn == data.sample
+    assert (class_w, pos_w) == balance_weights_from_data(records["reward"], records["terminated"])
+    assert max(class_w) > 1.0 and pos_w > 1.0  # rare classes weighted up
+    with pytest.raises(ValueError, match="rare_fraction"):
+        reward_head_batches(data, float("nan"))

@@ -72,6 +72,7 @@ from torch import nn
 __all__ = [
     "SIGN_VALUES",
     "RareEventSampler",
+    "reward_head_batches",
     "RewardConfig",
     "RewardOutput",
     "RewardHead",
@@ -247,7 +248,7 @@ class RareEventSampler:
             With no rare transition in the data every batch is drawn uniformly.
     """
 
-    def __init__(self, dataset: Any, rare_fraction: float = 0.25) -> None:
+    def __init__(self, dataset: Any, rare_fraction: float = 0.15) -> None:
         if not (math.isfinite(rare_fraction) and 0.0 <= rare_fraction < 1.0):
             raise ValueError(f"rare_fraction must be in [0, 1), got {rare_fraction!r}")
         if len(dataset) == 0:
@@ -272,6 +273,26 @@ class RareEventSampler:
     def __call__(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One batch of ``n`` transitions, as the dataset's ``get_batch`` returns it (for :func:`fit_reward_head`)."""
         return self.dataset.get_batch(self.indices(n, rng))
+
+
+def reward_head_batches(
+    dataset: Any, rare_fraction: float = 0.15
+) -> tuple[Callable[[int, np.random.Generator], dict[str, np.ndarray]], list[float], float]:
+    """The batch source and loss weights for :func:`fit_reward_head` on a transition view.
+
+    One remedy for the rarity of rewards and terminations, never both: with ``rare_fraction > 0`` a
+    :class:`RareEventSampler` and unit weights; with 0 uniform batches (``dataset.sample``) and clipped
+    inverse-frequency weights from the whole dataset (:func:`balance_weights_from_data`).
+
+    Returns:
+        ``(sample_fn, class_weights, pos_weight)``, to pass on as the same-named arguments of
+        :func:`fit_reward_head`.
+    """
+    if rare_fraction != 0:  # the sampler rejects shares outside [0, 1) and NaN
+        return RareEventSampler(dataset, rare_fraction), [1.0, 1.0, 1.0], 1.0
+    records = dataset.step_records()
+    class_weights, pos_weight = balance_weights_from_data(records["reward"], records["terminated"])
+    return dataset.sample, class_weights, pos_weight
 
 
 # --------------------------------------------------------------------------------------------------------------------
