@@ -1,6 +1,6 @@
 """Model components: the DWS action-conditioned module, action representations, motion-reinforced loss weights and
-the reward / termination head. The flow backbone lives in :mod:`dws_gym.models.flow` (imported on use: it pulls in
-diffusers)."""
+the reward / termination head. The flow world model lives in :mod:`dws_gym.models.flow` and its frame-causal Wan
+backbone in :mod:`dws_gym.models.causal_wan` (imported on use: they pull in diffusers)."""
 
 from dws_gym.models.actions import (
     ALE_ACTION_MEANINGS,
@@ -18,6 +18,7 @@ from dws_gym.models.conditioning import (
     CONDITIONER_ATTR,
     ActionConditioner,
     ActionModulation,
+    BlockActionModulation,
     ConditioningMode,
     find_prefn_norms,
     freeze_base,
@@ -46,6 +47,7 @@ __all__ = [
     "ActionConditioner",
     "ActionMeaning",
     "ActionModulation",
+    "BlockActionModulation",
     "ConditioningMode",
     "ContinuousActionEmbedder",
     "DiscreteActionEmbedder",

@@ -362,16 +362,17 @@ class _ActionEmbedderBase(nn.Module):
         self.cond_dim = cond_dim
         self.null_embedding = nn.Parameter(torch.randn(cond_dim) * 0.02)
 
-    def embed_for_frames(self, actions: torch.Tensor) -> torch.Tensor:
+    def embed_for_frames(self, actions: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
         """Per-frame condition for a clip whose frame ``i + 1`` results from ``actions[:, i]``.
 
         Args:
             actions: ``(B, F - 1)`` long (discrete) or ``(B, F - 1, A)`` float (continuous); ``F - 1`` may be 0.
+            validate: Check the action values (see ``forward``); shapes are always checked.
 
         Returns:
             ``(B, F, cond_dim)``: the learned null embedding for frame 0, then ``self(actions)``.
         """
-        emb = self(actions)
+        emb = self(actions, validate=validate)
         null = self.null_embedding.to(emb.dtype).expand(emb.shape[0], 1, -1)
         return torch.cat([null, emb], dim=1)
 
@@ -425,14 +426,18 @@ class DiscreteActionEmbedder(_ActionEmbedderBase):
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, num_actions={self.num_actions}, cond_dim={self.cond_dim}"
 
-    def forward(self, actions: torch.Tensor) -> torch.Tensor:
-        """``(B, F)`` integer actions in ``[0, num_actions)`` -> ``(B, F, cond_dim)`` float."""
+    def forward(self, actions: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
+        """``(B, F)`` integer actions in ``[0, num_actions)`` -> ``(B, F, cond_dim)`` float.
+
+        ``validate=False`` skips the range check, which reads the actions back to the host (a device sync); pass it
+        only for actions already checked, e.g. by ``Simulator.check_actions``.
+        """
         if not isinstance(actions, torch.Tensor) or actions.dtype.is_floating_point or actions.dtype == torch.bool:
             got = getattr(actions, "dtype", type(actions).__name__)
             raise ValueError(f"actions must be an integer tensor of shape (B, F), got {got}")
         if actions.ndim != 2:
             raise ValueError(f"actions must have shape (B, F), got {tuple(actions.shape)}")
-        if actions.numel() and (int(actions.min()) < 0 or int(actions.max()) >= self.num_actions):
+        if validate and actions.numel() and (int(actions.min()) < 0 or int(actions.max()) >= self.num_actions):
             raise ValueError(
                 f"actions must lie in [0, {self.num_actions}), got range [{int(actions.min())}, {int(actions.max())}]"
             )
@@ -457,8 +462,9 @@ class ContinuousActionEmbedder(_ActionEmbedderBase):
         self.action_dim = action_dim
         self.proj = nn.Linear(action_dim, cond_dim)
 
-    def forward(self, actions: torch.Tensor) -> torch.Tensor:
-        """``(B, F, A)`` float actions -> ``(B, F, cond_dim)``."""
+    def forward(self, actions: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
+        """``(B, F, A)`` float actions -> ``(B, F, cond_dim)`` (``validate`` is accepted for symmetry: there are no
+        value checks, only the shape check)."""
         if not isinstance(actions, torch.Tensor) or actions.ndim != 3 or actions.shape[-1] != self.action_dim:
             got = tuple(actions.shape) if isinstance(actions, torch.Tensor) else type(actions).__name__
             raise ValueError(f"actions must have shape (B, F, {self.action_dim}), got {got}")

@@ -1,27 +1,26 @@
-"""The DWS action-conditioned module (paper Eq. 1) and its injection into pre-trained transformers.
+"""The DWS action-conditioned module (paper Eq. 1), and hooks that inject it into transformers' Llama-style decoders.
 
 Before every transformer block's feed-forward network the normed activations of frame ``i`` become
 
     LN(x_i) * (1 + alpha_i) + beta_i,        (alpha_i, beta_i) = W2 SiLU(W1 c_i + b1) + b2
 
 where ``c_i`` is frame ``i``'s action embedding and ``W2, b2`` start at zero, so a freshly conditioned model computes
-exactly what the base model computes. The module is attached with forward hooks on each block's pre-FFN norm, so
-upstream model code is never forked.
+exactly what the base model computes.
 
-Which norm feeds the FFN (verified against the installed sources):
+Two ways to apply it:
 
-* diffusers 0.42.1 ``WanTransformerBlock.forward``: ``ffn(norm3(h.float()) * (1 + c_scale) + c_shift)``. ``norm3`` is
-  always ``FP32LayerNorm(dim, elementwise_affine=False)``; the norm that may be ``nn.Identity`` (when
-  ``cross_attn_norm=False``) is ``norm2``, which feeds the cross-attention, not the FFN. So ``block.norm3`` is hooked;
-  the action modulation lands inside Wan's own timestep modulation:
-  ``ffn((LN(h) * (1 + alpha) + beta) * (1 + c_scale) + c_shift)``.
-* transformers 5.23 ``LlamaDecoderLayer.forward``: ``mlp(post_attention_layernorm(h))``, an RMSNorm with a learned
-  weight; ``layer.post_attention_layernorm`` is hooked. Any decoder layer exposing ``post_attention_layernorm`` and
-  ``mlp`` (Mistral, Qwen2, ...) is found the same way.
+* As an argument. A backbone whose block forward is our own code takes the per-frame ``(alpha, beta)`` from a
+  :class:`BlockActionModulation` (one :class:`ActionModulation` per block) as explicit inputs; the world model's Wan
+  backbone does so (:mod:`dws_gym.models.causal_wan`). Nothing is stored between calls.
+* With forward hooks (:func:`inject_action_conditioning`), for a pre-trained decoder whose code is not forked:
+  transformers 5.x ``LlamaDecoderLayer.forward`` computes ``mlp(post_attention_layernorm(h))``, an RMSNorm with a
+  learned weight, so ``layer.post_attention_layernorm`` is hooked. Any decoder layer exposing
+  ``post_attention_layernorm`` and ``mlp`` (Mistral, Qwen2, ...) is found the same way. The condition is state on the
+  :class:`ActionConditioner`, set with :meth:`ActionConditioner.set_condition` before the call.
 
-Token-to-frame mapping: Wan lays tokens out frame-major (``F' * H' * W'`` after patching), so
-``tokens_per_frame = H' * W'`` is enough. Autoregressive token streams interleave slot and frame tokens, so they pass
-``frame_ids`` (``(B, L)`` long, ``-1`` for tokens that no action modulates, e.g. a BOS token).
+Token-to-frame mapping of the hooks: frame-major token layouts pass ``tokens_per_frame``; autoregressive token streams
+interleave slot and frame tokens, so they pass ``frame_ids`` (``(B, L)`` long, ``-1`` for tokens that no action
+modulates, e.g. a BOS token).
 
 Gradient checkpointing recomputes each block, and with it the hooks, during ``backward``. The condition is therefore
 read at call time and must still be set when ``backward`` runs: either call ``backward`` inside the
@@ -44,6 +43,7 @@ __all__ = [
     "CONDITIONER_ATTR",
     "ActionConditioner",
     "ActionModulation",
+    "BlockActionModulation",
     "ConditioningMode",
     "find_prefn_norms",
     "freeze_base",
@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 ConditioningMode = Literal["frame", "global", "none"]
-Family = Literal["auto", "wan", "llama", "custom"]
+Family = Literal["auto", "llama", "custom"]
 
 #: Attribute under which the conditioner is registered on the conditioned model (so it is part of its state_dict).
 CONDITIONER_ATTR = "dws_action"
@@ -103,6 +103,56 @@ class ActionModulation(nn.Module):
         return alpha, beta
 
 
+class BlockActionModulation(nn.Module):
+    """The DWS module of a whole backbone: one :class:`ActionModulation` per transformer block.
+
+    It only holds the regressors; the backbone's block forward applies them, taking ``(alpha, beta)`` as arguments
+    (see :func:`dws_gym.models.causal_wan.wan_forward`). :class:`ActionConditioner` adds forward hooks for backbones
+    whose code is not ours.
+
+    Args:
+        cond_dim: action embedding size ``C``.
+        dims: width ``D`` of each block's normed pre-FFN activations, one per block.
+        hidden_dim: hidden width of every :class:`ActionModulation` (default ``cond_dim``).
+        mode: ``"frame"`` (paper: frame ``i``'s tokens modulated by frame ``i``'s embedding), ``"global"`` (ablation:
+            the trajectory's mean embedding modulates every token, like a static prompt) or ``"none"`` (no-op: no
+            parameters; the model computes exactly the base model).
+    """
+
+    def __init__(
+        self,
+        cond_dim: int,
+        dims: Sequence[int],
+        hidden_dim: int | None = None,
+        mode: ConditioningMode = "frame",
+    ) -> None:
+        super().__init__()
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if cond_dim <= 0:
+            raise ValueError(f"cond_dim must be positive, got {cond_dim}")
+        self.cond_dim = cond_dim
+        self.mode: ConditioningMode = mode
+        self.dims = [int(d) for d in dims]
+        self.modulations = nn.ModuleList(
+            [] if mode == "none" else [ActionModulation(cond_dim, d, hidden_dim) for d in self.dims]
+        )
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, cond_dim={self.cond_dim}, blocks={len(self.dims)}"
+
+    def check_embedding(self, emb: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``emb`` is a float ``(B, F, cond_dim)`` tensor with ``B, F >= 1`` (shapes only:
+        no device sync)."""
+        if not isinstance(emb, torch.Tensor) or emb.ndim != 3 or not emb.is_floating_point():
+            got = f"{tuple(emb.shape)} {emb.dtype}" if isinstance(emb, torch.Tensor) else type(emb).__name__
+            raise ValueError(f"emb must be a float tensor of shape (B, F, cond_dim), got {got}")
+        if emb.shape[-1] != self.cond_dim:
+            raise ValueError(f"emb has {emb.shape[-1]} features but the module expects cond_dim={self.cond_dim}")
+        if emb.shape[0] < 1 or emb.shape[1] < 1:
+            raise ValueError(f"emb must have at least one batch element and one frame, got shape {tuple(emb.shape)}")
+
+
 def _norm_width(norm: nn.Module) -> int:
     """The feature width a norm normalises over."""
     shape = getattr(norm, "normalized_shape", None)
@@ -117,44 +167,32 @@ def _norm_width(norm: nn.Module) -> int:
     )
 
 
-def find_prefn_norms(
-    model: nn.Module, family: Family = "auto"
-) -> tuple[Literal["wan", "llama"], list[tuple[str, nn.Module]]]:
-    """Find the norm whose output feeds each block's FFN.
+def find_prefn_norms(model: nn.Module, family: Family = "auto") -> tuple[Literal["llama"], list[tuple[str, nn.Module]]]:
+    """Find the norm whose output feeds each decoder layer's FFN.
 
     Args:
-        model: a diffusers ``WanTransformer3DModel`` (or a module containing one), or a transformers decoder
-            (``LlamaModel`` / ``LlamaForCausalLM`` or any module with decoder layers exposing
-            ``post_attention_layernorm`` and ``mlp``).
-        family: ``"wan"`` (blocks with ``norm3`` and ``ffn``), ``"llama"`` (layers with ``post_attention_layernorm``
-            and ``mlp``) or ``"auto"`` (whichever is present).
+        model: a transformers decoder (``LlamaModel`` / ``LlamaForCausalLM`` or any module with decoder layers
+            exposing ``post_attention_layernorm`` and ``mlp``).
+        family: ``"llama"`` or ``"auto"`` (the same: the only family found by name).
 
     Returns:
-        The resolved family and ``(qualified_name, norm_module)`` pairs in block order.
+        The resolved family and ``(qualified_name, norm_module)`` pairs in layer order.
     """
-    if family not in ("auto", "wan", "llama"):
-        raise ValueError(f"family must be 'auto', 'wan' or 'llama', got {family!r}")
-    found: dict[str, list[tuple[str, nn.Module]]] = {"wan": [], "llama": []}
+    if family not in ("auto", "llama"):
+        raise ValueError(f"family must be 'auto' or 'llama', got {family!r}")
+    found: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
         if name.split(".")[0] == CONDITIONER_ATTR:
             continue
         prefix = f"{name}." if name else ""
-        if all(isinstance(getattr(module, a, None), nn.Module) for a in ("norm3", "ffn")):
-            found["wan"].append((prefix + "norm3", module.norm3))
         if all(isinstance(getattr(module, a, None), nn.Module) for a in ("post_attention_layernorm", "mlp")):
-            found["llama"].append((prefix + "post_attention_layernorm", module.post_attention_layernorm))
-    if family == "auto":
-        present = [f for f, norms in found.items() if norms]
-        if len(present) != 1:
-            what = "both Wan blocks and Llama-style layers" if present else "no Wan blocks and no Llama-style layers"
-            raise ValueError(
-                f"cannot detect the model family of {type(model).__name__}: found {what}; pass family='wan' or "
-                "family='llama', or pass the pre-FFN norms explicitly with norms=[...]"
-            )
-        family = present[0]  # type: ignore[assignment]
-    if not found[family]:
-        raise ValueError(f"{type(model).__name__} has no {family!r} blocks with a pre-FFN norm to condition")
-    return family, found[family]  # type: ignore[return-value]
+            found.append((prefix + "post_attention_layernorm", module.post_attention_layernorm))
+    if not found:
+        raise ValueError(
+            f"{type(model).__name__} has no Llama-style decoder layers (with `post_attention_layernorm` and `mlp`) "
+            "to condition; pass the pre-FFN norms explicitly with norms=[...]"
+        )
+    return "llama", found
 
 
 @dataclass
@@ -197,8 +235,8 @@ def _in_backward() -> bool:
     return task_id is not None and task_id() != -1
 
 
-class ActionConditioner(nn.Module):
-    """One :class:`ActionModulation` per transformer block plus the hooks that apply them.
+class ActionConditioner(BlockActionModulation):
+    """A :class:`BlockActionModulation` applied by forward hooks on each block's pre-FFN norm.
 
     Create it with :func:`inject_action_conditioning`, which registers it on the model as ``model.dws_action`` so it
     is saved, loaded and moved with the model. Supply actions with :meth:`set_condition` before calling the model.
@@ -207,9 +245,7 @@ class ActionConditioner(nn.Module):
         cond_dim: action embedding size ``C``.
         dims: width ``D`` of each hooked norm's output, one per block.
         hidden_dim: hidden width of every :class:`ActionModulation` (default ``cond_dim``).
-        mode: ``"frame"`` (paper: frame ``i``'s tokens modulated by frame ``i``'s embedding), ``"global"`` (ablation:
-            the trajectory's mean embedding modulates every token, like a static prompt) or ``"none"`` (no-op: no
-            parameters, no hooks; the model computes exactly the base model).
+        mode: ``"frame"``, ``"global"`` or ``"none"`` (see :class:`BlockActionModulation`; ``"none"`` adds no hooks).
         family: the family the norms were found in (informational).
     """
 
@@ -221,18 +257,8 @@ class ActionConditioner(nn.Module):
         mode: ConditioningMode = "frame",
         family: str = "custom",
     ) -> None:
-        super().__init__()
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-        if cond_dim <= 0:
-            raise ValueError(f"cond_dim must be positive, got {cond_dim}")
-        self.cond_dim = cond_dim
-        self.mode: ConditioningMode = mode
+        super().__init__(cond_dim, dims, hidden_dim, mode)
         self.family = family
-        self.dims = [int(d) for d in dims]
-        self.modulations = nn.ModuleList(
-            [] if mode == "none" else [ActionModulation(cond_dim, d, hidden_dim) for d in self.dims]
-        )
         self._condition: _Condition | None = None
         self._version = 0
         self._grad_forward_version: int | None = None
@@ -262,8 +288,8 @@ class ActionConditioner(nn.Module):
             emb: ``(B, F, C)`` float action embeddings, one per frame (``B`` may be 1 to broadcast over the batch).
                 Frame ``i`` is modulated by ``emb[:, i]``; see ``DiscreteActionEmbedder.embed_for_frames`` for
                 the D3 alignment (frame 0 gets the null embedding, frame ``i + 1`` gets ``a_i``).
-            tokens_per_frame: for frame-major token layouts (Wan: ``H' * W'`` after patching); the model's
-                sequence length must then be ``F * tokens_per_frame``.
+            tokens_per_frame: for frame-major token layouts (frame ``i`` is the ``i``-th run of this many tokens);
+                the model's sequence length must then be ``F * tokens_per_frame``.
             frame_ids: ``(B, L)`` or ``(L,)`` integer tensor mapping each token to its frame in ``[0, F)``, or
                 ``-1`` for tokens left unmodulated (interleaved autoregressive streams; with a KV cache, the ids of
                 the tokens in the current call only).
@@ -272,13 +298,7 @@ class ActionConditioner(nn.Module):
         ``"none"`` ignore both. The condition stays set until replaced or cleared; used as
         ``with conditioner.set_condition(...):`` the previous condition is restored on exit.
         """
-        if not isinstance(emb, torch.Tensor) or emb.ndim != 3 or not emb.is_floating_point():
-            got = f"{tuple(emb.shape)} {emb.dtype}" if isinstance(emb, torch.Tensor) else type(emb).__name__
-            raise ValueError(f"emb must be a float tensor of shape (B, F, cond_dim), got {got}")
-        if emb.shape[-1] != self.cond_dim:
-            raise ValueError(f"emb has {emb.shape[-1]} features but the conditioner expects cond_dim={self.cond_dim}")
-        if emb.shape[0] < 1 or emb.shape[1] < 1:
-            raise ValueError(f"emb must have at least one batch element and one frame, got shape {tuple(emb.shape)}")
+        self.check_embedding(emb)
         gather_ids = None
         if self.mode == "global":
             emb = emb.mean(dim=1, keepdim=True)
@@ -413,10 +433,11 @@ class ActionConditioner(nn.Module):
         self._condition = None
 
 
-def get_action_conditioner(model: nn.Module) -> ActionConditioner | None:
-    """The conditioner registered on ``model`` by :func:`inject_action_conditioning`, or ``None``."""
+def get_action_conditioner(model: nn.Module) -> BlockActionModulation | None:
+    """The DWS module registered on ``model`` as ``model.dws_action`` (an :class:`ActionConditioner` from
+    :func:`inject_action_conditioning`, or a :class:`BlockActionModulation` a backbone applies itself), or ``None``."""
     conditioner = getattr(model, CONDITIONER_ATTR, None) if CONDITIONER_ATTR in model._modules else None
-    return conditioner if isinstance(conditioner, ActionConditioner) else None
+    return conditioner if isinstance(conditioner, BlockActionModulation) else None
 
 
 def inject_action_conditioning(
@@ -427,14 +448,14 @@ def inject_action_conditioning(
     mode: ConditioningMode = "frame",
     norms: Sequence[nn.Module] | None = None,
 ) -> ActionConditioner:
-    """Add the DWS action-conditioned module to every block of a pre-trained transformer, in place.
+    """Add the DWS action-conditioned module to every layer of a pre-trained decoder, in place, with hooks.
 
     Args:
-        model: a diffusers ``WanTransformer3DModel`` or a transformers Llama-style decoder (see
-            :func:`find_prefn_norms`).
+        model: a transformers Llama-style decoder (see :func:`find_prefn_norms`), or any model when ``norms`` is
+            given.
         cond_dim: action embedding size ``C``.
         hidden_dim: hidden width of each block's two-layer regressor (default ``cond_dim``).
-        family: ``"auto"``, ``"wan"``, ``"llama"``; ignored when ``norms`` is given.
+        family: ``"auto"`` or ``"llama"``; ignored when ``norms`` is given.
         mode: ``"frame"`` (DWS), ``"global"`` or ``"none"`` (ablations; see :class:`ActionConditioner`).
         norms: hook these norm modules instead of searching (``family`` becomes ``"custom"``); each must output
             ``(B, L, D)`` and feed its block's FFN.
@@ -467,10 +488,11 @@ def inject_action_conditioning(
 
 
 def freeze_base(model: nn.Module, *trainable: nn.Module) -> list[nn.Parameter]:
-    """Freeze every parameter of ``model`` except its action conditioner and the given extra modules.
+    """Freeze every parameter of ``model`` except its DWS module (``model.dws_action``) and the given extra modules.
 
     Args:
-        model: a model conditioned with :func:`inject_action_conditioning`.
+        model: a model conditioned with :func:`inject_action_conditioning`, or a backbone carrying a
+            :class:`BlockActionModulation` as ``dws_action`` (the world model's Wan transformer).
         *trainable: further modules to keep trainable (e.g. the action embedder), inside ``model`` or not.
 
     Returns:

@@ -6,15 +6,15 @@ its ``AutoencoderKLWan`` latent space (:meth:`FlowWorldModel.from_pretrained_wan
 one-frame clip at a working resolution, latents normalised with the VAE's per-channel mean / std.
 
 Flow. Rectified flow with ``x_t = (1 - t) * x_0 + t * eps``, ``t`` in ``[0, 1]`` (Wan's timestep is ``1000 * t``).
-Every frame carries its own ``t`` through Wan's per-token timesteps: ``WanTransformer3DModel.forward`` accepts
-``timestep`` of shape ``(B, L)``, flattens it, embeds all ``B * L`` values and gives every block and the output norm
-one modulation per token, so ``L`` must equal the call's token count ``F * (h / p) * (w / p)`` (frame-major); each
-frame's ``t`` is repeated over its tokens. (When all frames of a call share one ``t``, as in stepping, a ``(B,)``
-timestep is passed instead: the same result, embedded once.) A training clip has ``K`` clean context frames
-(``t = 0``; optionally lightly noised, ``context_noise``) and ``H`` target frames with independent ``t`` (diffusion
-forcing); the loss covers valid target frames only. Self-attention is frame-causal (:class:`FrameCausalAttnProcessor`:
-tokens of frame ``i`` attend to frames ``<= i``), so a clip trained all at once matches generating one frame at a time
-(exactly so for ``H = 1``), and the context's keys / values can be cached while a new frame is sampled.
+Every frame carries its own ``t``: the backbone runs through :func:`~dws_gym.models.causal_wan.wan_forward`, which
+embeds one timestep per frame and gives each frame's tokens that frame's modulation in every block and the output
+norm (what diffusers' per-token timesteps compute, embedded once per frame instead of once per token). When all frames
+of a call share one ``t``, as in stepping, a ``(B,)`` timestep is passed instead. A training clip has ``K`` clean
+context frames (``t = 0``; optionally lightly noised, ``context_noise``) and ``H`` target frames with independent
+``t`` (diffusion forcing); the loss covers valid target frames only. Self-attention is frame-causal
+(:class:`~dws_gym.models.causal_wan.FrameCausalAttnProcessor`: tokens of frame ``i`` attend to frames ``<= i``), so a
+clip trained all at once matches generating one frame at a time (exactly so for ``H = 1``), and the context's keys /
+values can be cached while a new frame is sampled.
 
 Parametrisation (``FlowConfig.parametrization``):
 
@@ -40,9 +40,11 @@ Sampling is Euler from ``t = 1`` to ``0`` in x0 form, ``x_{t'} = x0_hat + (t' / 
 the Euler step ``x_t + (t' - t) v_hat``), so the last step returns ``x0_hat`` exactly.
 
 Actions (D3, D4). Frame ``i + 1``'s tokens are modulated by ``a_i``'s embedding and frame 0's by a learned null
-embedding (:class:`~dws_gym.models.actions.DiscreteActionEmbedder`), through the DWS module hooked on every block's
-pre-FFN norm (:func:`~dws_gym.models.conditioning.inject_action_conditioning`). Motion-reinforced weights (D6) come
-from :func:`~dws_gym.models.motion.motion_weights`, per pixel in pixel space, max-pooled to the latent grid otherwise.
+embedding (:class:`~dws_gym.models.actions.DiscreteActionEmbedder`), through the DWS module
+(:class:`~dws_gym.models.conditioning.BlockActionModulation`, one regressor per block) whose scale and shift
+:func:`~dws_gym.models.causal_wan.wan_block_forward` applies to each block's pre-FFN norm, taking them as arguments.
+Motion-reinforced weights (D6) come from :func:`~dws_gym.models.motion.motion_weights`, per pixel in pixel space,
+max-pooled to the latent grid otherwise.
 """
 
 from __future__ import annotations
@@ -54,15 +56,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed, WanTransformer3DModel
+from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 from torch import nn
 
 from .actions import ContinuousActionEmbedder, DiscreteActionEmbedder, TextActionEncoder
-from .conditioning import ActionConditioner, inject_action_conditioning
+from .causal_wan import CacheMode, clear_kv_cache, make_frame_causal, wan_forward
+from .conditioning import CONDITIONER_ATTR, BlockActionModulation
 from .motion import DEFAULT_C, DEFAULT_DELTA, DEFAULT_TAU, motion_weights, pool_weights, weighted_mean
 
 __all__ = [
@@ -71,8 +74,6 @@ __all__ = [
     "FLOW_WEIGHTS_NAME",
     "FlowConfig",
     "FlowWorldModel",
-    "FrameCausalAttnProcessor",
-    "block_causal_mask",
 ]
 
 #: Version of the on-disk format written by :meth:`FlowWorldModel.save_pretrained`.
@@ -319,137 +320,7 @@ class FlowConfig:
         return cls.from_dict(json.loads(path.read_text()))
 
 
-# ================================================================================================== attention
-def block_causal_mask(
-    query_frames: int, key_frames: int, tokens_per_frame: int, device: torch.device | None = None
-) -> torch.Tensor | None:
-    """Boolean attention mask letting each token see its own frame and earlier ones.
-
-    The queries are the *last* ``query_frames`` of the ``key_frames`` frames (with a KV cache the keys include the
-    cached context in front of the queries).
-
-    Returns:
-        ``(query_frames * tokens_per_frame, key_frames * tokens_per_frame)`` bool, ``True`` = may attend; ``None`` when
-        nothing is masked (a single query frame that is the last key frame).
-    """
-    if query_frames > key_frames:
-        raise ValueError(f"{query_frames} query frames cannot exceed the {key_frames} key frames")
-    if query_frames == 1:
-        return None
-    offset = key_frames - query_frames
-    q = torch.arange(query_frames, device=device).repeat_interleave(tokens_per_frame) + offset
-    k = torch.arange(key_frames, device=device).repeat_interleave(tokens_per_frame)
-    return q[:, None] >= k[None, :]
-
-
-def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Wan's rotary embedding: rotate interleaved pairs ``(x[2i], x[2i+1])`` of ``x`` ``(B, L, heads, d)``."""
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-    # Wan keeps its tables in float64; rotating in float32 (or x's dtype if wider) is as exact and far cheaper.
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    cos, sin = cos[..., 0::2].to(dtype), sin[..., 1::2].to(dtype)
-    x1, x2 = x1.to(dtype), x2.to(dtype)
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2).type_as(x)
-
-
-class _CausalState:
-    """State shared by the model and all of its self-attention processors for one call."""
-
-    def __init__(self) -> None:
-        self.tokens_per_frame: int | None = None
-        self.cache_mode: Literal["off", "write", "read"] = "off"
-
-
-class FrameCausalAttnProcessor:
-    """Self-attention processor for Wan blocks (``attn1``) with a frame-causal mask and an optional KV cache.
-
-    Does what diffusers' ``WanAttnProcessor`` does for self-attention (q / k / v projections, RMS q-k norm, 3-axis
-    rotary embedding, scaled-dot-product attention, output projection), except that a token of frame ``i`` only
-    attends to tokens of frames ``<= i`` (tokens are frame-major: ``tokens_per_frame`` consecutive tokens per frame).
-    Attention runs through ``torch.nn.functional.scaled_dot_product_attention``, which takes the boolean mask.
-
-    KV cache (``state.cache_mode``): ``"write"`` stores this call's keys / values (after norm and rotary embedding);
-    ``"read"`` puts the stored ones in front of this call's, for queries that are the frames following the cached
-    ones. This is exact because under the causal mask earlier frames never depend on later ones.
-    """
-
-    def __init__(self, state: _CausalState) -> None:
-        self.state = state
-        self.cache: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def __call__(
-        self,
-        attn: nn.Module,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        if encoder_hidden_states is not None or attention_mask is not None:
-            raise ValueError("FrameCausalAttnProcessor is for self-attention (attn1) without an external mask")
-        if getattr(attn, "fused_projections", False):
-            raise ValueError("FrameCausalAttnProcessor needs unfused q/k/v projections; call unfuse_projections()")
-        per_frame = self.state.tokens_per_frame
-        if per_frame is None:
-            raise ValueError("tokens_per_frame is not set; call the backbone through FlowWorldModel")
-        length = hidden_states.shape[1]
-        if length % per_frame:
-            raise ValueError(f"sequence of {length} tokens is not a whole number of {per_frame}-token frames")
-
-        query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
-        key = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
-        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            query = _apply_rotary(query, *rotary_emb)
-            key = _apply_rotary(key, *rotary_emb)
-
-        mode = self.state.cache_mode
-        if mode == "write":
-            self.cache = (key.detach(), value.detach())
-        elif mode == "read":
-            if self.cache is None:
-                raise RuntimeError("KV cache read before it was written")
-            key = torch.cat([self.cache[0], key], dim=1)
-            value = torch.cat([self.cache[1], value], dim=1)
-
-        mask = block_causal_mask(length // per_frame, key.shape[1] // per_frame, per_frame, query.device)
-        out = F.scaled_dot_product_attention(
-            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=mask
-        )
-        out = out.transpose(1, 2).flatten(2, 3).type_as(query)
-        out = attn.to_out[0](out)
-        return attn.to_out[1](out)
-
-
-class _FrameOffsetRope(WanRotaryPosEmbed):
-    """Wan's rotary embedding with a frame offset, so a call on new frames only (KV cache) gets the frame positions
-    they have in the full clip. Has no persistent state: swapping it in leaves the state_dict unchanged."""
-
-    frame_offset: int = 0
-
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.frame_offset == 0:
-            return super().forward(hidden_states)
-        b, c, frames, height, width = hidden_states.shape
-        # The parent only reads the shape; a tiny stand-in covers cached + new frames.
-        full = torch.empty((1, 1, frames + self.frame_offset, height, width), device=self.freqs_cos.device)
-        cos, sin = super().forward(full)
-        skip = cos.shape[1] // (frames + self.frame_offset) * self.frame_offset
-        return cos[:, skip:], sin[:, skip:]
-
-
-def _make_frame_causal(transformer: WanTransformer3DModel) -> _CausalState:
-    """Swap in the frame-causal self-attention processors and the offset-aware rotary embedding (in place)."""
-    state = _CausalState()
-    for block in transformer.blocks:
-        block.attn1.set_processor(FrameCausalAttnProcessor(state))
-    old = transformer.rope
-    rope = _FrameOffsetRope(old.attention_head_dim, old.patch_size, old.max_seq_len)
-    rope.freqs_cos, rope.freqs_sin = old.freqs_cos, old.freqs_sin  # keep the exact tables (and their theta)
-    transformer.rope = rope
-    return state
-
-
+# ================================================================================================== helpers
 def _init_kwargs(cls: type, config: Any) -> dict[str, Any]:
     """The entries of a diffusers config that are constructor arguments of ``cls`` (JSON-ready)."""
     names = set(inspect.signature(cls.__init__).parameters) - {"self"}
@@ -485,11 +356,13 @@ class FlowWorldModel(nn.Module):
         config.validate()
         self.config = config
         self.transformer = WanTransformer3DModel(**config.wan_kwargs())
-        self._causal = _make_frame_causal(self.transformer)
-        # Registered on the transformer as `transformer.dws_action` (see the `conditioner` property).
-        inject_action_conditioning(
-            self.transformer, config.cond_dim, config.cond_hidden_dim, family="wan", mode=config.action_mode
-        )
+        make_frame_causal(self.transformer)
+        # Registered on the transformer as `transformer.dws_action` (see the `conditioner` property): saved, loaded
+        # and moved with it, under the same keys as a hooked ActionConditioner.
+        wan = self.transformer.config
+        dims = [wan.num_attention_heads * wan.attention_head_dim] * wan.num_layers
+        module = BlockActionModulation(config.cond_dim, dims, config.cond_hidden_dim, config.action_mode)
+        setattr(self.transformer, CONDITIONER_ATTR, module)
         if config.parametrization == "residual":
             # A fresh model predicts x0_hat = prev exactly (copy the last frame).
             nn.init.zeros_(self.transformer.proj_out.weight)
@@ -550,7 +423,7 @@ class FlowWorldModel(nn.Module):
         return self
 
     @property
-    def conditioner(self) -> ActionConditioner:
+    def conditioner(self) -> BlockActionModulation:
         """The DWS action module (``transformer.dws_action``), one two-layer regressor per block."""
         return self.transformer.dws_action
 
@@ -647,33 +520,34 @@ class FlowWorldModel(nn.Module):
         t: torch.Tensor,
         cond: torch.Tensor,
         *,
-        cache_mode: Literal["off", "write", "read"] = "off",
+        cache_mode: CacheMode = "off",
         frame_offset: int = 0,
     ) -> torch.Tensor:
-        """One backbone call: ``(B, C, F, h, w)`` states, ``(B, F)`` noise levels, ``(B, F, cond_dim)`` action
-        embeddings -> raw output ``(B, C, F, h, w)`` (a correction or a velocity, per the parametrisation)."""
+        """One backbone call -> raw output ``(B, C, F, h, w)`` (a correction or a velocity, per the parametrisation).
+
+        Args:
+            x_t, prev: ``(B, C, F, h, w)`` noisy states and previous frames.
+            t: ``(B, F)`` noise level of each frame, or ``(B,)`` one level for every frame of the call (stepping:
+                embedded once instead of once per frame).
+            cond: ``(B, F, cond_dim)`` action embeddings (``(B, 1, cond_dim)`` suffices in ``"global"`` mode).
+            cache_mode, frame_offset: KV cache of the frame-causal attention (see :func:`~.causal_wan.wan_forward`).
+        """
         inputs = torch.cat([x_t, prev], dim=1) if self.config.prev_frame_input else x_t
-        b, _, frames, h, w = inputs.shape
+        b, _, _, h, w = inputs.shape
         p_h, p_w = self.config.spatial_patch
         if h % p_h or w % p_w:
             raise ValueError(f"state grid {(h, w)} is not divisible by the patch {(p_h, p_w)}")
-        per_frame = (h // p_h) * (w // p_w)
         timestep = t.to(torch.float32) * 1000.0
-        if bool((t == t[:, :1]).all()):
-            timestep = timestep[:, 0]  # one level per clip (stepping): embedded once, not once per token
-        else:
-            # Per-token timesteps: Wan needs one value per token of this call, L = F * h' * w'.
-            timestep = timestep.repeat_interleave(per_frame, dim=1)
-        self._causal.tokens_per_frame = per_frame
-        self._causal.cache_mode = cache_mode
-        self.transformer.rope.frame_offset = frame_offset
-        # Left set (not a `with` scope): gradient checkpointing re-reads it during backward.
-        self.conditioner.set_condition(cond.to(self.dtype), tokens_per_frame=per_frame)
-        try:
-            out = self.transformer(inputs.to(self.dtype), timestep, self._prompt(b), return_dict=False)[0]
-        finally:
-            self._causal.cache_mode = "off"
-            self.transformer.rope.frame_offset = 0
+        out = wan_forward(
+            self.transformer,
+            inputs.to(self.dtype),
+            timestep,
+            self._prompt(b),
+            cond.to(self.dtype),
+            self.conditioner,
+            cache_mode=cache_mode,
+            frame_offset=frame_offset,
+        )
         return out.float()
 
     def forward(
@@ -837,7 +711,9 @@ class FlowWorldModel(nn.Module):
         Args:
             context_frames: ``(B, K, H, W, C)`` uint8 (or float in ``[0, 1]``), oldest first; any ``K >= 1``.
             context_actions: ``(B, K - 1)`` actions between the context frames (``(B, K - 1, A)`` continuous).
-            action: ``(B,)`` the action taken after the last context frame (``(B, A)`` continuous).
+            action: ``(B,)`` the action taken after the last context frame (``(B, A)`` continuous). Shapes are
+                checked here, action values are not (no device sync per step): discrete actions must lie in
+                ``[0, num_actions)``, as ``Simulator.check_actions`` ensures.
             steps: Euler steps (``None``: ``config.sampling_steps``).
             generator: The only source of randomness (the initial noise); a CPU generator works for any device.
             use_cache: Cache the context's keys / values (``None``: ``config.kv_cache``); same result up to float
@@ -874,24 +750,28 @@ class FlowWorldModel(nn.Module):
 
         ctx = self.encode_frames(context_frames)  # (B, C, K, h, w)
         all_actions = torch.cat([context_actions.to(self.device), action.unsqueeze(1)], dim=1)
-        cond = self.action_embedder.embed_for_frames(all_actions)  # (B, K + 1, cond_dim)
+        # Action values are the caller's contract (Simulator.check_actions validates them once at the boundary);
+        # re-checking their range here would cost a device sync per step.
+        cond = self.action_embedder.embed_for_frames(all_actions, validate=False)  # (B, K + 1, cond_dim)
         if self.config.action_mode == "global":
             # The global ablation pools the whole clip's embeddings (as one training call does); pool once here so
             # the cached context call and the new-frame calls see the same pooled embedding.
-            cond = cond.mean(dim=1, keepdim=True).expand_as(cond)
+            cond_ctx = cond_new = cond = cond.mean(dim=1, keepdim=True)
+        else:
+            cond_ctx, cond_new = cond[:, :k], cond[:, k:]
         prev_ctx = _shift_prev(ctx)
         prev_new = ctx[:, :, -1:]
         t_ctx = torch.zeros(batch, k, device=self.device)
         x = self._randn((batch, ctx.shape[1], 1, *ctx.shape[3:]), generator)
 
-        procs = [block.attn1.processor for block in self.transformer.blocks]
         try:
             if use_cache:
-                self._network(ctx, prev_ctx, t_ctx, cond[:, :k], cache_mode="write")
+                # Every context frame is clean: one noise level (0) for the whole call.
+                self._network(ctx, prev_ctx, t_ctx[:, 0], cond_ctx, cache_mode="write")
             for t_now, t_next in zip(schedule[:-1], schedule[1:]):
                 t_new = torch.full((batch, 1), t_now, device=self.device)
                 if use_cache:
-                    out = self._network(x, prev_new, t_new, cond[:, k:], cache_mode="read", frame_offset=k)
+                    out = self._network(x, prev_new, t_new[:, 0], cond_new, cache_mode="read", frame_offset=k)
                 else:
                     full = self._network(
                         torch.cat([ctx, x], dim=2),
@@ -904,8 +784,7 @@ class FlowWorldModel(nn.Module):
                 # x0-form Euler step; the last one (t_next = 0) returns x0_hat exactly.
                 x = x0_hat + (t_next / t_now) * (x - x0_hat) if t_next > 0 else x0_hat
         finally:
-            for proc in procs:
-                proc.cache = None
+            clear_kv_cache(self.transformer)
         if self.config.keep_below > 0 and self.config.space == "pixel":
             # Compare what the frame will show (decoding clamps to [-1, 1]); a change of d in [0, 1] units is 2 d.
             x = x.clamp(-1.0, 1.0)
