@@ -3,11 +3,19 @@
     python -m dws_gym.evaluate --simulator dws_gym/assets/simulators/breakout --data data/breakout --clips 128
     python -m dws_gym.evaluate --simulator runs/breakout/simulator --data data/breakout --sampling-steps 1 2 4
     python -m dws_gym.evaluate --simulator runs/breakout/simulator --data data/breakout --sampling-steps 2 --record
+    python -m dws_gym.evaluate --simulator runs/breakout/simulator --data data/breakout --no-events \
+        --closed-loop-episodes 0                                   # frame metrics only
 
 The held-out episodes are the last ``--held-out-fraction`` of the store's episodes of the simulator's env id (the
 split ``train_world_model.py`` makes), so a simulator is scored on episodes it never trained on when it was trained
 on the same store. Windows are drawn with a fixed seed: the same command gives the same windows, so tables of
 different simulators or sampling steps are comparable row by row.
+
+Besides the frame metrics, each table reports the rollout's reward and termination *events* matched with the real
+ones within ``--event-tolerance`` steps (``--no-events`` skips them) and, unless ``--closed-loop-episodes 0``, the
+returns of ``--closed-loop-episodes`` seeded real games and their dreams under the same random actions for
+``--closed-loop-steps`` steps (:func:`dws_gym.evaluation.closed_loop_returns`; needs the real env of the
+simulator's env id), followed by the event acceptance verdict.
 """
 
 from __future__ import annotations
@@ -23,7 +31,13 @@ import torch
 import tyro
 
 from dws_gym.data import TrajectoryStore
-from dws_gym.evaluation import EvalResult, evaluate_held_out, sample_eval_clips, split_episodes
+from dws_gym.evaluation import (
+    EvalResult,
+    closed_loop_returns,
+    evaluate_held_out,
+    sample_eval_clips,
+    split_episodes,
+)
 from dws_gym.simulator import Simulator
 
 
@@ -54,6 +68,16 @@ class EvaluateArgs:
     record: bool = False
     """write the table into the simulator folder's config and model card (one --sampling-steps value, which becomes
     the simulator's default so the card describes how it steps)"""
+    events: bool = True
+    """score the rollout's rewards and terminations as events (recall / precision per horizon)"""
+    event_tolerance: int = 1
+    """steps a dreamed event may be early or late and still match a real one"""
+    event_match_sign: bool = False
+    """match reward events only with real events of the same sign"""
+    closed_loop_episodes: int = 100
+    """real games compared with their dreams under the same random actions (0: skip the closed-loop returns)"""
+    closed_loop_steps: int = 100
+    """steps per closed-loop game after the context"""
 
 
 def held_out_windows(store: TrajectoryStore, env_id: str, context: int, horizon: int, n: int,
@@ -70,6 +94,8 @@ def held_out_windows(store: TrajectoryStore, env_id: str, context: int, horizon:
 
 def evaluate(args: EvaluateArgs, simulator: Simulator | None = None) -> dict[int, EvalResult]:
     """Run the evaluation ``args`` describes; returns ``{sampling_steps: EvalResult}``."""
+    if args.closed_loop_episodes < 0 or args.closed_loop_steps < 1 or args.event_tolerance < 0:
+        raise ValueError("--closed-loop-episodes must be >= 0, --closed-loop-steps >= 1 and --event-tolerance >= 0")
     sim = simulator if simulator is not None else Simulator.from_pretrained(args.simulator, device=args.device)
     store = TrajectoryStore(args.data)
     clips = held_out_windows(store, sim.config.env_id, sim.context_frames, args.horizon, args.clips,
@@ -77,8 +103,13 @@ def evaluate(args: EvaluateArgs, simulator: Simulator | None = None) -> dict[int
     results: dict[int, EvalResult] = {}
     for steps in args.sampling_steps or [int(sim.config.sampling_steps)]:
         generator = torch.Generator(device=sim.device).manual_seed(args.seed)
-        results[int(steps)] = evaluate_held_out(sim, clips, horizon=args.horizon, generator=generator,
-                                                shuffle_rng=args.seed, batch_size=args.batch_size, steps=int(steps))
+        result = evaluate_held_out(sim, clips, horizon=args.horizon, generator=generator, shuffle_rng=args.seed,
+                                   batch_size=args.batch_size, steps=int(steps), events=args.events,
+                                   event_tolerance=args.event_tolerance, event_match_sign=args.event_match_sign)
+        if args.closed_loop_episodes:
+            result.closed_loop = closed_loop_returns(sim, sim.config.env_id, args.closed_loop_episodes,
+                                                     args.closed_loop_steps, args.seed, sampling_steps=int(steps))
+        results[int(steps)] = result
     return results
 
 

@@ -36,6 +36,7 @@ import torch
 import tyro
 
 from dws_gym.envs.registration import DREAM_GAMES, GENERIC_ID, check_simulator_matches, default_simulator
+from dws_gym.evaluation import first_end_step, lockstep_rollout
 from dws_gym.simulator import Simulator
 
 __all__ = [
@@ -382,38 +383,27 @@ def play_headless(args: PlayArgs, simulator: Simulator | None = None) -> PlayRes
             np.repeat(first[:, None], k, axis=1), np.zeros((e, k - 1), dtype=np.int64)
         )
         dream_generator = torch.Generator().manual_seed(_derived_seed(args.seed, 2))
-
-        real_returns = np.zeros(e, dtype=np.float64)
-        dream_returns = np.zeros(e, dtype=np.float64)
-        real_end = np.full(e, -1, dtype=np.int64)
-        dream_end = np.full(e, -1, dtype=np.int64)
-        actions = np.zeros((e, t_max), dtype=np.int64)
         recorded = [side_by_side(first[0], first[0], args.scale, 0.0)]
-        for t in range(t_max):
-            action = np.asarray(
-                policy.act(obs, deterministic=args.deterministic, generator=policy_generator), dtype=np.int64
-            )
-            actions[:, t] = action
-            obs, reward, terminated, truncated, _ = real.step(action)
-            frame, dream_reward, dream_terminated, state = sim.step(
-                state, torch.from_numpy(action), generator=dream_generator, steps=args.sampling_steps
-            )
-            real_returns += np.asarray(reward, dtype=np.float64)
-            dream_returns += dream_reward.double().cpu().numpy()
-            real_done = np.asarray(terminated) | np.asarray(truncated)
-            real_end[(real_end < 0) & real_done] = t + 1
-            dream_end[(dream_end < 0) & dream_terminated.cpu().numpy()] = t + 1
-            recorded.append(side_by_side(latest(obs)[0], frame[0].cpu().numpy(), args.scale, (t + 1) / t_max))
+
+        def record(t: int, real_obs: np.ndarray, frame: torch.Tensor) -> None:
+            recorded.append(side_by_side(latest(real_obs)[0], frame[0].cpu().numpy(), args.scale, (t + 1) / t_max))
+
+        run = lockstep_rollout(
+            sim, real, state, obs,
+            lambda _t, real_obs: policy.act(real_obs, deterministic=args.deterministic, generator=policy_generator),
+            t_max, generator=dream_generator, sampling_steps=args.sampling_steps, on_step=record,
+        )  # fmt: skip
     finally:
         real.close()
 
     path = write_animation(out, recorded, fps=args.fps)
+    # Fixed-length comparison: every step's reward counts on both sides, episode ends included.
     return PlayResult(
-        real_returns=real_returns,
-        dream_returns=dream_returns,
-        real_end_steps=real_end,
-        dream_end_steps=dream_end,
-        actions=actions,
+        real_returns=np.cumsum(run["real_rewards"], axis=1)[:, -1],
+        dream_returns=np.cumsum(run["dream_rewards"], axis=1)[:, -1],
+        real_end_steps=first_end_step(run["real_terminated"] | run["real_truncated"]),
+        dream_end_steps=first_end_step(run["dream_terminated"]),
+        actions=run["actions"],
         path=path,
         num_frames=len(recorded),
         extra={"real_env_id": real_id, "policy": args.policy or "random", "steps": t_max},

@@ -41,7 +41,8 @@ def test_held_out_windows_come_from_the_last_episodes(store_path):
 def test_cli_prints_one_table_per_step_count_and_writes_json(store_path, sim_folder, tmp_path, capsys):
     out = tmp_path / "eval.json"
     results = main(["--simulator", sim_folder, "--data", store_path, "--clips", "3", "--horizon", "2",
-                    "--held-out-fraction", "0.25", "--sampling-steps", "1", "2", "--out", str(out)])
+                    "--held-out-fraction", "0.25", "--sampling-steps", "1", "2", "--out", str(out),
+                    "--closed-loop-episodes", "0"])
     assert sorted(results) == [1, 2]
     for result in results.values():
         assert result.num_clips == 3 and result.horizon == 2
@@ -53,15 +54,19 @@ def test_cli_prints_one_table_per_step_count_and_writes_json(store_path, sim_fol
 
 
 def test_same_command_gives_the_same_numbers(store_path, sim_folder):
-    args = EvaluateArgs(simulator=sim_folder, data=store_path, clips=3, horizon=2, held_out_fraction=0.25)
+    args = EvaluateArgs(simulator=sim_folder, data=store_path, clips=3, horizon=2, held_out_fraction=0.25,
+                        closed_loop_episodes=2, closed_loop_steps=3)
     a, b = evaluate(args), evaluate(args)
     (steps,) = a
     assert a[steps].table.rows == b[steps].table.rows
+    assert a[steps].events.table.rows == b[steps].events.table.rows
+    np.testing.assert_array_equal(a[steps].closed_loop.real_returns, b[steps].closed_loop.real_returns)
+    np.testing.assert_array_equal(a[steps].closed_loop.dream_returns, b[steps].closed_loop.dream_returns)
 
 
 def test_store_without_the_simulators_game_is_refused(store_path, tmp_path):
     sim = make_tiny_sim(seed=0, env_id="ALE/Pong-v5")
-    args = EvaluateArgs(simulator="unused", data=store_path, clips=2, horizon=2)
+    args = EvaluateArgs(simulator="unused", data=store_path, clips=2, horizon=2, closed_loop_episodes=0)
     with pytest.raises(ValueError, match="holds no ALE/Pong-v5 episodes"):
         evaluate(args, simulator=sim)
 
@@ -70,7 +75,8 @@ def test_record_writes_the_table_into_the_folder_and_card(store_path, tmp_path):
     folder = tmp_path / "sim"
     make_tiny_sim(seed=4).save_pretrained(folder)
     main(["--simulator", str(folder), "--data", store_path, "--clips", "2", "--horizon", "2",
-          "--held-out-fraction", "0.25", "--sampling-steps", "2", "--record"])
+          "--held-out-fraction", "0.25", "--sampling-steps", "2", "--record", "--closed-loop-episodes", "2",
+          "--closed-loop-steps", "3"])
     from dws_gym.simulator import Simulator
 
     sim = Simulator.from_pretrained(folder)
@@ -78,6 +84,14 @@ def test_record_writes_the_table_into_the_folder_and_card(store_path, tmp_path):
     assert sim.config.metrics["num_clips"] == 2 and "--record" in sim.config.metrics["evaluation_command"]
     card = (folder / "README.md").read_text()
     assert sim.config.metrics["table_markdown"].splitlines()[0] in card and "2 Euler steps" in card
+    # The event and closed-loop tables land in the config and the card too.
+    metrics = sim.config.metrics
+    assert metrics["events"]["horizon"] == 2 and metrics["closed_loop"]["episodes"] == 2
+    assert metrics["closed_loop"]["steps"] == 3 and metrics["closed_loop"]["sampling_steps"] == 2
+    assert set(metrics["event_acceptance"]) == {"reward_recall", "reward_precision", "closed_loop_return",
+                                                "closed_loop_correlation", "all"}
+    assert "Reward / termination events" in card and "Closed-loop returns: 2 episodes x 3 steps" in card
+    assert "**Event acceptance**" in card and "closed-loop returns, real vs dream)" in card
 
 
 def test_record_refuses_several_step_counts_and_non_folders(store_path, sim_folder, tmp_path):
@@ -85,3 +99,27 @@ def test_record_refuses_several_step_counts_and_non_folders(store_path, sim_fold
         main(["--simulator", sim_folder, "--data", store_path, "--sampling-steps", "1", "2", "--record"])
     with pytest.raises(SystemExit, match="not one"):
         main(["--simulator", str(tmp_path / "nothing"), "--data", store_path, "--record"])
+
+
+def test_event_and_closed_loop_flags(store_path, sim_folder, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    results = main(["--simulator", sim_folder, "--data", store_path, "--clips", "3", "--horizon", "3",
+                    "--held-out-fraction", "0.25", "--closed-loop-episodes", "2", "--closed-loop-steps", "4",
+                    "--event-tolerance", "0", "--event-match-sign", "--out", str(out)])
+    ((steps, result),) = results.items()
+    assert result.events is not None and result.events.tolerance == 0 and result.events.match_sign
+    assert [row["h"] for row in result.events.table.rows] == [1, 2, 3, "all"]
+    loop = result.closed_loop
+    assert loop is not None and loop.episodes == 2 and loop.steps == 4 and loop.env_id == "ALE/Breakout-v5"
+    printed = capsys.readouterr().out
+    assert "reward recall" in printed and "Closed-loop returns" in printed and "**Event acceptance**" in printed
+    saved = json.loads(out.read_text())[str(steps)]
+    assert saved["events"]["tolerance"] == 0 and len(saved["closed_loop"]["real_returns"]) == 2
+
+    results = main(["--simulator", sim_folder, "--data", store_path, "--clips", "3", "--horizon", "2",
+                    "--held-out-fraction", "0.25", "--no-events", "--closed-loop-episodes", "0"])
+    ((_, result),) = results.items()
+    assert result.events is None and result.closed_loop is None
+    assert "Event acceptance" not in result.to_markdown()
+    with pytest.raises(ValueError, match="closed-loop-episodes"):
+        main(["--simulator", sim_folder, "--data", store_path, "--closed-loop-episodes", "-1"])
