@@ -67,8 +67,9 @@ class Args:
     """fraction of episodes (the newest) held out for evaluation"""
 
     # model
-    backbone: Literal["flow", "ar"] = "flow"
-    """model family: rectified-flow Wan transformer (`flow`) or autoregressive token transformer (`ar`)"""
+    backbone: Literal["unet", "flow"] = "unet"
+    """model family: a pixel U-Net built from diffusers blocks (`unet`, the Breakout default) or a rectified-flow Wan
+    transformer (`flow`, also the path for a pre-trained Wan2.1)"""
     pretrained: str | None = None
     """a diffusers Wan2.1 repo id or local folder; None trains the small pixel-space backbone from scratch"""
     working_resolution: int = 256
@@ -91,6 +92,14 @@ class Args:
     """pixel backbone: transformer blocks"""
     ffn_dim: int = 768
     """pixel backbone: feed-forward width"""
+    unet_widths: tuple[int, int, int] = (48, 96, 128)
+    """unet: channels of its three levels (1/2, 1/4, 1/8 of the frame size)"""
+    changed_share: float = 0.4
+    """unet: share of each frame's loss on the pixels that changed around it (0 = off)"""
+    t_one_prob: float = 0.75
+    """unet: share of training targets at noise level 1, the one-step sampling path"""
+    unroll: bool = True
+    """unet: predict later targets of a clip from the model's own earlier predictions"""
     action_conditioning: Literal["frame", "global", "none"] = "frame"
     """frame = DWS per-frame module; global = the action trajectory pooled into one embedding; none = action-free"""
     action_text: bool = False
@@ -103,8 +112,8 @@ class Args:
     """motion-reinforced loss: frames whose largest change is below delta get small weights"""
     context_noise: float = 0.1
     """largest noise level of context-frame augmentation (fights drift in long rollouts)"""
-    sampling_steps: int = 4
-    """Euler steps per generated frame"""
+    sampling_steps: int | None = None
+    """Euler steps per generated frame (default: 1 for unet, 4 for flow)"""
 
     # optimisation
     total_steps: int = 400
@@ -121,8 +130,9 @@ class Args:
     """gradient clipping"""
     gradient_checkpointing: bool = False
     """recompute blocks in backward to save memory"""
-    bf16: bool = False
-    """bf16 autocast on CUDA"""
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    """training precision: `auto` = bf16 autocast where the hardware has native bf16 (CUDA; CPUs with AMX or
+    AVX512-BF16), fp32 elsewhere"""
     reward_steps: int = 1000
     """reward / termination head optimiser steps"""
     reward_batch_size: int = 64
@@ -144,6 +154,17 @@ class Args:
     """log losses every N steps"""
     checkpoint_every: int = 50
     """write an atomic training checkpoint every N steps"""
+    checkpoint_minutes: float = 5.0
+    """also write one whenever this many minutes passed since the last (long runs survive interruption)"""
+    max_minutes: float | None = None
+    """stop training the world model after this many minutes of this invocation (checkpointed; --resume continues
+    it, or the run finishes with the steps done so far when --finish-at-limit is set)"""
+    finish_at_limit: bool = False
+    """with --max-minutes: after the limit, train the reward head and save the simulator from the steps done"""
+    budget_minutes: float | None = None
+    """fit the run to this many minutes of world-model training: after 20 timed steps, --total-steps becomes the
+    smaller of itself and the steps that fit, so the learning-rate schedule completes within the budget (the
+    chosen total is stored in the checkpoint and kept on --resume)"""
     num_start_states: int = 64
     """real start clips bundled with the simulator"""
     output_dir: str | None = None
@@ -155,7 +176,7 @@ class Args:
 
 
 MODEL_FLAGS = ("backbone", "pretrained", "working_resolution", "train_mode", "context_frames", "patch_size",
-               "num_heads", "head_dim", "num_layers", "ffn_dim", "action_conditioning", "action_text")
+               "num_heads", "head_dim", "num_layers", "ffn_dim", "unet_widths", "action_conditioning", "action_text")
 """Args fields that shape the world model: a checkpoint resumes only under the values it was trained with."""
 
 
@@ -170,6 +191,22 @@ def build_model(args: Args, meanings: list[str], device: torch.device, frame_siz
     from dws_gym.models.flow import FlowConfig, FlowWorldModel
 
     game = args.env_id.split("/")[-1].split("-")[0].lower()
+    if args.backbone == "unet":
+        from dws_gym.models.unet import UNetConfig, UNetWorldModel
+
+        if args.pretrained is not None:
+            raise SystemExit("--pretrained loads a Wan2.1 video model: pass --backbone flow with it.")
+        if args.action_conditioning == "global":
+            raise SystemExit("--action-conditioning global is a Wan ablation; the unet takes frame or none.")
+        text = TextActionEncoder().encode(action_texts(meanings, game=game)) if args.action_text else None
+        config = UNetConfig(
+            frame_size=frame_size, channels=channels, context_frames=args.context_frames, widths=args.unet_widths,
+            num_actions=len(meanings), action_text_dim=None if text is None else int(text.shape[1]),
+            action_mode=args.action_conditioning, t_one_prob=args.t_one_prob, unroll=args.unroll,
+            motion_c=args.motion_c, motion_tau=args.motion_tau, motion_delta=args.motion_delta,
+            changed_share=args.changed_share, sampling_steps=args.sampling_steps or 1,
+        )
+        return UNetWorldModel(config, action_text_embeddings=text).to(device)
     if args.pretrained is not None:
         return FlowWorldModel.from_pretrained_wan(
             args.pretrained,
@@ -183,7 +220,7 @@ def build_model(args: Args, meanings: list[str], device: torch.device, frame_siz
             motion_c=args.motion_c,
             motion_tau=args.motion_tau,
             motion_delta=args.motion_delta,
-            sampling_steps=args.sampling_steps,
+            sampling_steps=args.sampling_steps or 4,
             context_noise=args.context_noise,
             gradient_checkpointing=args.gradient_checkpointing,
         )
@@ -206,7 +243,7 @@ def build_model(args: Args, meanings: list[str], device: torch.device, frame_siz
         motion_tau=args.motion_tau,
         motion_delta=args.motion_delta,
         context_noise=args.context_noise,
-        sampling_steps=args.sampling_steps,
+        sampling_steps=args.sampling_steps or 4,
         gradient_checkpointing=args.gradient_checkpointing,
     )
     return FlowWorldModel(config, action_text_embeddings=text).to(device)
@@ -244,15 +281,15 @@ if __name__ == "__main__":
         seed_everything,
         setup_distributed,
     )
+    from dws_gym.hardware import cpu_model, resolve_precision
 
     args = tyro.cli(Args)
-    if args.backbone == "ar":
-        raise SystemExit("--backbone ar is not available in this version of dws-gym; use --backbone flow.")
     if not 0 <= args.reward_rare_fraction < 1:
         raise SystemExit(f"--reward-rare-fraction must be in [0, 1), got {args.reward_rare_fraction}.")
     if args.retrain_reward_head and not args.resume:
         raise SystemExit("--retrain-reward-head retrains the head of a finished run; pass it with --resume.")
     device = pick_device(args.cuda)
+    precision = resolve_precision(args.dtype, device)
     dist = setup_distributed(device)
     run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
     out_dir = Path(args.output_dir or f"runs/{run_name}")
@@ -303,6 +340,8 @@ if __name__ == "__main__":
     if height != width:
         raise SystemExit(f"frames of {args.data} are {height}x{width}; the world model needs square frames.")
     model = build_model(args, meanings, device, frame_size=height, channels=channels)
+    if args.train_mode == "module" and args.backbone != "flow":
+        raise SystemExit("--train-mode module freezes a pre-trained Wan backbone: use it with --backbone flow.")
     if args.train_mode == "module":
         trainable = freeze_base(model.transformer, model.action_embedder)
     else:
@@ -319,12 +358,19 @@ if __name__ == "__main__":
                                           frame_shape=tuple(meta.obs_shape))).to(device)
     start_step = 0
     reward_trained = False
+    command = "python train_world_model.py " + " ".join(os.sys.argv[1:])
+    commands = [command]  # every invocation of this run, resumes included: the card's whole story
+    seconds_before = 0.0  # world-model training time of earlier invocations
     if args.resume:
         ckpt = load_checkpoint(out_dir / "checkpoint", map_location=device)
         saved = ckpt.get("args", {})
         changed = [k for k in MODEL_FLAGS if k in saved and saved[k] != getattr(args, k)]
         if changed:
-            flags = " ".join(f"--{k.replace('_', '-')} {saved[k]}" for k in changed)
+            def flag(k: str) -> str:
+                v = saved[k]
+                return f"--{k.replace('_', '-')} " + (" ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v))
+
+            flags = " ".join(flag(k) for k in changed)
             raise SystemExit(f"--resume: {out_dir} was trained with a different model ({flags}); pass those flags "
                              "to resume it, or pick a new --output-dir.")
         try:
@@ -334,12 +380,17 @@ if __name__ == "__main__":
         optimizer.load_state_dict(ckpt["optimizer"])
         restore_rng(ckpt["rng"][min(dist.rank, len(ckpt["rng"]) - 1)], generator, np_rng)
         start_step = int(ckpt["step"])
+        if ckpt.get("total_steps") is not None and args.budget_minutes is not None:
+            args.total_steps = int(ckpt["total_steps"])  # the budget's choice, made once
+        commands = list(ckpt.get("commands", [])) + [command]
+        seconds_before = float(ckpt.get("train_seconds", 0.0))
         if "reward_head" in ckpt and not args.retrain_reward_head:  # a finished head is kept as it is
             reward_head.load_state_dict(ckpt["reward_head"])
             reward_trained = True
         print(f"resumed {out_dir} at step {start_step}")
 
     last_rngs: list = []
+    t0: float | None = None  # start of this invocation's world-model training
 
     def checkpoint(step: int, reward_done: bool = False, collective: bool = True) -> None:
         """Atomic checkpoint. Collective (every rank calls it) unless only rank 0 is still working."""
@@ -352,28 +403,44 @@ if __name__ == "__main__":
             rngs = [rngs[0]] + last_rngs[1:]
         if dist.is_main:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rngs, "step": step,
-                     "args": asdict(args)}
+                     "args": asdict(args), "commands": commands, "total_steps": args.total_steps,
+                     "train_seconds": seconds_before + (time.perf_counter() - t0 if t0 is not None else 0.0)}
             if reward_done:
                 state["reward_head"] = reward_head.state_dict()
             save_checkpoint(out_dir / "checkpoint", state)
 
     # ---------------------------------------------------------------- train the world model
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if (args.bf16 and device.type == "cuda") else None
+    if dist.is_main:
+        print(f"precision: {precision.reason}", flush=True)
     model.train()
-    bar = tqdm(range(start_step, args.total_steps), desc="world model", disable=not (args.progress and dist.is_main),
+    bar = tqdm(desc="world model", disable=not (args.progress and dist.is_main),
                initial=start_step, total=args.total_steps)
     t0, samples = time.perf_counter(), 0
-    for step in bar:
+    last_ckpt = t0
+    stopped_at: int | None = None  # set when --max-minutes ends the loop early
+    budget_fixed = args.budget_minutes is None or start_step > 0
+    step = start_step
+    while step < args.total_steps:
+        if not budget_fixed and step == start_step + 20:
+            per_step = (time.perf_counter() - t0) / 20
+            fit_t = torch.tensor([max(step + 1, int(60 * args.budget_minutes / per_step))], device=device)
+            if dist.enabled:  # every rank must train the same number of steps
+                torch.distributed.broadcast(fit_t, 0)
+            fit = int(fit_t)
+            if fit < args.total_steps:
+                args.total_steps = fit
+                bar.total = fit
+            budget_fixed = True
+            if dist.is_main:
+                print(f"--budget-minutes {args.budget_minutes}: {per_step:.3f} s per step, training "
+                      f"{args.total_steps} steps", flush=True)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, base_lr=args.learning_rate, warmup=args.warmup_steps, total=args.total_steps)
         batch = clips.sample(args.batch_size, np_rng)
         frames = torch.from_numpy(batch["frames"]).to(device)
         actions = torch.from_numpy(batch["actions"]).to(device)
         mask = torch.from_numpy(batch["mask"]).to(device)
-        if amp is not None:
-            with amp:
-                loss, logs = loss_module(frames, actions, mask, generator)
-        else:
+        with precision.autocast(device):
             loss, logs = loss_module(frames, actions, mask, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -392,12 +459,32 @@ if __name__ == "__main__":
             if not args.progress:  # background runs: one plain line per log interval instead of a bar
                 print(f"step {step + 1}/{args.total_steps} loss {logs['loss']:.5f} mse {logs['mse']:.5f} "
                       f"copy {logs['copy_mse']:.5f} samples/s {sps:.1f}", flush=True)
-        if (step + 1) % args.checkpoint_every == 0:
+        now = time.perf_counter()
+        # Time-based decisions must agree across ranks: rank 0 decides, the others follow.
+        flags = torch.tensor([now - last_ckpt > 60 * args.checkpoint_minutes,
+                              args.max_minutes is not None and now - t0 > 60 * args.max_minutes], device=device)
+        if dist.enabled:
+            torch.distributed.broadcast(flags, 0)
+        if (step + 1) % args.checkpoint_every == 0 or bool(flags[0]) or bool(flags[1]):
             checkpoint(step + 1)
+            last_ckpt = time.perf_counter()
+        if bool(flags[1]) and step + 1 < args.total_steps:
+            stopped_at = step + 1
+            break
+        step += 1
+        bar.update(1)
+    bar.close()
     train_seconds = time.perf_counter() - t0
     train_sps = samples / max(train_seconds, 1e-9)
     model.eval()
-    if args.total_steps > start_step:
+    if stopped_at is not None and not args.finish_at_limit:
+        if dist.is_main:
+            print(f"--max-minutes {args.max_minutes}: stopped at step {stopped_at}/{args.total_steps}; the checkpoint "
+                  f"in {out_dir / 'checkpoint'} continues with --resume", flush=True)
+        cleanup_distributed(dist)
+        raise SystemExit(0)
+    done_steps = stopped_at if stopped_at is not None else args.total_steps
+    if done_steps > start_step and stopped_at is None:
         checkpoint(args.total_steps)
 
     # ---------------------------------------------------------------- reward / termination head
@@ -412,7 +499,7 @@ if __name__ == "__main__":
                             batch_size=args.reward_batch_size, generator=np_rng, progress=args.progress,
                             class_weights=class_w, pos_weight=pos_w)
             reward_head.eval()
-            checkpoint(args.total_steps, reward_done=True, collective=False)
+            checkpoint(done_steps, reward_done=True, collective=False)
 
         # ------------------------------------------------------------ simulator + held-out table
         sim_config = SimulatorConfig(
@@ -420,16 +507,18 @@ if __name__ == "__main__":
             action_meanings=meanings,
             obs_shape=tuple(meta.obs_shape),
             context_frames=args.context_frames,
-            sampling_steps=args.sampling_steps,
+            sampling_steps=int(getattr(model.config, "sampling_steps", 4)),
             backbone=args.backbone,
             pretrained_backbone=args.pretrained,
             training={
                 "data": f"{len(store)} episodes / {store.num_steps} steps of {args.env_id} (policy: {meta.policy})",
-                "steps": args.total_steps,
+                "steps": done_steps,
                 "batch_size": args.batch_size * dist.world_size,
                 "samples_per_second": round(train_sps, 2),
-                "device": str(device),
-                "command": "python train_world_model.py " + " ".join(os.sys.argv[1:]),
+                "device": str(device) if device.type != "cpu" else f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)",
+                "precision": precision.reason,
+                "train_minutes": round((seconds_before + train_seconds) / 60, 1),
+                "command": " && ".join(commands),
             },
         )
         sim = Simulator(sim_config, model, reward_head, start_batch["frames"][:, : args.context_frames],

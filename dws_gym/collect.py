@@ -37,7 +37,8 @@ class CollectArgs:
     num_envs: int = 8
     """envs stepped as one batch"""
     policy: str | None = None
-    """policy checkpoint folder (dws_gym.agents.save_policy); uniform random if omitted"""
+    """policy checkpoint folder (dws_gym.agents.save_policy), or a scripted policy `scripted:<name>[:eps]`
+    (dws_gym.scripted, e.g. `scripted:breakout-tracker:0.25`); uniform random if omitted"""
     seed: int = 0
     """seed of the envs and the policy's sampling"""
     deterministic: bool = False
@@ -92,11 +93,16 @@ def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _load_policy(path: str | None, num_actions: int, seed: int):
+def _load_policy(path: str | None, num_actions: int, seed: int, env_id: str):
     from dws_gym.agents import RandomPolicy, load_policy
 
     if path is None:
         return RandomPolicy(num_actions, seed=seed), 1, "random"
+    if path.startswith("scripted:"):
+        from dws_gym.scripted import make_scripted_policy
+
+        policy = make_scripted_policy(path, env_id, seed=seed)
+        return policy, 1, policy.tag
     policy = load_policy(path)
     frame_stack = int(getattr(policy.config, "frame_stack", 1))
     return policy, frame_stack, f"policy:{Path(path).name}"
@@ -120,8 +126,8 @@ def collect(args: CollectArgs) -> CollectResult:
     num_actions = int(probe.single_action_space.n)
     meanings = list(probe.action_meanings)
     probe.close()
-    policy, frame_stack, policy_tag = _load_policy(args.policy, num_actions, args.seed)
-    if args.policy is not None:
+    policy, frame_stack, policy_tag = _load_policy(args.policy, num_actions, args.seed, args.env_id)
+    if args.policy is not None and not args.policy.startswith("scripted:"):
         from dws_gym.agents import check_policy_matches
 
         envs = make_real_env(args.env_id, args.num_envs, frame_stack=frame_stack, **env_kwargs)

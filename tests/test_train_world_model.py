@@ -13,10 +13,12 @@ from dws_gym.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train_world_model.py"
-TINY = ["--patch-size", "4", "--num-heads", "2", "--head-dim", "48", "--num-layers", "1", "--ffn-dim", "64",
-        "--context-frames", "3", "--horizon", "2", "--batch-size", "2", "--reward-steps", "4", "--reward-batch-size", "8",
-        "--eval-clips", "2", "--eval-horizon", "3", "--num-start-states", "4", "--sampling-steps", "1",
-        "--no-progress", "--no-capture-video", "--warmup-steps", "1", "--log-every", "1"]
+# The default backbone (unet) at tiny widths; FLOW switches to the Wan transformer at tiny sizes.
+TINY = ["--unet-widths", "8", "16", "16", "--context-frames", "3", "--horizon", "2", "--batch-size", "2",
+        "--reward-steps", "4", "--reward-batch-size", "8", "--eval-clips", "2", "--eval-horizon", "3",
+        "--num-start-states", "4", "--no-progress", "--no-capture-video", "--warmup-steps", "1", "--log-every", "1"]
+FLOW = ["--backbone", "flow", "--patch-size", "4", "--num-heads", "2", "--head-dim", "48", "--num-layers", "1",
+        "--ffn-dim", "64", "--sampling-steps", "1"]
 
 
 def run(args, cwd, env_extra=None, launcher=None):
@@ -104,12 +106,12 @@ def test_resume_with_other_model_flags_names_them_and_keeps_the_checkpoint(train
     shutil.copytree(cwd / "run", run_dir)
     state = run_dir / "checkpoint" / "training_state.pt"
     before = state.read_bytes()
-    tiny = [a if a != "48" else "32" for a in TINY]  # --head-dim 48 -> 32
+    tiny = [a if a != "16" else "24" for a in TINY]  # --unet-widths 8 16 16 -> 8 24 24
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, str(SCRIPT), "--data", str(cwd / "store"), "--total-steps", "3",
                            "--output-dir", str(run_dir), "--resume"] + tiny, cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "--head-dim 48" in proc.stderr + proc.stdout
+    assert proc.returncode != 0 and "--unet-widths 8 16 16" in proc.stderr + proc.stdout
     assert state.read_bytes() == before
 
 
@@ -129,3 +131,29 @@ def test_torchrun_two_process_gloo_smoke(trained, tmp_path):
         launcher=[str(torchrun), "--nproc-per-node", "2", "--standalone"])
     sim = Simulator.from_pretrained(tmp_path / "ddp" / "simulator")
     assert sim.config.training["batch_size"] == 4  # 2 clips per process x 2 processes
+
+
+def test_flow_backbone_trains_and_saves(tmp_path, trained):
+    cwd, _ = trained
+    run(["--data", str(cwd / "store"), "--total-steps", "1", "--output-dir", "flow"] + TINY + FLOW, tmp_path)
+    sim = Simulator.from_pretrained(tmp_path / "flow" / "simulator")
+    assert sim.config.backbone == "flow" and type(sim.world_model).__name__ == "FlowWorldModel"
+
+
+def test_interrupted_run_resumes_to_the_same_weights_and_lists_every_command(tmp_path, trained):
+    """A run stopped by --max-minutes and resumed ends bitwise where an uninterrupted run ends."""
+    cwd, _ = trained
+    store = str(cwd / "store")
+    common = ["--data", store, "--total-steps", "3", "--checkpoint-every", "100"] + TINY
+    run(common + ["--output-dir", "straight"], tmp_path)
+    first = run(common + ["--output-dir", "cut", "--max-minutes", "0"], tmp_path)  # stops after one step
+    assert "stopped at step 1/3" in first.stdout and not (tmp_path / "cut" / "simulator").exists()
+    run(common + ["--output-dir", "cut", "--resume"], tmp_path)
+    a = Simulator.from_pretrained(tmp_path / "straight" / "simulator")
+    b = Simulator.from_pretrained(tmp_path / "cut" / "simulator")
+    for (name, x), y in zip(a.world_model.state_dict().items(), b.world_model.state_dict().values()):
+        assert torch.equal(x, y), name
+    command = b.config.training["command"]
+    assert command.count("python train_world_model.py") == 2 and "--max-minutes 0" in command
+    assert "--resume" in command.split(" && ")[1]
+    assert b.config.training["precision"].startswith(("bf16", "fp32"))

@@ -1,0 +1,28 @@
+"""bench/gpu_train.sh's CPU smoke path: collect -> budgeted training -> evaluation with events, on toy sizes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from dws_gym.simulator import Simulator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_train_script_smoke_path_writes_a_scored_simulator(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, DWS_GPU_SMOKE="1", OUT=str(tmp_path), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_train.sh"), "0.2"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sim = Simulator.from_pretrained(tmp_path / "run" / "simulator")
+    assert sim.config.backbone == "unet"
+    assert "--budget-minutes 0.2" in sim.config.training["command"]
+    assert "scripted:breakout-tracker" in sim.config.training["data"]
+    result = json.loads((tmp_path / "evaluation.json").read_text())
+    text = json.dumps(result)
+    assert "closed_loop" in text and "events" in text
+    log = (tmp_path / "gpu_train.log").read_text()
+    assert "collect" in log and "train" in log and "evaluate" in log
+    assert (tmp_path / "model_card.md").is_file()
