@@ -1,35 +1,52 @@
 """Dream-env throughput: transitions/s of DreamVectorEnv next to the real ALE vector env, in the same run.
 
-For every ``--num-envs`` value the bench builds ``DreamVectorEnv(sim, num_envs, device=..., sampling_steps=...)``,
-resets it, runs ``--warmup`` steps, then times ``--steps`` steps of uniformly random actions (numpy observations
-back on the host, as a gymnasium user gets them; CUDA is synchronised around the timed loop). Transitions/s is
-``num_envs * steps / seconds``. The real env, ``make_real_env(<the simulator's game>, num_envs,
-num_threads=--ale-threads)``, is timed the same way right after it. Sizes grow until a step takes longer than
-``--max-seconds-per-step`` or memory runs out (reported, not raised).
+For every ``--num-envs`` value and every variant (``--dtype`` x ``--compile``) the bench builds
+``DreamVectorEnv(sim, num_envs, device=..., dtype=..., sampling_steps=...)``, resets it, runs ``--warmup`` steps, then
+times ``--steps`` steps of uniformly random actions (numpy observations back on the host, as a gymnasium user gets
+them; CUDA is synchronised around the timed loop). Transitions/s is ``num_envs * steps / seconds``. The real env,
+``make_real_env(<the simulator's game>, num_envs, num_threads=--ale-threads)``, is timed once per ``num_envs`` in the
+same run, right after the dream rows. Sizes grow until a step takes longer than ``--max-seconds-per-step`` or memory
+runs out (reported, not raised).
+
+Precision: ``--dtype fp32 auto`` (the default) times both; ``auto`` is bf16 where the hardware has native bf16
+(CUDA; CPUs with AMX / AVX512-BF16, see ``dws_gym.hardware``), else fp32. The bf16 path is the simulator's own
+(``Simulator.set_precision``: weights cast to bf16); ``--bf16-mode autocast`` instead keeps float32 weights and runs
+each step under ``torch.autocast`` (for comparing the two). Every run prints the CPU model and the path that ran.
+
+``--compile`` (``on``; ``both`` for eager and compiled rows) wraps the world model's network call in
+``torch.compile``: ``predict_x0`` of the U-Net, ``_network`` (the transformer call) of the flow backbone. Compilation
+happens in the warm-up steps, which are not timed.
+
+FLOPs: one steady-state ``env.step`` (after the warm-up, at the row's ``num_envs``) is counted with
+``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions and attention, attention counted dense including
+its masked-out blocks; elementwise ops and norms are not counted) and divided by ``num_envs``, so restarted envs
+(which cost nothing) lower it as they lower the work. Achieved FLOP/s = FLOPs/transition x transitions/s; with a
+peak (``--peak-tflops``, default 989 on CUDA: the dense bf16 tensor-core peak of an H100 / H200 SXM) also as a
+percentage of it.
+
+``--synthesize N`` estimates, from every timed row, how long generating ``N`` transitions would take on this
+machine (``N / transitions/s``; the real env's time next to it).
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over building, resetting and stepping the env (stats reset
 per row; the simulator's weights included); on the CPU the process's peak resident memory above its resident
 memory before the row (the kernel's high-water mark ``VmHWM``, reset per row through ``/proc/self/clear_refs``; where
 that is not possible, the growth of ``ru_maxrss``, which only shows new all-time peaks).
 
-FLOPs: one ``Simulator.step`` at ``--flops-num-envs`` envs is counted with ``torch.utils.flop_counter``
-(matmuls, convolutions and attention, attention counted dense including its masked-out blocks; elementwise ops are
-not counted), divided by the env count. Achieved FLOP/s = FLOPs/transition x transitions/s; on CUDA also as a
-fraction of ``--peak-tflops`` (default 989: the dense bf16 tensor-core peak of an H100 / H200 SXM).
+Without ``--simulator`` the simulator is freshly initialised with the default architecture of ``--backbone``
+(``unet``: ``UNetConfig()`` defaults, 1 Euler step; ``flow``: ``FlowConfig()`` defaults; ``RewardConfig()`` head)
+for Breakout's 4 actions, its start clips taken from a quick real Breakout reset. Its weights are untrained;
+throughput does not depend on the weights (only on the architecture, the batch and how often episodes end, reported
+as "simulated").
 
-Without ``--simulator`` the simulator is freshly initialised with the default architecture (``FlowConfig()``
-defaults: pixel space, patch 4, width 128, 3 layers, K=4, 4 Euler steps; ``RewardConfig()`` defaults) for Breakout's
-4 actions, its start clips taken from a quick real Breakout reset. Its weights are untrained; throughput does not
-depend on the weights (only on the architecture, the batch and how often episodes end, reported as "simulated").
-
-    python bench/dream_env.py --num-envs 1 4 16 64 --threads 2 --ale-threads 2 --write-results
-    python bench/dream_env.py --device cuda --dtype bf16 --num-envs 64 256 1024 4096 --write-results
+    python bench/dream_env.py --num-envs 64 --threads 2 --ale-threads 2 --synthesize 1000000 --write-results
+    python bench/dream_env.py --device cuda --dtype bf16 --compile both --num-envs 1024 4096 --write-results
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime as dt
 import gc
 import os
@@ -38,7 +55,6 @@ import resource
 import shlex
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,34 +66,54 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dws_gym.envs.dream import DreamVectorEnv, resolve_device  # noqa: E402
 from dws_gym.envs.real import make_real_env, parse_env_id  # noqa: E402
+from dws_gym.hardware import cpu_bf16_flags, cpu_model, resolve_precision  # noqa: E402
 from dws_gym.models.flow import FlowConfig, FlowWorldModel  # noqa: E402
 from dws_gym.models.reward import RewardConfig, RewardHead  # noqa: E402
+from dws_gym.models.unet import UNetConfig, UNetWorldModel, unet_flops_per_frame  # noqa: E402
 from dws_gym.simulator import Simulator, SimulatorConfig  # noqa: E402
 
-__all__ = ["Row", "build_default_simulator", "count_step_flops", "format_table", "main", "prepare_simulator"]
+__all__ = ["Row", "Variant", "build_default_simulator", "count_step_flops", "format_table", "main",
+           "write_results_section"]
 
 MiB = 1024**2
 DEFAULT_ENV_ID = "ALE/Breakout-v5"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = ("fp32", "bf16", "auto")
+BACKBONES = ("unet", "flow")
+H100_H200_BF16_TFLOPS = 989.0
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How the dream env of a row runs: requested dtype, bf16 path, compiled or not."""
+
+    dtype: str
+    compiled: bool = False
 
 
 @dataclass
 class Row:
-    """One ``num_envs`` of the sweep.
+    """One ``num_envs`` x variant of the sweep.
 
     Attributes:
         num_envs: Envs stepped as one batch.
+        precision: ``"fp32"`` or ``"bf16"``, what ran (``auto`` resolved).
+        requested: The ``--dtype`` asked for (``"auto"``, ``"bf16"``, ``"fp32"``).
+        compiled: Whether the world model's network call was ``torch.compile``-d.
         steps: Dream steps timed (0 when the row failed before timing).
         dream_tps: Dream transitions/s (``num_envs * steps / seconds``); ``nan`` when it failed.
         seconds_per_step: Wall seconds of one dream ``step`` call.
         simulated: Share of env-steps the simulator actually generated (the rest were NEXT_STEP restarts).
         real_tps: Real env transitions/s in the same run (``nan`` when not measured).
         peak_memory: Bytes (see ``memory_kind``).
-        flops_per_transition: Counted FLOPs of one transition (the same count for every row).
+        flops_per_transition: Counted FLOPs of one steady-state env step at ``num_envs``, divided by ``num_envs``.
+        synthesize_seconds: Estimated seconds for ``--synthesize`` transitions at ``dream_tps`` (``nan`` if unset).
         note: Why the sweep stopped here, if it did.
     """
 
     num_envs: int
+    precision: str = "fp32"
+    compiled: bool = False
+    requested: str = ""
     steps: int = 0
     dream_tps: float = float("nan")
     seconds_per_step: float = float("nan")
@@ -85,6 +121,7 @@ class Row:
     real_tps: float = float("nan")
     peak_memory: float = float("nan")
     flops_per_transition: float = float("nan")
+    synthesize_seconds: float = float("nan")
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -101,19 +138,15 @@ class Row:
 
 # ================================================================================================== machine
 def machine() -> str:
-    """CPU model, cores, RAM, GPU (if visible) and torch version, in one line."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    """CPU model, cores, native bf16 flags, RAM, GPU (if visible) and torch version, in one line."""
     try:
         mem = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 1024**3:.0f} GiB RAM"
     except (ValueError, OSError):
         mem = ""
+    flags = cpu_bf16_flags()
+    bf16 = f" ({', '.join(flags)})" if flags else " (no native bf16)"
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores{mem}{gpu}; torch {torch.__version__} "
+    return (f"{cpu_model()}{bf16}, {os.cpu_count()} cores{mem}{gpu}; torch {torch.__version__} "
             f"({torch.get_num_threads()} CPU threads), {platform.system()} {platform.release()}")
 
 
@@ -138,53 +171,106 @@ def _start_clips(env_id: str, count: int, k: int, seed: int) -> tuple[np.ndarray
 
 
 def build_default_simulator(
-    *, tiny: bool = False, sampling_steps: int | None = None, num_starts: int | None = None, seed: int = 0
+    *, backbone: str = "unet", tiny: bool = False, sampling_steps: int | None = None, num_starts: int | None = None,
+    seed: int = 0,
 ) -> Simulator:
     """A freshly initialised simulator of the default architecture for Breakout (untrained weights).
 
     Args:
-        tiny: A 1-layer, width-96 backbone and a small reward head instead (for fast tests).
-        sampling_steps: Euler steps per env step stored in the config (``None``: ``FlowConfig``'s default, 4).
+        backbone: ``"unet"`` (``UNetConfig()`` defaults) or ``"flow"`` (``FlowConfig()`` defaults).
+        tiny: A very small backbone and reward head instead (for fast tests).
+        sampling_steps: Euler steps per env step stored in the config (``None``: the backbone config's default).
         num_starts: Real start clips taken from a quick Breakout reset (``None``: 8, or 2 when ``tiny``).
         seed: Seeds the weights and the start clips.
     """
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
     torch.manual_seed(seed)
-    steps = FlowConfig.sampling_steps if sampling_steps is None else int(sampling_steps)
     num_starts = (2 if tiny else 8) if num_starts is None else int(num_starts)
-    frames, actions, meanings = _start_clips(DEFAULT_ENV_ID, num_starts, FlowConfig.context_frames, seed)
-    n = len(meanings)
-    if tiny:
-        flow = FlowConfig(num_actions=n, patch_size=4, num_heads=2, head_dim=48, num_layers=1, ffn_dim=64, freq_dim=16,
-                          text_dim=16, cond_dim=16, sampling_steps=steps)
-        head = RewardConfig(context_frames=flow.context_frames, num_actions=n, dim=16, depth=1, num_heads=2)
+    if backbone == "unet":
+        steps = UNetConfig.sampling_steps if sampling_steps is None else int(sampling_steps)
+        k = UNetConfig.context_frames
     else:
-        flow = FlowConfig(num_actions=n, sampling_steps=steps)
-        head = RewardConfig(context_frames=flow.context_frames, num_actions=n)
-    config = SimulatorConfig(env_id=DEFAULT_ENV_ID, action_meanings=list(meanings),
-                             context_frames=flow.context_frames, sampling_steps=steps)
-    return Simulator(config, FlowWorldModel(flow), RewardHead(head), frames, actions)
+        steps = FlowConfig.sampling_steps if sampling_steps is None else int(sampling_steps)
+        k = FlowConfig.context_frames
+    frames, actions, meanings = _start_clips(DEFAULT_ENV_ID, num_starts, k, seed)
+    n = len(meanings)
+    if backbone == "unet":
+        size = dict(widths=(8, 16, 16), groups=4, cond_dim=8, cond_hidden_dim=16) if tiny else {}
+        world_model: torch.nn.Module = UNetWorldModel(UNetConfig(num_actions=n, sampling_steps=steps, **size))
+    elif tiny:
+        world_model = FlowWorldModel(FlowConfig(num_actions=n, patch_size=4, num_heads=2, head_dim=48, num_layers=1,
+                                                ffn_dim=64, freq_dim=16, text_dim=16, cond_dim=16,
+                                                sampling_steps=steps))
+    else:
+        world_model = FlowWorldModel(FlowConfig(num_actions=n, sampling_steps=steps))
+    head = (RewardConfig(context_frames=k, num_actions=n, dim=16, depth=1, num_heads=2) if tiny
+            else RewardConfig(context_frames=k, num_actions=n))
+    config = SimulatorConfig(env_id=DEFAULT_ENV_ID, action_meanings=list(meanings), context_frames=k,
+                             sampling_steps=steps, backbone=backbone)
+    return Simulator(config, world_model, RewardHead(head), frames, actions)
 
 
-def prepare_simulator(sim: Simulator, device: torch.device, dtype: str, bf16_mode: str) -> Simulator:
-    """Move ``sim`` to ``device`` for inference: parameters frozen, and in bf16 ``cast`` mode the backbone and
-    reward head cast to bfloat16 (what ``FlowWorldModel.from_pretrained(dtype=)`` does; frame states stay float32).
-    ``autocast`` mode keeps float32 weights (the timed calls then run under ``torch.autocast``)."""
-    sim.to(device)
-    for p in [*sim.world_model.parameters(), *sim.reward_head.parameters()]:
-        p.requires_grad_(False)  # inference only (and torch's flop counter needs it under no_grad)
-    if dtype == "bf16" and bf16_mode == "cast":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            # diffusers warns that casting a Wan model keeps no fp32 modules; the backbone is built for it.
-            sim.world_model.transformer.to(torch.bfloat16)
-        sim.reward_head.to(torch.bfloat16)
-    return sim
+def describe_world_model(sim: Simulator) -> str:
+    """The backbone's architecture in a few words (both backbones)."""
+    cfg = sim.world_model.config
+    if isinstance(sim.world_model, UNetWorldModel):
+        return (f"pixel U-Net, widths {tuple(cfg.widths)}, K={sim.context_frames} "
+                f"({unet_flops_per_frame(cfg) / 1e9:.2f} GFLOP of convolutions per network call)")
+    if hasattr(cfg, "width"):
+        return (f"flow ({cfg.space} space, patch {cfg.patch_size}, width {cfg.width}, depth {cfg.num_layers}, "
+                f"K={sim.context_frames})")
+    return f"{type(sim.world_model).__name__}, K={sim.context_frames}"
 
 
-def _precision(device: torch.device, dtype: str, bf16_mode: str) -> contextlib.AbstractContextManager:
-    if dtype == "bf16" and bf16_mode == "autocast":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def _network_owner(sim: Simulator) -> tuple[Any, str]:
+    """The world model's per-call network method: ``predict_x0`` (U-Net) or ``_network`` (flow transformer)."""
+    wm = sim.world_model
+    for name in ("predict_x0", "_network"):
+        if callable(getattr(wm, name, None)):
+            return wm, name
+    raise ValueError(f"--compile does not know the network call of {type(wm).__name__}")
+
+
+class Compiler:
+    """Turns ``torch.compile`` of the world model's network call on and off (compiled once, kept)."""
+
+    def __init__(self, sim: Simulator, backend: str, mode: str | None, dynamic: bool = False) -> None:
+        self.owner, self.name = _network_owner(sim)
+        self.eager = getattr(self.owner, self.name)
+        self.compiled = torch.compile(self.eager, backend=backend, mode=mode, dynamic=True if dynamic else None)
+        options = [f"backend={backend!r}", *([f"mode={mode!r}"] if mode else []), *(["dynamic=True"] if dynamic else [])]
+        self.description = f"torch.compile({type(self.owner).__name__}.{self.name}, {', '.join(options)})"
+
+    def set(self, on: bool) -> None:
+        if on:
+            setattr(self.owner, self.name, self.compiled)  # an instance attribute shadows the method
+        else:
+            self.owner.__dict__.pop(self.name, None)
+
+
+def prepare_simulators(base: Simulator, device: torch.device, dtypes: Sequence[str],
+                       bf16_mode: str) -> dict[str, Simulator]:
+    """One inference copy of ``base`` per requested dtype, on ``device``, parameters frozen.
+
+    ``cast`` mode: ``Simulator.set_precision(dtype)`` (the simulator's own bf16 path). ``autocast`` mode: weights
+    stay float32 (the timed steps then run under ``Precision.autocast``)."""
+    sims = {}
+    for dtype in dtypes:
+        sim = copy.deepcopy(base).to(device)
+        for p in [*sim.world_model.parameters(), *sim.reward_head.parameters()]:
+            p.requires_grad_(False)  # inference only (and torch's flop counter needs it under no_grad)
+        sim.set_precision("fp32" if bf16_mode == "autocast" else dtype)
+        sims[dtype] = sim
+    return sims
+
+
+def bf16_path(precision_bf16: bool, bf16_mode: str) -> str:
+    if not precision_bf16:
+        return "fp32 weights, no autocast"
+    if bf16_mode == "autocast":
+        return "fp32 weights under torch.autocast(bfloat16)"
+    return "weights cast to bfloat16 (Simulator.set_precision)"
 
 
 # ================================================================================================== FLOPs
@@ -196,20 +282,21 @@ def _cpu_sdpa_flops(query_shape: Sequence[int], key_shape: Sequence[int], value_
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def count_step_flops(sim: Simulator, num_envs: int, *, sampling_steps: int | None = None,
-                     precision: contextlib.AbstractContextManager | None = None) -> float:
-    """Counted FLOPs of one transition: one ``sim.step`` on ``num_envs`` start clips, divided by ``num_envs``."""
+def flop_counter() -> Any:
+    """A ``FlopCounterMode`` that also counts the CPU attention kernel."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    idx = np.arange(num_envs) % sim.start_frames.shape[0]
-    state = sim.init_state(sim.start_frames[idx], sim.start_actions[idx])
-    actions = torch.zeros(num_envs, dtype=torch.long)
     mapping: dict[Any, Any] = {}
     cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if cpu_sdpa is not None:
         mapping[cpu_sdpa] = _cpu_sdpa_flops
-    with precision or contextlib.nullcontext(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        sim.step(state, actions, torch.Generator().manual_seed(0), steps=sampling_steps)
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+def count_step_flops(step: Callable[[], Any], num_envs: int) -> float:
+    """Counted FLOPs of one call of ``step`` (one env step of ``num_envs`` envs), divided by ``num_envs``."""
+    with flop_counter() as counter:
+        step()
     return counter.get_total_flops() / num_envs
 
 
@@ -296,21 +383,29 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, (MemoryError, torch.cuda.OutOfMemoryError)) or "out of memory" in str(err).lower()
 
 
-def measure_dream(sim: Simulator, num_envs: int, args: argparse.Namespace, device: torch.device,
-                  memory: _PeakMemory) -> Row:
-    """Time one ``num_envs`` of the dream env; OOM is caught and reported in ``Row.note``."""
-    row = Row(num_envs)
+def measure_dream(sim: Simulator, num_envs: int, variant: Variant, args: argparse.Namespace, device: torch.device,
+                  memory: _PeakMemory, compiler: Compiler | None = None) -> Row:
+    """Time one ``num_envs`` x variant of the dream env; OOM (and a failed compile) is reported in ``Row.note``."""
+    row = Row(num_envs, precision=sim.precision.name, compiled=variant.compiled, requested=variant.dtype)
+    autocast = args.bf16_mode == "autocast" and resolve_precision(variant.dtype, device).bf16
+    if autocast:
+        row.precision = "bf16"
+    context = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
     rng = np.random.default_rng(args.seed)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     env = None
     memory.start()
     try:
-        with _precision(device, args.dtype, args.bf16_mode):
-            env = DreamVectorEnv(sim, num_envs, device=device, sampling_steps=args.sampling_steps,
-                                 output=args.output)
-            env.reset(seed=args.seed)
-            n_act = env.single_action_space.n
-            plan = rng.integers(0, n_act, (max(args.steps, 1), num_envs))
+        env = DreamVectorEnv(sim, num_envs, device=device, dtype="fp32" if autocast else variant.dtype,
+                             sampling_steps=args.sampling_steps, output=args.output)
+        env.reset(seed=args.seed)
+        plan = rng.integers(0, env.single_action_space.n, (max(args.steps, 1), num_envs))
+        with context():
+            env.step(plan[0])
+            # Steady state: FLOPs of one step after the first, counted eagerly (the same math compiled or not).
+            row.flops_per_transition = count_step_flops(lambda: env.step(plan[1 % len(plan)]), num_envs)
+            if compiler is not None:
+                compiler.set(variant.compiled)
             for i in range(args.warmup):
                 env.step(plan[i % len(plan)])
             restarted = [0]
@@ -328,10 +423,19 @@ def measure_dream(sim: Simulator, num_envs: int, args: argparse.Namespace, devic
         row.peak_memory = memory.peak()
     except (RuntimeError, MemoryError) as err:
         if not _is_oom(err):
+            if not variant.compiled:
+                raise
+            row.note = f"compile failed: {type(err).__name__}: {str(err).strip().splitlines()[0][:160]}"
+        else:
+            row.peak_memory = memory.peak()
+            row.note = f"out of memory ({type(err).__name__})"
+    except Exception as err:  # a compiled run can fail in many ways (no compiler, unsupported op): report it
+        if not variant.compiled:
             raise
-        row.peak_memory = memory.peak()
-        row.note = f"out of memory ({type(err).__name__})"
+        row.note = f"compile failed: {type(err).__name__}: {str(err).strip().splitlines()[0][:160]}"
     finally:
+        if compiler is not None:
+            compiler.set(False)
         if env is not None:
             env.close()
         env = None  # drop the last reference before collecting
@@ -376,34 +480,64 @@ def _num(x: float, fmt: str) -> str:
     return format(x, fmt) if np.isfinite(x) else "n/a"
 
 
-def format_table(rows: Sequence[Row], *, peak_flops: float | None = None) -> str:
-    """The markdown table of a sweep; ``peak_flops`` (FLOP/s) adds a "% of peak" column."""
-    cols = ["num_envs", "steps timed", "dream transitions/s", "s / dream step", "simulated", "real ALE transitions/s",
-            "dream / real", "peak memory MiB", "FLOPs / transition", "achieved FLOP/s"]
+def _duration(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "n/a"
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} d"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s"
+
+
+def format_table(rows: Sequence[Row], *, peak_flops: float | None = None, synthesize: int | None = None) -> str:
+    """The markdown table of a sweep; ``peak_flops`` (FLOP/s) adds a "% of peak" column, ``synthesize`` the
+    estimated time for that many transitions."""
+    cols = ["num_envs", "precision", "compiled", "steps timed", "dream transitions/s", "s / dream step", "simulated",
+            "real ALE transitions/s", "dream / real", "peak memory MiB", "FLOPs / transition", "achieved FLOP/s"]
     if peak_flops:
         cols.append("% of peak FLOP/s")
+    if synthesize:
+        cols.append(f"time for {synthesize:,} transitions")
     cols.append("note")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        cells = [str(r.num_envs), str(r.steps), _num(r.dream_tps, ",.1f"), _num(r.seconds_per_step, ".3f"),
+        precision = r.precision if r.requested in ("", r.precision) else f"{r.precision} ({r.requested})"
+        cells = [str(r.num_envs), precision, "yes" if r.compiled else "no", str(r.steps), _num(r.dream_tps, ",.1f"),
+                 _num(r.seconds_per_step, ".3f"),
                  _num(100 * r.simulated, ".1f") + ("%" if np.isfinite(r.simulated) else ""),
                  _num(r.real_tps, ",.0f"), _num(r.ratio, ".4g"), _num(r.peak_memory / MiB, ",.0f"),
                  _si(r.flops_per_transition), _si(r.flops_per_s)]
         if peak_flops:
             cells.append(_num(100 * r.flops_per_s / peak_flops, ".2f"))
+        if synthesize:
+            real = synthesize / r.real_tps if r.real_tps > 0 else float("nan")
+            cells.append(f"{_duration(r.synthesize_seconds)} (real env {_duration(real)})")
         cells.append(r.note)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def write_results_section(path: Path, title: str, command: str, details: Sequence[str], body: str) -> None:
+    """Append ``## title (date)`` with the machine, the command, detail lines and ``body`` (a table) to ``path``."""
+    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"Machine: {machine()}", f"Command: `{command}`", *details]
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"\n## {title} ({date})\n\n" + "  \n".join(lines) + f"\n\n{body}\n")
 
 
 # ================================================================================================== main
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--simulator", default=None, help="saved simulator folder (default: fresh default architecture)")
+    p.add_argument("--backbone", choices=BACKBONES, default="unet", help="backbone of the fresh simulator")
     p.add_argument("--tiny", action="store_true", help="a tiny fresh simulator instead of the default one (tests)")
     p.add_argument("--num-envs", type=int, nargs="+", default=[1, 4, 16, 64, 256, 1024, 4096])
     p.add_argument("--steps", type=int, default=20, help="dream / real steps timed per num_envs")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (compilation happens here)")
     p.add_argument("--time-budget", type=float, default=60.0,
                    help="stop timing a row after this many seconds (at least one step is timed)")
     p.add_argument("--real-min-seconds", type=float, default=1.0, help="time the real env at least this long")
@@ -411,17 +545,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="stop growing num_envs once one dream step takes longer")
     p.add_argument("--sampling-steps", type=int, default=None, help="Euler steps per env step (default: sim's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:<i>")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--dtype", nargs="+", choices=DTYPES, default=["fp32", "auto"],
+                   help="precisions to time, each a row per num_envs (auto: bf16 where the hardware has it)")
     p.add_argument("--bf16-mode", choices=["cast", "autocast"], default="cast",
-                   help="bf16: cast the weights (default) or run under torch.autocast with float32 weights")
+                   help="bf16: the simulator's cast weights (default) or float32 weights under torch.autocast")
+    p.add_argument("--compile", nargs="?", const="on", default="off", choices=["off", "on", "both"],
+                   help="torch.compile the world model's network call: on (--compile), both (eager and compiled "
+                        "rows) or off")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager: trace only)")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode (e.g. max-autotune-no-cudagraphs)")
+    p.add_argument("--compile-dynamic", action="store_true",
+                   help="compile for any batch size at once (restarts make partial batches) instead of recompiling "
+                        "once a second batch size shows up")
     p.add_argument("--output", choices=["numpy", "torch"], default="numpy", help="DreamVectorEnv output type")
-    p.add_argument("--flops-num-envs", type=int, default=4, help="envs of the step whose FLOPs are counted")
-    p.add_argument("--peak-tflops", type=float, default=989.0,
-                   help="peak dense TFLOP/s for the %% of peak column on CUDA (989: H100/H200 SXM bf16)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help=f"peak dense TFLOP/s for the %% of peak column (default on CUDA: {H100_H200_BF16_TFLOPS:g}, "
+                        "H100 / H200 SXM bf16; none on the CPU unless given)")
+    p.add_argument("--synthesize", type=int, default=None, metavar="N",
+                   help="estimate how long N transitions take here, from every timed row")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--ale-threads", type=int, default=os.cpu_count() or 1, help="ALE emulator threads")
     p.add_argument("--real-env-id", default=None, help="real env to compare with (default: the simulator's)")
     p.add_argument("--no-real", action="store_true", help="skip the real env")
+    p.add_argument("--real-max-envs", type=int, default=None,
+                   help="time the real env at min(num_envs, this) envs: building thousands of emulators takes "
+                        "minutes while the threads saturate long before (the table says when it was capped)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--note", default="", help="free text for the results section (e.g. shared CPU)")
     p.add_argument("--write-results", action="store_true", help="append a section to --results-file")
@@ -429,10 +577,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if any(n < 1 for n in args.num_envs):
         p.error(f"--num-envs must be positive integers, got {args.num_envs}")
-    if args.steps < 1 or args.warmup < 0 or args.flops_num_envs < 1:
-        p.error("--steps and --flops-num-envs must be >= 1 and --warmup >= 0")
+    if args.steps < 2 or args.warmup < 0:
+        p.error("--steps must be >= 2 and --warmup >= 0")
     if args.simulator is not None and args.tiny:
         p.error("--tiny builds a fresh simulator; do not combine it with --simulator")
+    if args.real_max_envs is not None and args.real_max_envs < 1:
+        p.error(f"--real-max-envs must be positive, got {args.real_max_envs}")
+    if args.synthesize is not None and args.synthesize < 1:
+        p.error(f"--synthesize must be a positive number of transitions, got {args.synthesize}")
+    args.dtype = list(dict.fromkeys(args.dtype))
     return args
 
 
@@ -442,75 +595,109 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    if args.dtype == "bf16" and device.type != "cuda":
-        print("note: bf16 on the CPU runs, but CPU bf16 speed says nothing about a GPU", file=sys.stderr)
 
     if args.simulator is not None:
-        sim = Simulator.from_pretrained(args.simulator, device="cpu")
+        base = Simulator.from_pretrained(args.simulator, device="cpu")
         what = f"simulator `{args.simulator}`"
     else:
-        sim = build_default_simulator(tiny=args.tiny, sampling_steps=args.sampling_steps, seed=args.seed)
-        what = (f"fresh {'TINY' if args.tiny else 'default-architecture'} simulator (untrained weights; throughput "
-                "does not depend on the weights)")
-    prepare_simulator(sim, device, args.dtype, args.bf16_mode)
-    wm_params = sum(p.numel() for p in sim.world_model.parameters())
-    rh_params = sum(p.numel() for p in sim.reward_head.parameters())
-    steps = sim.config.sampling_steps if args.sampling_steps is None else args.sampling_steps
-    real_id = args.real_env_id or sim.config.env_id
-    wm_cfg = sim.world_model.config
-    arch = (f"{wm_cfg.space} space, patch {wm_cfg.patch_size}, width {wm_cfg.width}, depth {wm_cfg.num_layers}, "
-            f"K={sim.context_frames}") if hasattr(wm_cfg, "width") else type(sim.world_model).__name__
-    desc = (f"{what}: {arch}; world model {wm_params / 1e6:.2f}M + reward head {rh_params / 1e6:.2f}M parameters; "
-            f"{steps} Euler steps per env step; {args.dtype}"
-            f"{' (' + args.bf16_mode + ')' if args.dtype == 'bf16' else ''} on {device}; output={args.output}")
+        base = build_default_simulator(backbone=args.backbone, tiny=args.tiny, sampling_steps=args.sampling_steps,
+                                       seed=args.seed)
+        what = (f"fresh {'TINY' if args.tiny else 'default-architecture'} {base.config.backbone} simulator "
+                "(untrained weights; throughput does not depend on the weights)")
+    sims = prepare_simulators(base, device, args.dtype, args.bf16_mode)
+    precisions = {d: resolve_precision(d, device) for d in args.dtype}
+    paths = "; ".join(f"--dtype {d} ran {precisions[d].name} ({precisions[d].reason}; "
+                      f"{bf16_path(precisions[d].bf16, args.bf16_mode)})" for d in args.dtype)
+    wm_params = sum(p.numel() for p in base.world_model.parameters())
+    rh_params = sum(p.numel() for p in base.reward_head.parameters())
+    steps = base.config.sampling_steps if args.sampling_steps is None else args.sampling_steps
+    real_id = args.real_env_id or base.config.env_id
+    desc = (f"{what}: {describe_world_model(base)}; world model {wm_params / 1e6:.2f}M + reward head "
+            f"{rh_params / 1e6:.2f}M parameters; {steps} Euler step{'s' if steps != 1 else ''} per env step; "
+            f"on {device}; output={args.output}")
     print(desc, file=sys.stderr)
+    print(f"CPU: {cpu_model()}; precision: {paths}", file=sys.stderr)
 
-    flops = count_step_flops(sim, args.flops_num_envs, sampling_steps=args.sampling_steps,
-                             precision=_precision(device, args.dtype, args.bf16_mode))
-    print(f"counted FLOPs / transition: {_si(flops)} (at {args.flops_num_envs} envs)", file=sys.stderr)
-
+    compiled = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    compilers = ({d: Compiler(sims[d], args.compile_backend, args.compile_mode, args.compile_dynamic)
+                  for d in args.dtype} if True in compiled else {})
+    variants = [Variant(d, c) for d in args.dtype for c in compiled]
     memory = _PeakMemory(device)
     rows: list[Row] = []
+    real_cache: dict[int, float] = {}
     for n in args.num_envs:
-        row = measure_dream(sim, n, args, device, memory)
-        row.flops_per_transition = flops
-        if not row.note and not args.no_real:
-            row.real_tps = measure_real(real_id, n, args)
-        if not row.note and row.seconds_per_step > args.max_seconds_per_step:
-            row.note = f"stopped: a step took {row.seconds_per_step:.1f} s > {args.max_seconds_per_step} s"
-        rows.append(row)
-        print(f"num_envs {n}: dream {row.dream_tps:,.1f}/s, real {row.real_tps:,.0f}/s {row.note}", file=sys.stderr)
-        if row.note:
+        these: list[Row] = []
+        for v in variants:
+            row = measure_dream(sims[v.dtype], n, v, args, device, memory, compilers.get(v.dtype))
+            if not row.note and row.seconds_per_step > args.max_seconds_per_step:
+                row.note = f"stopped: a step took {row.seconds_per_step:.1f} s > {args.max_seconds_per_step} s"
+            if args.synthesize:
+                row.synthesize_seconds = args.synthesize / row.dream_tps if row.dream_tps > 0 else float("nan")
+            these.append(row)
+            print(f"num_envs {n} {row.precision}{' compiled' if row.compiled else ''}: dream {row.dream_tps:,.1f}/s, "
+                  f"{_si(row.flops_per_transition, 'FLOP')}/transition {row.note}", file=sys.stderr)
+        if not args.no_real and any(r.dream_tps > 0 for r in these):
+            m = min(n, args.real_max_envs or n)
+            if m not in real_cache:
+                real_cache[m] = measure_real(real_id, m, args)
+            for r in these:
+                r.real_tps = real_cache[m]
+                if m < n:
+                    r.note = "; ".join(filter(None, [r.note, f"real env timed at {m} envs"]))
+            print(f"num_envs {n}: real {real_cache[m]:,.0f}/s at {m} envs", file=sys.stderr)
+        rows.extend(these)
+        if any(r.note.startswith(("stopped", "out of memory")) for r in these):
             break
 
-    peak = args.peak_tflops * 1e12 if device.type == "cuda" else None
-    table = format_table(rows, peak_flops=peak)
+    peak_tflops = args.peak_tflops if args.peak_tflops else (H100_H200_BF16_TFLOPS if device.type == "cuda" else None)
+    peak = peak_tflops * 1e12 if peak_tflops else None
+    table = format_table(rows, peak_flops=peak, synthesize=args.synthesize)
     print(table)
+    summary = synthesize_summary(rows, args.synthesize) if args.synthesize else ""
+    if summary:
+        print(summary)
     if args.write_results:
-        date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         given = sys.argv[1:] if argv is None else list(argv)
         command = "python bench/dream_env.py " + " ".join(shlex.quote(a) for a in given)
-        peak_line = (f" % of peak against {args.peak_tflops:g} TFLOP/s (dense bf16 of an H100 / H200 SXM)."
-                     if peak else "")
         real_line = ("real env not measured" if args.no_real else
                      f"real env: `make_real_env({real_id!r}, num_envs, num_threads={args.ale_threads})`, random "
-                     f"actions, at least {args.real_min_seconds:g} s per row")
-        with open(args.results_file, "a", encoding="utf-8") as f:
-            f.write(
-                f"\n## Dream env throughput: DreamVectorEnv vs the real env ({date})\n\n"
-                f"Machine: {machine()}  \nCommand: `{command}`  \n"
-                f"Simulator: {desc}.  \n"
-                f"Dream: random actions, NEXT_STEP autoreset (\"simulated\" = env-steps the simulator generated; the "
-                f"rest were restarts), {args.warmup} warm-up steps, up to {args.time_budget:g} s timed per row; "
-                f"{real_line}.  \n"
-                f"Peak memory: {memory.description}.  \n"
-                f"FLOPs: one `Simulator.step` at {args.flops_num_envs} envs counted with torch.utils.flop_counter "
-                f"(matmuls, convolutions, attention dense incl. masked blocks; elementwise ops not counted).{peak_line}"
-                + (f"  \nNote: {args.note}" if args.note else "")
-                + f"\n\n{table}\n"
-            )
+                     f"actions, at least {args.real_min_seconds:g} s per num_envs, in the same run"
+                     + (f" (at most {args.real_max_envs} envs)" if args.real_max_envs else ""))
+        details = [
+            f"Simulator: {desc}.",
+            f"Precision: {paths}.",
+            (f"Compile: {next(iter(compilers.values())).description}, compiled during the warm-up steps."
+             if compilers else "Compile: off (eager)."),
+            f"Dream: random actions, NEXT_STEP autoreset (\"simulated\" = env-steps the simulator generated; the "
+            f"rest were restarts), {args.warmup} warm-up steps, up to {args.time_budget:g} s timed per row; "
+            f"{real_line}.",
+            f"Peak memory: {memory.description}.",
+            "FLOPs: one steady-state env step at the row's num_envs counted with torch.utils.flop_counter "
+            "(matmuls, convolutions, attention dense incl. masked blocks; elementwise ops and norms not counted), "
+            "divided by num_envs." + (f" % of peak against {peak_tflops:g} TFLOP/s." if peak else ""),
+        ]
+        if summary:
+            details.append(summary)
+        if args.note:
+            details.append(f"Note: {args.note}")
+        write_results_section(args.results_file, "Dream env throughput: DreamVectorEnv vs the real env", command,
+                              details, table)
         print(f"appended to {args.results_file}", file=sys.stderr)
     return rows
+
+
+def synthesize_summary(rows: Sequence[Row], n: int) -> str:
+    """One line: the fastest timed row's estimate for ``n`` transitions, next to the real env's."""
+    timed = [r for r in rows if r.dream_tps > 0]
+    if not timed:
+        return ""
+    best = max(timed, key=lambda r: r.dream_tps)
+    line = (f"Synthesizing {n:,} transitions here: {_duration(best.synthesize_seconds)} at the fastest row "
+            f"({best.num_envs} envs, {best.precision}{', compiled' if best.compiled else ''}: "
+            f"{best.dream_tps:,.0f} transitions/s)")
+    if best.real_tps > 0:
+        line += f"; the real env at {best.num_envs} envs: {_duration(n / best.real_tps)}"
+    return line + "."
 
 
 if __name__ == "__main__":

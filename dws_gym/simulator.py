@@ -8,6 +8,11 @@ Step protocol (DESIGN D2), the one API the dream env, evaluation and data augmen
 
 All work is batched on the simulator's device; randomness comes only from the passed generator.
 
+Precision: ``Simulator.from_pretrained(..., dtype="fp32" | "bf16" | "auto")`` or :meth:`Simulator.set_precision`.
+In bf16 the world model and reward head weights are cast to bfloat16 (``"auto"``: only where the hardware has native
+bf16, see :func:`dws_gym.hardware.resolve_precision`); frames stay uint8, rewards float32, terminations bool.
+``sim.precision`` says what runs and why.
+
 On disk a simulator is one self-contained folder (D12)::
 
     simulator_config.json       format version, env id, action meanings, context, sampling steps, provenance, metrics
@@ -33,6 +38,7 @@ import numpy as np
 import torch
 
 from dws_gym.fileio import write_folder_atomically
+from dws_gym.hardware import Precision, resolve_precision
 from dws_gym.models.reward import RewardHead, load_reward_head, save_reward_head
 
 SIMULATOR_FORMAT_VERSION = 1
@@ -54,7 +60,7 @@ class SimulatorConfig:
         obs_shape: One frame, ``(H, W, 3)``.
         context_frames: ``K``, the frames a step conditions on (and the start clips hold).
         sampling_steps: Default Euler steps per environment step.
-        backbone: ``"flow"`` (rectified-flow Wan) or ``"ar"`` (autoregressive token transformer).
+        backbone: ``"unet"`` (pixel U-Net, :mod:`dws_gym.models.unet`) or ``"flow"`` (rectified-flow Wan).
         pretrained_backbone: Hub id / folder of the pre-trained video model it was fine-tuned from; ``None`` when
             the backbone was trained from scratch.
         training: Free-form description of the training run (data, command, steps, throughput).
@@ -119,12 +125,53 @@ class SimState:
         return SimState(self.frames.clone(), self.actions.clone())
 
 
+def _float_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype of a module's first floating-point parameter (float32 when it has none)."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+
+
+def _cast_world_model(world_model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast a backbone's weights for stepping, in place.
+
+    The flow backbone casts its transformer only (what ``FlowWorldModel.from_pretrained(dtype=)`` does: its action
+    embedder and decoding stay float32); every other backbone (the U-Net) casts parameters and buffers whole, since
+    its ``sample_next`` runs in the dtype of its weights.
+    """
+    transformer = getattr(world_model, "transformer", None)
+    if transformer is None:
+        world_model.to(dtype)
+        return
+    try:  # diffusers logs that Wan keeps some modules in float32 when loaded with torch_dtype; not used here
+        from diffusers.utils import logging as diffusers_logging
+
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - diffusers is a dependency
+        diffusers_logging = None
+    try:
+        transformer.to(dtype)
+    finally:
+        if diffusers_logging is not None:
+            diffusers_logging.set_verbosity(level)
+
+
+def _cast_parameters(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast a module's floating-point parameters, not its buffers (the reward head's value tables stay float32)."""
+    for p in module.parameters():
+        if p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+
+
 def _load_world_model(folder: Path, backbone: str, device: torch.device | str) -> torch.nn.Module:
     if backbone == "flow":
         from dws_gym.models.flow import FlowWorldModel
 
         return FlowWorldModel.from_pretrained(folder, device=device)
-    raise ValueError(f"Unknown backbone {backbone!r} in the simulator config; this dws-gym knows 'flow'.")
+    if backbone == "unet":
+        from dws_gym.models.unet import UNetWorldModel
+
+        return UNetWorldModel.from_pretrained(folder, device=device)
+    raise ValueError(f"Unknown backbone {backbone!r} in the simulator config; this dws-gym knows 'flow' and 'unet'.")
 
 
 class Simulator:
@@ -137,6 +184,11 @@ class Simulator:
         reward_head: A :class:`~dws_gym.models.reward.RewardHead` reading ``K`` context frames.
         start_frames: ``(S, K, H, W, 3)`` uint8 real start clips (the default start-state distribution).
         start_actions: ``(S, K - 1)`` int64 actions of those clips.
+
+    Attributes:
+        precision: The :class:`~dws_gym.hardware.Precision` :meth:`step` runs in and why (``precision.reason``);
+            float32 unless :meth:`set_precision` / ``from_pretrained(dtype=)`` chose bf16, or the world model was
+            given in bfloat16.
     """
 
     def __init__(
@@ -166,6 +218,9 @@ class Simulator:
             raise ValueError(f"start_actions must be ({frames.shape[0]}, {k - 1}), got {tuple(actions.shape)}.")
         self.start_frames = frames.cpu()
         self.start_actions = actions.long().cpu()
+        given = _float_dtype(getattr(self.world_model, "transformer", self.world_model))
+        self._dtype_request = "bf16" if given == torch.bfloat16 else "fp32"
+        self.precision: Precision = resolve_precision(self._dtype_request, self.device)
 
     # ------------------------------------------------------------------------------------------- properties
     @property
@@ -181,10 +236,40 @@ class Simulator:
         return self.config.context_frames
 
     def to(self, device: str | torch.device) -> Simulator:
-        """Move the world model and reward head to ``device`` (start clips stay on the CPU until used)."""
+        """Move the world model and reward head to ``device`` (start clips stay on the CPU until used).
+
+        A simulator set to ``dtype="auto"`` decides its precision again for the new device.
+        """
         self.world_model.to(device)
         self.reward_head.to(device)
+        if self._dtype_request == "auto":
+            self.set_precision("auto")
+        else:
+            self.precision = resolve_precision(self._dtype_request, self.device)
         return self
+
+    def set_precision(self, dtype: str | torch.dtype = "auto") -> Precision:
+        """Choose the precision :meth:`step` runs in: ``"fp32"``, ``"bf16"`` or ``"auto"`` (bf16 where the device
+        has native bf16, see :func:`~dws_gym.hardware.resolve_precision`). Returns it (also ``self.precision``).
+
+        bf16 casts the weights of the world model and the reward head (the reward head's reward value tables stay
+        float32), in place. Casting was the faster of the two ways measured: the default-size U-Net simulator at 64
+        envs on one thread of an AMX Xeon (a shared 2-core machine; medians of interleaved repeats) stepped
+        196-225 transitions/s with cast weights, 188-192 with float32 weights under ``torch.autocast`` (which
+        re-casts every weight on every call) and ~95 in fp32; ``bench/dream_env.py --bf16-mode autocast`` compares
+        them.
+        Going back to ``"fp32"`` after bf16 casts the weights back, but they keep their bf16 rounding; reload the
+        simulator for its exact float32 weights. :meth:`save_pretrained` always writes float32.
+
+        Raises:
+            ValueError: ``dtype`` is not one of ``"auto"``, ``"bf16"``, ``"fp32"``.
+        """
+        precision = resolve_precision(dtype, self.device)
+        _cast_world_model(self.world_model, precision.dtype)
+        _cast_parameters(self.reward_head, precision.dtype)
+        self._dtype_request = dtype if isinstance(dtype, str) else precision.name
+        self.precision = precision
+        return precision
 
     # ------------------------------------------------------------------------------------------- validation
     def _frames(self, frames: Any, name: str = "frames") -> torch.Tensor:
@@ -264,6 +349,7 @@ class Simulator:
         n = state.num_envs
         a = self.check_actions(action, (n,)) if validate else action
         steps = self.config.sampling_steps if steps is None else steps
+        # In bf16 the weights themselves are bfloat16 (set_precision): no autocast needed, frames come back uint8.
         frame = self.world_model.sample_next(state.frames, state.actions, a, steps=steps, generator=generator)
         reward, terminated = self.reward_head.predict(
             state.frames,
@@ -279,7 +365,9 @@ class Simulator:
             terminated = terminated if sample_termination else det_term
         frames = torch.cat([state.frames[:, 1:], frame[:, None]], dim=1)
         actions = torch.cat([state.actions[:, 1:], a[:, None]], dim=1) if state.actions.shape[1] else state.actions
-        return frame, reward.to(self.device), terminated.to(self.device), SimState(frames, actions)
+        reward = reward.to(self.device, torch.float32)
+        terminated = terminated.to(self.device, torch.bool)
+        return frame, reward, terminated, SimState(frames, actions)
 
     def reset_where(self, state: SimState, mask: Any, frames: Any, actions: Any) -> SimState:
         """Re-seed the simulations where ``mask`` (bool (N,)) is True with new context clips.
@@ -306,10 +394,26 @@ class Simulator:
 
     # ------------------------------------------------------------------------------------------- disk / hub
     def save_pretrained(self, folder: str | os.PathLike, *, card: bool = True) -> Path:
-        """Write the simulator folder atomically (a complete folder replaces an older one only once written)."""
+        """Write the simulator folder atomically (a complete folder replaces an older one only once written).
+
+        Weights are written in float32 whatever :attr:`precision` the simulator steps in.
+        """
         folder = Path(folder)
         if folder.exists() and not (folder / CONFIG_NAME).is_file():
             raise FileExistsError(f"{folder} exists and is not a simulator folder; choose another path.")
+        wm_dtype = _float_dtype(getattr(self.world_model, "transformer", self.world_model))
+        rh_dtype = _float_dtype(self.reward_head)
+        _cast_world_model(self.world_model, torch.float32)
+        _cast_parameters(self.reward_head, torch.float32)
+        try:
+            write_folder_atomically(folder, self._writer(card))
+        finally:  # back to the stepping dtypes (bf16 -> fp32 -> bf16 is exact)
+            _cast_world_model(self.world_model, wm_dtype)
+            _cast_parameters(self.reward_head, rh_dtype)
+        return folder
+
+    def _writer(self, card: bool) -> Any:
+        """The function that writes the folder's files into a temporary folder."""
 
         def write(tmp: Path) -> None:
             from safetensors.torch import save_file
@@ -324,8 +428,7 @@ class Simulator:
             if card:
                 (tmp / CARD_NAME).write_text(self.model_card())
 
-        write_folder_atomically(folder, write)
-        return folder
+        return write
 
     @classmethod
     def from_pretrained(
@@ -333,16 +436,26 @@ class Simulator:
         path_or_repo_id: str | os.PathLike,
         *,
         device: str | torch.device = "cpu",
+        dtype: str = "fp32",
         revision: str | None = None,
         local_files_only: bool | None = None,
     ) -> Simulator:
         """Load a simulator folder, or download one from the Hugging Face Hub by repo id (``"user/name"``).
 
+        Args:
+            path_or_repo_id: A simulator folder or a Hub repo id.
+            device: Where the world model and reward head run.
+            dtype: Stepping precision: ``"fp32"`` (default, the weights as saved), ``"bf16"``, or ``"auto"`` (bf16
+                where ``device`` has native bf16); see :meth:`set_precision`.
+            revision, local_files_only: Hub download options.
+
         Raises:
             FileNotFoundError: a required file is missing (the message names it), or the repo cannot be fetched
                 (offline, unknown id); the message says how to get the files.
-            ValueError: a config of an unknown format, or weights that do not match their config.
+            ValueError: a config of an unknown format, weights that do not match their config, or a ``dtype``
+                other than ``"auto"``, ``"bf16"``, ``"fp32"``.
         """
+        resolve_precision(dtype, device)  # a bad dtype fails before anything is read or downloaded
         folder = resolve_simulator_path(path_or_repo_id, revision=revision, local_files_only=local_files_only)
         for name in REQUIRED_FILES:
             if not (folder / name).is_file():
@@ -363,7 +476,9 @@ class Simulator:
         starts = load_file(str(folder / START_STATES_NAME))
         if set(starts) != {"frames", "actions"}:
             raise ValueError(f"{folder / START_STATES_NAME} must hold 'frames' and 'actions', has {sorted(starts)}.")
-        return cls(config, world_model, reward_head, starts["frames"], starts["actions"])
+        sim = cls(config, world_model, reward_head, starts["frames"], starts["actions"])
+        sim.set_precision(dtype)
+        return sim
 
     def push_to_hub(
         self,
@@ -404,6 +519,13 @@ class Simulator:
                 f"Fine-tuned with DWS from `{c.pretrained_backbone}`: {pretraining}. The DWS action module and "
                 "(depending on the training mode) the backbone were then trained on the data below."
             )
+        elif c.backbone == "unet":
+            provenance = (
+                "The backbone was **not pre-trained**: it is a small pixel-space U-Net built from diffusers' "
+                "`ResnetBlock2D` blocks, trained from scratch on the data below, with the DWS action module (two linear "
+                "layers per block regressing a scale and shift from the action embedding) and the motion-reinforced "
+                "loss."
+            )
         else:
             provenance = (
                 "The backbone was **not pre-trained**: it is a small pixel-space Wan transformer trained from scratch on "
@@ -416,10 +538,16 @@ class Simulator:
             metrics = "\n".join(f"- {k}: {v}" for k, v in c.metrics.items()) or "(not measured)"
         elif c.metrics.get("evaluation_command"):
             metrics += f"\n\nMeasured by: `{c.metrics['evaluation_command']}`"
+        fidelity = "held-out open-loop rollouts, next to copying the last frame"
+        if isinstance(c.metrics, dict) and (c.metrics.get("events") or c.metrics.get("closed_loop")):
+            fidelity += "; reward / termination events; closed-loop returns, real vs dream"
+        limits = c.training.get("known_limits") or []
+        known_limits = "".join(f"- {line}\n" for line in ([limits] if isinstance(limits, str) else limits))
         wm_desc = ""
         if wm is not None and hasattr(wm, "to_dict"):
             d = wm.to_dict()
-            keys = ["space", "patch_size", "num_layers", "num_heads", "head_dim", "parametrization", "action_mode"]
+            keys = ["space", "patch_size", "num_layers", "num_heads", "head_dim", "parametrization", "widths",
+                    "action_mode", "changed_share", "motion_c", "t_one_prob", "unroll"]
             wm_desc = ", ".join(f"{k}={d[k]}" for k in keys if k in d)
         return f"""---
 library_name: dws-gym
@@ -450,7 +578,7 @@ vector env by [dws-gym](https://pypi.org/project/dws-gym/).
 
 {training}
 
-## Fidelity (held-out open-loop rollouts, next to copying the last frame)
+## Fidelity ({fidelity})
 
 {metrics}
 
@@ -480,7 +608,7 @@ frame, reward, terminated, state = sim.step(state, [0] * 8)
 - Open-loop errors compound: long dreams drift away from the real game; compare against the real env.
 - Rewards and terminations are predicted by a separate head and inherit its errors on rare events.
 - Generated at {c.obs_shape[0]}×{c.obs_shape[1]}; only what the training data covered is simulated faithfully.
-"""
+{known_limits}"""
 
 
 def _first(mask: torch.Tensor, k: int = 8) -> list[int]:

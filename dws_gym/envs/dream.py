@@ -14,10 +14,14 @@ as ``info["start_id"]``; they end when the reward head predicts termination or a
     envs = gym.make_vec("dws/Dream-v0", num_envs=64, simulator="runs/breakout/simulator", device="auto")
     obs, info = envs.reset(seed=0)                    # obs uint8 (64, 64, 64, 3); info["start_id"] int64 (64,)
     obs, reward, terminated, truncated, info = envs.step(envs.action_space.sample())
+
+The simulator steps in bf16 where the hardware has native bf16 (``dtype="auto"``, the default; ``dtype="fp32"`` for
+float32 everywhere); ``envs.metadata["precision"]`` says which and why.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import gymnasium as gym
@@ -27,12 +31,14 @@ from gymnasium.spaces import Box, Discrete
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from dws_gym.envs.registration import check_simulator_matches, default_simulator
+from dws_gym.hardware import resolve_precision
 from dws_gym.imagination import StartStateSampler, as_start_sampler, check_start_batch
 from dws_gym.simulator import Simulator, SimState
 
 __all__ = ["DreamEnv", "DreamVectorEnv", "resolve_device"]
 
 RENDER_FPS = 15
+logger = logging.getLogger(__name__)
 _RESET_OPTIONS = ("reset_mask", "start_states")
 
 
@@ -71,6 +77,10 @@ class DreamVectorEnv(VectorEnv):
         num_envs: Number of dreams stepped together.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ... A loaded simulator is moved
             there; a :class:`Simulator` object passed with ``"auto"`` stays where it is.
+        dtype: Stepping precision: ``"auto"`` (default: bf16 where the device has native bf16, i.e. CUDA or a CPU
+            with AMX / AVX512-BF16, else fp32), ``"bf16"`` or ``"fp32"``. Applied with
+            :meth:`Simulator.set_precision` (a :class:`Simulator` object passed in is switched too);
+            ``metadata["precision"]`` holds the reason, also logged at INFO level.
         sampling_steps: Euler steps per env step (``None``: the simulator's default).
         start_states: Where episodes start: ``None`` (uniform over the simulator's bundled real start clips),
             a ``(frames, actions)`` pair of arrays (uniform over them), or a sampler with ``sample(n, rng)`` and
@@ -105,6 +115,7 @@ class DreamVectorEnv(VectorEnv):
         num_envs: int = 1,
         *,
         device: str | torch.device = "auto",
+        dtype: str = "auto",
         sampling_steps: int | None = None,
         start_states: Any = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
@@ -116,6 +127,7 @@ class DreamVectorEnv(VectorEnv):
         sample_reward: bool = False,
         sample_termination: bool = False,
     ) -> None:
+        resolve_precision(dtype, "cpu")  # a bad dtype fails before a simulator is loaded
         if int(num_envs) != num_envs or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}.")
         if int(frame_stack) != frame_stack or frame_stack < 1:
@@ -143,6 +155,8 @@ class DreamVectorEnv(VectorEnv):
                 f"{type(simulator).__name__}."
             )
         check_simulator_matches(env_id, simulator.config.env_id, simulator.num_actions)
+        precision = simulator.set_precision(dtype)
+        logger.info("%s on %s: %s", env_id or "dream env", simulator.device, precision.reason)
 
         self.simulator = simulator
         self.env_id = env_id
@@ -157,7 +171,8 @@ class DreamVectorEnv(VectorEnv):
         self.sample_termination = bool(sample_termination)
         self.start_sampler: StartStateSampler = as_start_sampler(start_states, simulator)
         # Each instance owns its metadata (the VectorEnv base-class dict is shared process-wide).
-        self.metadata = {"autoreset_mode": mode, "render_modes": ["rgb_array"], "render_fps": RENDER_FPS}
+        self.metadata = {"autoreset_mode": mode, "render_modes": ["rgb_array"], "render_fps": RENDER_FPS,
+                         "precision": precision.reason}
 
         self.action_meanings: list[str] = list(simulator.config.action_meanings)
         h, w, c = simulator.config.obs_shape
@@ -394,6 +409,7 @@ class DreamEnv(gym.Env):
         simulator: Simulator | str | None = None,
         *,
         device: str | torch.device = "auto",
+        dtype: str = "auto",
         sampling_steps: int | None = None,
         start_states: Any = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
@@ -410,6 +426,7 @@ class DreamEnv(gym.Env):
             simulator,
             1,
             device=device,
+            dtype=dtype,
             sampling_steps=sampling_steps,
             start_states=start_states,
             autoreset_mode=AutoresetMode.DISABLED,
@@ -421,7 +438,7 @@ class DreamEnv(gym.Env):
             sample_reward=sample_reward,
             sample_termination=sample_termination,
         )
-        self.metadata = dict(type(self).metadata)
+        self.metadata = {**type(self).metadata, "precision": self._vec.metadata["precision"]}
         self.render_mode = render_mode
         self.env_id = env_id
         self.observation_space = self._vec.single_observation_space

@@ -10,7 +10,9 @@ Hugging Face Hub repo id); ``dws/Dream-v0`` dreams whatever ``simulator=`` names
     import dws_gym
 
     env = gym.make("dws/Breakout-v0", simulator="runs/breakout/simulator")
-    envs = gym.make_vec("dws/Dream-v0", num_envs=64, simulator="user/repo", device="cuda")
+    envs = gym.make_vec("dws/Dream-v0", num_envs=64, simulator="user/repo", device="cuda", dtype="auto")
+
+``dtype`` is ``"auto"`` by default (bf16 where the hardware has native bf16), or ``"bf16"`` / ``"fp32"``.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ def register_dream_envs() -> None:
             "env_id": env_id,
             "simulator": None,
             "device": "auto",
+            "dtype": "auto",
             "sampling_steps": None,
             "start_states": None,
             "autoreset_mode": "NextStep",
