@@ -114,6 +114,9 @@ class Args:
     """largest noise level of context-frame augmentation (fights drift in long rollouts)"""
     sampling_steps: int | None = None
     """Euler steps per generated frame (default: 1 for unet, 4 for flow)"""
+    keep_below: float = 0.0
+    """stepping only: keep the previous frame's pixel where the predicted change is below this ([0, 1] units), so
+    faint speckles do not pile up over long dreams (0 = off; may change on --resume)"""
 
     # optimisation
     total_steps: int = 400
@@ -142,6 +145,9 @@ class Args:
     reward_rare_fraction: float = 0.15
     """share of each reward-head batch drawn from transitions with a non-zero reward or a termination (the loss
     is then unweighted); 0 draws uniformly and weights the loss by clipped inverse class frequency instead"""
+    reward_prior_correction: bool = True
+    """predict rewards and terminations with the data's class prior, not the oversampled batches' (logit offsets
+    log p_data / p_train, see dws_gym.models.reward.prior_correction)"""
     retrain_reward_head: bool = False
     """with --resume: train the reward head again even if the checkpoint holds a finished one"""
 
@@ -204,7 +210,7 @@ def build_model(args: Args, meanings: list[str], device: torch.device, frame_siz
             num_actions=len(meanings), action_text_dim=None if text is None else int(text.shape[1]),
             action_mode=args.action_conditioning, t_one_prob=args.t_one_prob, unroll=args.unroll,
             motion_c=args.motion_c, motion_tau=args.motion_tau, motion_delta=args.motion_delta,
-            changed_share=args.changed_share, sampling_steps=args.sampling_steps or 1,
+            changed_share=args.changed_share, sampling_steps=args.sampling_steps or 1, keep_below=args.keep_below,
         )
         return UNetWorldModel(config, action_text_embeddings=text).to(device)
     if args.pretrained is not None:
@@ -244,6 +250,7 @@ def build_model(args: Args, meanings: list[str], device: torch.device, frame_siz
         motion_delta=args.motion_delta,
         context_noise=args.context_noise,
         sampling_steps=args.sampling_steps or 4,
+        keep_below=args.keep_below,
         gradient_checkpointing=args.gradient_checkpointing,
     )
     return FlowWorldModel(config, action_text_embeddings=text).to(device)
@@ -268,7 +275,13 @@ if __name__ == "__main__":
     from dws_gym.data import TrajectoryStore
     from dws_gym.evaluation import evaluate_held_out, sample_eval_clips, split_episodes
     from dws_gym.models.conditioning import freeze_base
-    from dws_gym.models.reward import RewardConfig, RewardHead, fit_reward_head, reward_head_batches
+    from dws_gym.models.reward import (
+        RewardConfig,
+        RewardHead,
+        fit_reward_head,
+        prior_correction,
+        reward_head_batches,
+    )
     from dws_gym.simulator import Simulator, SimulatorConfig
     from dws_gym.training import (
         cleanup_distributed,
@@ -361,6 +374,7 @@ if __name__ == "__main__":
     command = "python train_world_model.py " + " ".join(os.sys.argv[1:])
     commands = [command]  # every invocation of this run, resumes included: the card's whole story
     seconds_before = 0.0  # world-model training time of earlier invocations
+    sps_before = None  # their throughput, reported when this invocation trains no world-model step
     if args.resume:
         ckpt = load_checkpoint(out_dir / "checkpoint", map_location=device)
         saved = ckpt.get("args", {})
@@ -384,6 +398,7 @@ if __name__ == "__main__":
             args.total_steps = int(ckpt["total_steps"])  # the budget's choice, made once
         commands = list(ckpt.get("commands", [])) + [command]
         seconds_before = float(ckpt.get("train_seconds", 0.0))
+        sps_before = ckpt.get("samples_per_second")
         if "reward_head" in ckpt and not args.retrain_reward_head:  # a finished head is kept as it is
             reward_head.load_state_dict(ckpt["reward_head"])
             reward_trained = True
@@ -404,7 +419,9 @@ if __name__ == "__main__":
         if dist.is_main:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rngs, "step": step,
                      "args": asdict(args), "commands": commands, "total_steps": args.total_steps,
-                     "train_seconds": seconds_before + (time.perf_counter() - t0 if t0 is not None else 0.0)}
+                     "train_seconds": seconds_before + (time.perf_counter() - t0 if t0 is not None else 0.0),
+                     "samples_per_second": (samples / max(time.perf_counter() - t0, 1e-9)) if t0 is not None and samples
+                     else sps_before}
             if reward_done:
                 state["reward_head"] = reward_head.state_dict()
             save_checkpoint(out_dir / "checkpoint", state)
@@ -475,7 +492,7 @@ if __name__ == "__main__":
         bar.update(1)
     bar.close()
     train_seconds = time.perf_counter() - t0
-    train_sps = samples / max(train_seconds, 1e-9)
+    train_sps = samples / max(train_seconds, 1e-9) if samples else float(sps_before or 0.0)
     model.eval()
     if stopped_at is not None and not args.finish_at_limit:
         if dist.is_main:
@@ -500,6 +517,12 @@ if __name__ == "__main__":
                             class_weights=class_w, pos_weight=pos_w)
             reward_head.eval()
             checkpoint(done_steps, reward_done=True, collective=False)
+        if args.reward_prior_correction and args.reward_rare_fraction > 0:
+            # Oversampled batches inflate the head's odds of rare events; predict with the data's prior instead.
+            offsets, t_offset = prior_correction(transitions.step_records(), args.reward_rare_fraction)
+            reward_head.config.reward_logit_offset, reward_head.config.termination_logit_offset = offsets, t_offset
+            print(f"reward head prior correction: reward logits {tuple(round(o, 3) for o in offsets)}, "
+                  f"termination logit {t_offset:.3f}", flush=True)
 
         # ------------------------------------------------------------ simulator + held-out table
         sim_config = SimulatorConfig(

@@ -1,4 +1,6 @@
-"""DWS ablation on one dataset and one budget: action conditioning (frame / global / none) and motion loss (c).
+"""Ablations on one dataset and one budget: the DWS parts (``--suite dws``: action conditioning frame / global / none,
+motion loss c) or the simulator recipe (``--suite recipe``: the U-Net default against its own parts and the Wan
+transformer).
 
 Runs ``train_world_model.py`` once per variant on the same trajectory store, with the same seed, steps and batch,
 then collects each run's held-out table into one comparison (the mean row of each metric, and the acceptance checks)
@@ -8,6 +10,11 @@ and, with --write-results, appends it to bench/RESULTS.md — whatever it shows.
     python bench/ablation.py --data data/breakout --total-steps 200 --extra="--batch-size 4"    # quick look
     python bench/ablation.py --data data/breakout --jobs 2 --threads 1     # two variants at a time, 1 thread each
     python bench/ablation.py --data data/breakout --resume ...   # after an interruption: same flags plus --resume
+    python bench/ablation.py --suite recipe --data data/breakout-tracker --total-steps 300 --jobs 2 --write-results
+
+Besides each run's held-out table, every variant is scored with the Breakout ball tracker (bench/ball_tracker.py) on
+the same held-out windows when the env is Breakout: the share of frames whose dreamed ball lies within 4 px of the
+real one, the number frame metrics miss (a model that freezes the ball passes them).
 """
 
 from __future__ import annotations
@@ -22,12 +29,24 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS: dict[str, list[str]] = {
-    "frame, c=default": ["--action-conditioning", "frame"],
-    "global, c=default": ["--action-conditioning", "global"],
-    "none, c=default": ["--action-conditioning", "none"],
-    "frame, c=1 (plain loss)": ["--action-conditioning", "frame", "--motion-c", "1"],
+SUITES: dict[str, dict[str, list[str]]] = {
+    # The DWS module and loss, on the default backbone ("global" pools the actions: a Wan-only ablation, so it
+    # trains the Wan transformer).
+    "dws": {
+        "frame, c=default": ["--action-conditioning", "frame"],
+        "global, c=default": ["--action-conditioning", "global", "--backbone", "flow"],
+        "none, c=default": ["--action-conditioning", "none"],
+        "frame, c=1 (plain loss)": ["--action-conditioning", "frame", "--motion-c", "1"],
+    },
+    # What made the Breakout default move the ball: its loss share on changed pixels, unrolled training, the backbone.
+    "recipe": {
+        "unet (default)": [],
+        "unet, changed_share 0": ["--changed-share", "0"],
+        "unet, no unroll": ["--no-unroll"],
+        "wan (flow), patch 8": ["--backbone", "flow"],
+    },
 }
+VARIANTS: dict[str, list[str]] = {name: flags for suite in SUITES.values() for name, flags in suite.items()}
 COLUMNS = ["psnr model", "psnr copy", "moving_mse model", "moving_mse copy", "moving_mse shuffled", "action_sensitivity"]
 
 
@@ -56,6 +75,30 @@ def finished(out: Path, total_steps: int) -> bool:
     return json.loads(config.read_text()).get("training", {}).get("steps") == total_steps
 
 
+def ball_shares(simulator: Path, data: str, clips: int) -> dict[str, float]:
+    """Share of held-out frames whose dreamed (and copied) ball lies within 4 px of the real one, h = 1..5 / 1..15."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "bench"))
+    from ball_tracker import ball_agreement
+
+    from dws_gym.data import TrajectoryStore
+    from dws_gym.evaluate import held_out_windows
+    from dws_gym.simulator import Simulator
+
+    sim = Simulator.from_pretrained(simulator, dtype="auto")
+    windows = held_out_windows(TrajectoryStore(data), sim.config.env_id, sim.context_frames, 15, clips, 0.1, 0)
+    r = ball_agreement(sim, windows, 15, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for upto in (5, 15):
+        present = r["present"][:, :upto]
+        n = max(int(present.sum()), 1)
+        out[f"ball h1-{upto}"] = float(r["model_agree"][:, :upto].sum() / n)
+        out[f"copy ball h1-{upto}"] = float(r["copy_agree"][:, :upto].sum() / n)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="trajectory store shared by every variant")
@@ -63,7 +106,9 @@ def main() -> None:
     p.add_argument("--total-steps", type=int, default=2000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", default="runs/ablation")
-    p.add_argument("--variants", nargs="*", default=list(VARIANTS), help="subset of: " + "; ".join(VARIANTS))
+    p.add_argument("--suite", choices=list(SUITES), default="dws", help="which set of variants (default: dws)")
+    p.add_argument("--variants", nargs="*", default=None, help="subset of: " + "; ".join(VARIANTS))
+    p.add_argument("--ball-clips", type=int, default=64, help="held-out windows for the ball tracker (0: skip)")
     p.add_argument("--extra", default="", help="more train_world_model.py flags, one string")
     p.add_argument("--jobs", type=int, default=1, help="variants trained at the same time")
     p.add_argument("--threads", type=int, default=None, help="torch threads per variant (default: all, or 1 with --jobs > 1)")
@@ -72,6 +117,8 @@ def main() -> None:
     p.add_argument("--write-results", action="store_true")
     p.add_argument("--results-file", default=str(Path(__file__).with_name("RESULTS.md")))
     args = p.parse_args()
+    if args.variants is None:
+        args.variants = list(SUITES[args.suite])
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}")
@@ -108,17 +155,23 @@ def main() -> None:
     while running:
         wait_one()
     results = {}
+    balls: dict[str, dict] = {}
     for name, out in outs.items():
         config = json.loads((out / "simulator" / "simulator_config.json").read_text())
         results[name] = config["metrics"]
+        if args.ball_clips > 0 and "Breakout" in args.env_id:
+            balls[name] = ball_shares(out / "simulator", args.data, args.ball_clips)
 
-    header = "| variant | " + " | ".join(COLUMNS) + " | action_sensitivity h1-5 | acceptance |"
-    lines = [header, "|" + "---|" * (len(COLUMNS) + 3)]
+    ball_cols = ["ball h1-5", "ball h1-15", "copy ball h1-5", "copy ball h1-15"] if balls else []
+    header = "| variant | " + " | ".join(COLUMNS) + " | action_sensitivity h1-5 | " + "".join(
+        f"{c} | " for c in ball_cols) + "acceptance |"
+    lines = [header, "|" + "---|" * (len(COLUMNS) + 3 + len(ball_cols))]
     for name, metrics in results.items():
         row = mean_row(metrics)
         cells = [f"{row[c]:.4g}" if isinstance(row.get(c), (int, float)) else "n/a" for c in COLUMNS]
         early = early_sensitivity(metrics)
         cells.append("n/a" if early is None else f"{early:.4g}")
+        cells += [f"{balls[name][c]:.3f}" for c in ball_cols] if balls else []
         acc = metrics.get("acceptance") or {}
         verdict = "pass" if acc.get("all") else ("fail" if acc else "n/a (horizon < 15)")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {verdict} |")
@@ -127,7 +180,7 @@ def main() -> None:
     if args.write_results:
         date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         with open(args.results_file, "a") as f:
-            f.write(f"\n## DWS ablation ({date})\n\nCommand: `python {shlex.join(sys.argv)}`  \nSame data, seed and "
+            f.write(f"\n## {'DWS' if args.suite == 'dws' else 'Simulator recipe'} ablation ({date})\n\nCommand: `python {shlex.join(sys.argv)}`  \nSame data, seed and "
                     f"budget ({args.total_steps} steps) per variant; mean over horizons 1..15 of the held-out table (and "
                     "the mean action sensitivity over h = 1..5, the horizons of the acceptance rule).\n\n"
                     f"{table}\n")

@@ -92,6 +92,10 @@ class PlayArgs:
     """Euler steps per dream step (default: the simulator's own)"""
     distribution_mode: str = "easy"
     """headless, Procgen only: easy | hard | extreme | memory | exploration"""
+    data: str | None = None
+    """headless: instead of real games from a reset, replay held-out episodes of this trajectory store (the last 10%
+    of its episodes, as python -m dws_gym.evaluate holds them out): the dream starts from K logged mid-game frames
+    and follows the logged actions next to the logged frames"""
 
 
 @dataclass
@@ -410,6 +414,49 @@ def play_headless(args: PlayArgs, simulator: Simulator | None = None) -> PlayRes
     )
 
 
+def play_logged(args: PlayArgs, simulator: Simulator | None = None) -> PlayResult:
+    """Dream held-out logged episodes of ``args.data`` under their logged actions, next to the logged frames.
+
+    ``args.episodes`` windows of ``K + args.max_steps`` frames are drawn (seeded by ``args.seed``) from the held-out
+    episodes, as :mod:`dws_gym.evaluate` draws them; the dream starts from each window's first ``K`` frames, so it
+    starts mid-game, with the ball in play where the logged game had it. The "real" side is the logged episode itself
+    (a store holds no emulator state to restart the game from), and its returns are the logged rewards.
+    """
+    from dws_gym.data import TrajectoryStore
+    from dws_gym.evaluate import held_out_windows
+    from dws_gym.evaluation import open_loop_rollout
+
+    _check_args(args)
+    out = Path(args.out)
+    _check_animation_path(out)
+    env_id = _dream_id(args.env_id)
+    sim = simulator if simulator is not None else load_simulator(args)
+    check_simulator_matches(env_id, sim.config.env_id, sim.num_actions)
+    k, t_max = sim.context_frames, args.max_steps
+    clips = held_out_windows(TrajectoryStore(args.data), sim.config.env_id, k, t_max, args.episodes, 0.1, args.seed)
+    frames, actions = np.asarray(clips["frames"]), np.asarray(clips["actions"])
+    run = open_loop_rollout(sim, frames[:, :k], actions[:, : k - 1], actions[:, k - 1 : k - 1 + t_max],
+                            generator=torch.Generator().manual_seed(_derived_seed(args.seed, 2)),
+                            steps=args.sampling_steps)  # fmt: skip
+    real, dream = frames[:, k : k + t_max], np.asarray(run["frames"])
+    recorded = [side_by_side(frames[0, k - 1], frames[0, k - 1], args.scale, 0.0)]
+    recorded += [side_by_side(real[0, t], dream[0, t], args.scale, (t + 1) / t_max) for t in range(t_max)]
+    path = write_animation(out, recorded, fps=args.fps)
+    real_rewards = np.asarray(clips["rewards"])[:, k - 1 : k - 1 + t_max]
+    real_ends = np.asarray(clips["terminated"])[:, k - 1 : k - 1 + t_max]
+    return PlayResult(
+        real_returns=real_rewards.sum(axis=1),
+        dream_returns=np.asarray(run["rewards"]).sum(axis=1),
+        real_end_steps=first_end_step(real_ends),
+        dream_end_steps=first_end_step(np.asarray(run["terminated"])),
+        actions=actions[:, k - 1 : k - 1 + t_max],
+        path=path,
+        num_frames=len(recorded),
+        extra={"real_env_id": sim.config.env_id, "policy": f"logged ({args.data}, held-out episodes)",
+               "steps": t_max},
+    )
+
+
 def format_result(result: PlayResult) -> str:
     """The per-episode table and the mean ± std summary that the CLI prints."""
 
@@ -572,7 +619,7 @@ def main(argv: Sequence[str] | None = None) -> PlayResult | None:
     args = tyro.cli(PlayArgs, args=argv, prog="python -m dws_gym.play")
     try:
         if args.headless:
-            result = play_headless(args)
+            result = play_logged(args) if args.data is not None else play_headless(args)
             print(format_result(result))
             return result
         play_interactive(args)

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ("--collect-steps 300 --patch-size 4 --num-heads 2 --head-dim 48 --num-layers 1 --ffn-dim 64 "
+TINY = ("--collect-steps 300 --unet-widths 8 16 16 --patch-size 4 --num-heads 2 --head-dim 48 --num-layers 1 --ffn-dim 64 "
         "--context-frames 3 --horizon 2 --batch-size 2 --reward-steps 2 --reward-batch-size 8 --eval-clips 2 "
         "--eval-horizon 5 --num-start-states 2 --sampling-steps 1 --warmup-steps 1")
 
@@ -18,7 +18,7 @@ def test_two_variants_side_by_side_give_one_table(tmp_path):
     cmd = [sys.executable, str(ROOT / "bench" / "ablation.py"), "--data", str(tmp_path / "store"),
            "--total-steps", "2", "--out", str(tmp_path / "runs"), "--jobs", "2",
            "--variants", "frame, c=default", "none, c=default", "--extra", TINY,
-           "--write-results", "--results-file", str(results)]
+           "--ball-clips", "4", "--write-results", "--results-file", str(results)]
     # Both variants share one store: collect it first so the two runs do not both collect into it.
     subprocess.run([sys.executable, "-m", "dws_gym.collect", "--env-id", "ALE/Breakout-v5", "--steps", "300",
                     "--out", str(tmp_path / "store"), "--no-progress"], check=True, env=env, capture_output=True)
@@ -27,7 +27,7 @@ def test_two_variants_side_by_side_give_one_table(tmp_path):
     lines = proc.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| variant |"))  # after the runs' own tables
     rows = [line for line in lines[start:] if line.startswith("| ")]
-    assert "action_sensitivity h1-5" in rows[0]
+    assert "action_sensitivity h1-5" in rows[0] and "| ball h1-5 | ball h1-15 |" in rows[0]
     assert [r.split("|")[1].strip() for r in rows[1:]] == ["frame, c=default", "none, c=default"]
     for row in rows[1:]:
         cells = [c.strip() for c in row.split("|")[2:-1]]

@@ -372,3 +372,43 @@ def test_reward_head_batches_picks_one_remedy_for_rare_events(tmp_path):
     assert max(class_w) > 1.0 and pos_w > 1.0  # rare classes weighted up
     with pytest.raises(ValueError, match="rare_fraction"):
         reward_head_batches(data, float("nan"))
+
+
+def test_prior_correction_undoes_the_oversampled_prior():
+    import math
+
+    from dws_gym.models.reward import prior_correction
+
+    reward = np.zeros(100, dtype=np.float32)
+    reward[:2] = 1.0  # 2% rewarded steps
+    term = np.zeros(100, dtype=bool)
+    term[50] = True  # 1% game overs (rare set: 3 transitions)
+    offsets, t_off = prior_correction({"reward": reward, "terminated": term}, 0.15)
+    train_pos = 0.15 * 2 / 3 + 0.85 * 0.02  # the sampler's share of rewarded transitions
+    assert offsets[2] == pytest.approx(math.log(0.02 / train_pos))
+    assert offsets[0] == 0.0  # no negative rewards in the data: nothing to correct
+    train_term = 0.15 * 1 / 3 + 0.85 * 0.01
+
+    def logit(p):
+        return math.log(p / (1 - p))
+
+    assert t_off == pytest.approx(logit(0.01) - logit(train_term))
+    assert prior_correction({"reward": reward, "terminated": term}, 0.0) == ((0.0, 0.0, 0.0), 0.0)
+
+
+def test_logit_offsets_change_predictions_and_survive_save_load(tmp_path):
+    from dws_gym.models.reward import RewardConfig, RewardHead, load_reward_head, save_reward_head
+
+    torch.manual_seed(0)
+    head = RewardHead(RewardConfig(context_frames=2, num_actions=4, dim=16, depth=1, num_heads=2)).eval()
+    ctx = torch.randint(0, 256, (8, 2, 64, 64, 3), dtype=torch.uint8)
+    nxt = torch.randint(0, 256, (8, 64, 64, 3), dtype=torch.uint8)
+    act = torch.randint(0, 4, (8,))
+    head.config.reward_logit_offset = (0.0, 0.0, 50.0)  # every transition becomes a positive reward
+    head.config.termination_logit_offset = -50.0  # and none terminates
+    reward, term = head.predict(ctx, act, nxt)
+    assert torch.all(reward == 1.0) and not term.any()
+    again = load_reward_head(save_reward_head(head, tmp_path / "head.safetensors"))
+    assert again.config.reward_logit_offset == (0.0, 0.0, 50.0) and again.config.termination_logit_offset == -50.0
+    with pytest.raises(ValueError, match="reward_logit_offset must be 3 finite floats"):
+        RewardConfig(num_actions=4, reward_logit_offset=(0.0, 1.0))

@@ -34,7 +34,20 @@ def test_card_states_its_training_command_and_held_out_table(sim):
     metrics = sim.config.metrics
     assert metrics["horizon"] == 15 and metrics["num_clips"] >= 100
     assert metrics["table_markdown"] in card  # the recorded table is the one the card shows
-    assert metrics["acceptance"] is not None
+    acceptance = metrics["acceptance"]
+    assert acceptance == {**acceptance, "psnr_not_below_copy": True, "moving_mse_below_copy": True,
+                          "action_sensitive": True}
+    assert sim.config.backbone == "unet" and "scripted:breakout-tracker" in sim.config.training["data"]
+    assert "bf16" in sim.config.training["precision"] or "fp32" in sim.config.training["precision"]
+
+
+def test_card_records_reward_events_and_closed_loop_returns(sim):
+    metrics = sim.config.metrics
+    events = metrics["event_acceptance"]
+    # >= 0.6 of the held-out reward events dreamed within one step, >= 0.5 of the dreamed ones real
+    assert events["reward_recall"] is True and events["reward_precision"] is True
+    closed = metrics["closed_loop"]  # measured and recorded (the card says why it fails from a reset)
+    assert closed["episodes"] == 100 and closed["steps"] == 100 and closed["real_mean"] > 0
 
 
 def test_gym_make_without_arguments_steps_and_passes_check_env():
@@ -60,6 +73,45 @@ def test_make_vec_is_seeded_and_reproducible():
         envs.close()
         runs.append(np.stack(frames))
     assert np.array_equal(runs[0], runs[1])
+    envs = gym.make_vec("dws/Breakout-v0", num_envs=3, device="cpu")
+    other, _ = envs.reset(seed=6)
+    envs.close()
+    assert not np.array_equal(other, runs[0][0])  # another seed draws other start clips
+
+
+def _first_real_brick_hit():
+    """A real Breakout transition that pays a reward, with its 4 context frames and the 3 actions between them."""
+    from dws_gym.envs.real import make_real_env
+    from dws_gym.scripted import BreakoutTracker
+
+    env = make_real_env("ALE/Breakout-v5", 1)
+    policy = BreakoutTracker(eps=0.0, seed=0)
+    obs, _ = env.reset(seed=3)
+    frames, actions = [obs[0]], []
+    for _ in range(2000):
+        a = policy.act(obs)
+        obs, reward, term, trunc, _ = env.step(a)
+        frames.append(obs[0])
+        actions.append(int(a[0]))
+        if reward[0] > 0 and len(frames) >= 5:
+            env.close()
+            return np.stack(frames[-5:-1]), np.array(actions[-4:-1]), int(actions[-1]), frames[-1]
+    raise AssertionError("no reward in 2000 scripted steps")
+
+
+@torch.no_grad()
+def test_reward_head_pays_a_real_brick_hit_and_the_dream_does_too(sim):
+    context, ctx_actions, action, next_frame = _first_real_brick_hit()
+    reward, _ = sim.reward_head.predict(torch.from_numpy(context)[None], torch.tensor([action]),
+                                        torch.from_numpy(next_frame)[None])
+    assert reward.item() > 0
+    # the same step dreamed from the real context: a reward within one step of the real one
+    state = sim.init_state(context[None], ctx_actions[None])
+    paid = []
+    for a in (action, 0):
+        _, r, _, state = sim.step(state, [a], generator=torch.Generator().manual_seed(0))
+        paid.append(r.item())
+    assert max(paid) > 0, paid
 
 
 @torch.no_grad()
