@@ -324,6 +324,17 @@ def _derived_seed(seed: int, stream: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------- headless
+def _prepare_headless(args: PlayArgs, simulator: Simulator | None) -> tuple[Path, str, Simulator]:
+    """Checked options of a headless run: the animation path, the dream env id and its simulator."""
+    _check_args(args)
+    out = Path(args.out)
+    _check_animation_path(out)
+    env_id = _dream_id(args.env_id)
+    sim = simulator if simulator is not None else load_simulator(args)
+    check_simulator_matches(env_id, sim.config.env_id, sim.num_actions)
+    return out, env_id, sim
+
+
 def play_headless(args: PlayArgs, simulator: Simulator | None = None) -> PlayResult:
     """Play ``args.episodes`` real games and their dreams with the same actions for ``args.max_steps`` steps.
 
@@ -338,12 +349,7 @@ def play_headless(args: PlayArgs, simulator: Simulator | None = None) -> PlayRes
     from dws_gym.envs.dream import resolve_device
     from dws_gym.envs.real import make_real_env, parse_env_id
 
-    _check_args(args)
-    out = Path(args.out)
-    _check_animation_path(out)
-    env_id = _dream_id(args.env_id)
-    sim = simulator if simulator is not None else load_simulator(args)
-    check_simulator_matches(env_id, sim.config.env_id, sim.num_actions)
+    out, env_id, sim = _prepare_headless(args, simulator)
     real_id = DREAM_GAMES[env_id].real_env_id if env_id in DREAM_GAMES else sim.config.env_id
     if tuple(sim.config.obs_shape) != (64, 64, 3):
         raise ValueError(
@@ -426,12 +432,7 @@ def play_logged(args: PlayArgs, simulator: Simulator | None = None) -> PlayResul
     from dws_gym.evaluate import held_out_windows
     from dws_gym.evaluation import open_loop_rollout
 
-    _check_args(args)
-    out = Path(args.out)
-    _check_animation_path(out)
-    env_id = _dream_id(args.env_id)
-    sim = simulator if simulator is not None else load_simulator(args)
-    check_simulator_matches(env_id, sim.config.env_id, sim.num_actions)
+    out, _, sim = _prepare_headless(args, simulator)
     k, t_max = sim.context_frames, args.max_steps
     clips = held_out_windows(TrajectoryStore(args.data), sim.config.env_id, k, t_max, args.episodes, 0.1, args.seed)
     frames, actions = np.asarray(clips["frames"]), np.asarray(clips["actions"])

@@ -215,3 +215,24 @@ def test_viewer_runs_with_dummy_video_driver(sim_dir, monkeypatch):
     finally:
         viewer.close()
         env.close()
+
+
+def test_logged_replay_dreams_held_out_episodes_under_their_actions(tmp_path, sim_dir):
+    """--data: the dream starts from K logged frames of a held-out episode and follows its logged actions."""
+    from dws_gym.collect import CollectArgs, collect
+    from dws_gym.data import TrajectoryStore
+    from dws_gym.evaluate import held_out_windows
+    from dws_gym.play import play_logged
+
+    store_dir = tmp_path / "store"
+    collect(CollectArgs(env_id="ALE/Breakout-v5", steps=400, num_envs=2, out=str(store_dir), progress=False))
+    args = PlayArgs(env_id="dws/Dream-v0", simulator=sim_dir, headless=True, episodes=2, max_steps=4,
+                    out=str(tmp_path / "logged.gif"), data=str(store_dir), seed=3, device="cpu")
+    result = play_logged(args)
+    clips = held_out_windows(TrajectoryStore(store_dir), "ALE/Breakout-v5", K, 4, 2, 0.1, 3)
+    assert np.array_equal(result.actions, clips["actions"][:, K - 1 : K + 3])
+    assert np.array_equal(result.real_returns, clips["rewards"][:, K - 1 : K + 3].sum(axis=1))
+    assert result.path.is_file() and result.num_frames == 5 and result.dream_returns.shape == (2,)
+    with pytest.raises(SystemExit):  # a missing store: a clear error and exit code 2, no traceback
+        main(["dws/Dream-v0", "--simulator", sim_dir, "--headless", "--data", str(tmp_path / "nowhere"),
+              "--out", str(tmp_path / "x.gif")])
