@@ -478,14 +478,16 @@ if __name__ == "__main__":
                       f"copy {logs['copy_mse']:.5f} samples/s {sps:.1f}", flush=True)
         now = time.perf_counter()
         # Time-based decisions must agree across ranks: rank 0 decides, the others follow.
-        flags = torch.tensor([now - last_ckpt > 60 * args.checkpoint_minutes,
-                              args.max_minutes is not None and now - t0 > 60 * args.max_minutes], device=device)
-        if dist.enabled:
+        due = now - last_ckpt > 60 * args.checkpoint_minutes
+        out_of_time = args.max_minutes is not None and now - t0 > 60 * args.max_minutes
+        if dist.enabled:  # one host-device round trip per step, only where ranks must agree
+            flags = torch.tensor([due, out_of_time], device=device)
             torch.distributed.broadcast(flags, 0)
-        if (step + 1) % args.checkpoint_every == 0 or bool(flags[0]) or bool(flags[1]):
+            due, out_of_time = bool(flags[0]), bool(flags[1])
+        if (step + 1) % args.checkpoint_every == 0 or due or out_of_time:
             checkpoint(step + 1)
             last_ckpt = time.perf_counter()
-        if bool(flags[1]) and step + 1 < args.total_steps:
+        if out_of_time and step + 1 < args.total_steps:
             stopped_at = step + 1
             break
         step += 1

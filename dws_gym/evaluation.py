@@ -84,6 +84,7 @@ __all__ = [
     "EventResult",
     "acceptance_summary",
     "check_acceptance",
+    "check_action_meanings",
     "check_event_acceptance",
     "closed_loop_returns",
     "event_acceptance_summary",
@@ -1297,6 +1298,16 @@ class ClosedLoopResult:
         }
 
 
+def check_action_meanings(env_id: str, meanings: Sequence[str], sim: Simulator) -> None:
+    """Raise ``ValueError`` unless the real env ``env_id`` and ``sim`` give the same meaning to every action index."""
+    meanings = list(meanings)
+    if meanings != list(sim.config.action_meanings):
+        raise ValueError(
+            f"{env_id} has actions {meanings} but the simulator's are {list(sim.config.action_meanings)}; "
+            "the same action index would mean different things in the real game and the dream."
+        )
+
+
 def closed_loop_returns(
     sim: Simulator,
     env_id: str | None = None,
@@ -1356,12 +1367,7 @@ def closed_loop_returns(
 
     real = make_real_env(env_id, num_envs=episodes, **dict(env_kwargs or {}))
     try:
-        meanings = list(real.get_action_meanings())
-        if meanings != list(sim.config.action_meanings):
-            raise ValueError(
-                f"{env_id} has actions {meanings} but the simulator's are {list(sim.config.action_meanings)}; "
-                "the same action index would mean different things in the real game and the dream."
-            )
+        check_action_meanings(env_id, real.get_action_meanings(), sim)
         shape = tuple(real.single_observation_space.shape)
         if shape != tuple(sim.config.obs_shape):
             raise ValueError(f"the simulator dreams {tuple(sim.config.obs_shape)} frames but {env_id} emits {shape}")

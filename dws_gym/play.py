@@ -36,7 +36,7 @@ import torch
 import tyro
 
 from dws_gym.envs.registration import DREAM_GAMES, GENERIC_ID, check_simulator_matches, default_simulator
-from dws_gym.evaluation import first_end_step, lockstep_rollout
+from dws_gym.evaluation import check_action_meanings, first_end_step, lockstep_rollout
 from dws_gym.simulator import Simulator
 
 __all__ = [
@@ -373,11 +373,7 @@ def play_headless(args: PlayArgs, simulator: Simulator | None = None) -> PlayRes
     real = make_real_env(real_id, num_envs=e, frame_stack=frame_stack, **env_kwargs)
     try:
         meanings = list(real.get_action_meanings())
-        if meanings != list(sim.config.action_meanings):
-            raise ValueError(
-                f"{real_id} has actions {meanings} but the simulator's are {list(sim.config.action_meanings)}; "
-                "the same action index would mean different things in the real game and the dream."
-            )
+        check_action_meanings(real_id, meanings, sim)
         if args.policy is not None:
             check_policy_matches(
                 policy, real.single_observation_space, real.single_action_space, action_meanings=meanings
