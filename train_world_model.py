@@ -1,17 +1,20 @@
 """Fine-tune a video generative model into an action-conditioned world simulator with DWS.
 
-Data comes from a trajectory store (collected with a random policy first if the folder is empty). The backbone is a
-rectified-flow Wan transformer: the small pixel-space default trained from scratch, or a pre-trained Wan2.1
-(`--pretrained Wan-AI/Wan2.1-T2V-1.3B-Diffusers` or a local folder in that layout) run in its VAE latent space. The
-DWS action module conditions every block per frame; the loss is motion-reinforced. A reward / termination head is
-trained on the real transitions, then the held-out table (open-loop rollouts next to copying the last frame) is
-printed, and the simulator folder is saved (and pushed to the Hub with --push-to-hub).
+Data comes from a trajectory store (collected with a random policy first if the folder is empty). The backbone is
+the pixel U-Net of `dws_gym.models.unet` (`--backbone unet`, the default and the shipped Breakout recipe) or a
+rectified-flow Wan transformer (`--backbone flow`): a small pixel-space one trained from scratch, or a pre-trained
+Wan2.1 (`--pretrained Wan-AI/Wan2.1-T2V-1.3B-Diffusers` or a local folder in that layout) run in its VAE latent space.
+The DWS action module conditions every block per frame; the loss is motion-reinforced. `--init-from` starts from
+the world model of an existing simulator folder (fine-tuning a shipped simulator on new data or with a new recipe).
+A reward / termination head is trained on the real transitions, then the held-out table (open-loop rollouts next to
+copying the last frame) is printed, and the simulator folder is saved (and pushed to the Hub with --push-to-hub).
 
-    python train_world_model.py                                # ~20 min CPU demo of the whole pipeline
-    # the default simulator shipped for dws/Breakout-v0 (about 75 min of training on 2 CPU cores):
-    python -m dws_gym.collect --env-id ALE/Breakout-v5 --steps 100000 --num-envs 8 --out data/breakout
-    python train_world_model.py --data data/breakout --warmup-steps 100 --total-steps 2400 --eval-clips 32 \
-        --output-dir runs/breakout-default                     # --resume continues from the last checkpoint
+    python train_world_model.py                                # short CPU demo of the whole pipeline
+    # the recipe of the simulator shipped for dws/Breakout-v0 (its model card lists every command it ran):
+    python -m dws_gym.collect --env-id ALE/Breakout-v5 --steps 120000 --num-envs 8 --seed 1 \
+        --out data/breakout-tracker --policy scripted:breakout-tracker:0.25
+    python train_world_model.py --data data/breakout-tracker --total-steps 2400 --warmup-steps 100 --batch-size 32 \
+        --learning-rate 1e-3 --eval-clips 128 --output-dir runs/breakout-unet   # --resume continues a stopped run
     torchrun --nproc-per-node 2 train_world_model.py ...       # multi-GPU / multi-process (DDP)
 """
 
@@ -70,6 +73,10 @@ class Args:
     backbone: Literal["unet", "flow"] = "unet"
     """model family: a pixel U-Net built from diffusers blocks (`unet`, the Breakout default) or a rectified-flow Wan
     transformer (`flow`, also the path for a pre-trained Wan2.1)"""
+    init_from: str | None = None
+    """start from the world-model weights of this simulator folder (or its `world_model/` folder) instead of a
+    fresh model: fine-tune a shipped simulator on new data or with a new recipe (the model flags must match it;
+    the reward head is trained anew; ignored by --resume, whose checkpoint holds the weights)"""
     pretrained: str | None = None
     """a diffusers Wan2.1 repo id or local folder; None trains the small pixel-space backbone from scratch"""
     working_resolution: int = 256
@@ -111,7 +118,8 @@ class Args:
     motion_delta: float = 0.05
     """motion-reinforced loss: frames whose largest change is below delta get small weights"""
     context_noise: float = 0.1
-    """largest noise level of context-frame augmentation (fights drift in long rollouts)"""
+    """largest noise level of context-frame augmentation: context frames become (1 - s) x + s eps with
+    s ~ U(0, context-noise) while targets stay clean (fights drift in long rollouts; 0 = off)"""
     sampling_steps: int | None = None
     """Euler steps per generated frame (default: 1 for unet, 4 for flow)"""
     keep_below: float = 0.0
@@ -147,7 +155,7 @@ class Args:
     is then unweighted); 0 draws uniformly and weights the loss by clipped inverse class frequency instead"""
     reward_prior_correction: bool = True
     """predict rewards and terminations with the data's class prior, not the oversampled batches' (logit offsets
-    log p_data / p_train, see dws_gym.models.reward.prior_correction)"""
+    log p_data / p_train, see dws_gym.models.reward_training.prior_correction)"""
     retrain_reward_head: bool = False
     """with --resume: train the reward head again even if the checkpoint holds a finished one"""
 
@@ -191,6 +199,36 @@ def game_prompt(env_id: str) -> str:
     return f"A video of the game {game}, played by an agent, seen from a fixed camera, pixel-art graphics."
 
 
+def init_world_model(model: torch.nn.Module, source: str | os.PathLike) -> None:
+    """Load the world-model weights of a simulator folder (or its ``world_model/`` folder) into ``model``.
+
+    The training-only settings of ``model``'s config (loss, noise, unroll) stay as built from the flags; only weights
+    are taken, and every weight must fit.
+    """
+    from safetensors.torch import load_file
+
+    from dws_gym.models.flow import FLOW_WEIGHTS_NAME
+    from dws_gym.models.unet import UNET_WEIGHTS_NAME
+
+    folder = Path(source)
+    if (folder / "world_model").is_dir():
+        folder = folder / "world_model"
+    names = [n for n in (UNET_WEIGHTS_NAME, FLOW_WEIGHTS_NAME) if (folder / n).is_file()]
+    if not names:
+        raise SystemExit(f"--init-from {source}: no {UNET_WEIGHTS_NAME} or {FLOW_WEIGHTS_NAME} in {folder}; pass a "
+                         "simulator folder (it holds world_model/) or a world-model folder.")
+    try:
+        state = load_file(str(folder / names[0]))
+    except Exception as e:  # truncated or not safetensors
+        raise SystemExit(f"--init-from: {folder / names[0]} could not be read ({e}); re-download or re-save it.") from e
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise SystemExit(f"--init-from: the weights in {folder} do not fit the model these flags build (pass the "
+                         f"--backbone / --unet-widths / --context-frames it was trained with): {str(e)[:400]}") from e
+    print(f"initialised the world model from {folder}")
+
+
 def build_model(args: Args, meanings: list[str], device: torch.device, frame_size: int = 64, channels: int = 3):
     """The world model for these args: pixel-space from scratch, or a pre-trained Wan with the DWS module."""
     from dws_gym.models.actions import TextActionEncoder, action_texts
@@ -210,7 +248,7 @@ def build_model(args: Args, meanings: list[str], device: torch.device, frame_siz
             num_actions=len(meanings), action_text_dim=None if text is None else int(text.shape[1]),
             action_mode=args.action_conditioning, t_one_prob=args.t_one_prob, unroll=args.unroll,
             motion_c=args.motion_c, motion_tau=args.motion_tau, motion_delta=args.motion_delta,
-            changed_share=args.changed_share, sampling_steps=args.sampling_steps or 1, keep_below=args.keep_below,
+            changed_share=args.changed_share, context_noise=args.context_noise, sampling_steps=args.sampling_steps or 1, keep_below=args.keep_below,
         )
         return UNetWorldModel(config, action_text_embeddings=text).to(device)
     if args.pretrained is not None:
@@ -272,16 +310,11 @@ if __name__ == "__main__":
     from tqdm.auto import tqdm
 
     from dws_gym.collect import CollectArgs, collect
-    from dws_gym.data import TrajectoryStore
-    from dws_gym.evaluation import evaluate_held_out, sample_eval_clips, split_episodes
+    from dws_gym.data import TrajectoryStore, split_episodes
+    from dws_gym.evaluation import evaluate_held_out, sample_eval_clips
     from dws_gym.models.conditioning import freeze_base
-    from dws_gym.models.reward import (
-        RewardConfig,
-        RewardHead,
-        fit_reward_head,
-        prior_correction,
-        reward_head_batches,
-    )
+    from dws_gym.models.reward import RewardConfig, RewardHead
+    from dws_gym.models.reward_training import fit_reward_head, prior_correction, reward_head_batches
     from dws_gym.simulator import Simulator, SimulatorConfig
     from dws_gym.training import (
         cleanup_distributed,
@@ -353,6 +386,8 @@ if __name__ == "__main__":
     if height != width:
         raise SystemExit(f"frames of {args.data} are {height}x{width}; the world model needs square frames.")
     model = build_model(args, meanings, device, frame_size=height, channels=channels)
+    if args.init_from is not None and not args.resume:
+        init_world_model(model, args.init_from)
     if args.train_mode == "module" and args.backbone != "flow":
         raise SystemExit("--train-mode module freezes a pre-trained Wan backbone: use it with --backbone flow.")
     if args.train_mode == "module":

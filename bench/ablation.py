@@ -84,7 +84,7 @@ def ball_shares(simulator: Path, data: str, clips: int) -> dict[str, float]:
     from ball_tracker import ball_agreement
 
     from dws_gym.data import TrajectoryStore
-    from dws_gym.evaluate import held_out_windows
+    from dws_gym.evaluation import held_out_windows
     from dws_gym.simulator import Simulator
 
     sim = Simulator.from_pretrained(simulator, dtype="auto")

@@ -37,8 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dream_env import machine  # noqa: E402
 
 from dws_gym.data import TrajectoryStore  # noqa: E402
-from dws_gym.evaluate import held_out_windows  # noqa: E402
-from dws_gym.evaluation import open_loop_rollout  # noqa: E402
+from dws_gym.evaluation import held_out_windows, open_loop_rollout  # noqa: E402
 from dws_gym.metrics import HeldOutTable  # noqa: E402
 from dws_gym.simulator import Simulator  # noqa: E402
 
@@ -162,7 +161,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", required=True, help="trajectory store with ALE/Breakout-v5 episodes")
     p.add_argument("--clips", type=int, default=128, help="held-out windows (drawn with replacement if needed)")
     p.add_argument("--horizon", type=int, default=15, help="open-loop steps per window")
-    p.add_argument("--held-out-fraction", type=float, default=0.1, help="as in python -m dws_gym.evaluate")
+    p.add_argument("--held-out-fraction", type=float, default=0.1, help="as in python -m dws_gym.evaluation")
     p.add_argument("--radius", type=float, default=AGREE_RADIUS, help="agreement distance in pixels")
     p.add_argument("--sampling-steps", type=int, default=None, help="Euler steps per frame (default: sim's)")
     p.add_argument("--batch-size", type=int, default=64, help="windows per simulator call")

@@ -45,7 +45,7 @@ collected=$(date +%s)
   --no-progress --log-every 100 --checkpoint-minutes 2 --no-capture-video "${SIZE[@]}" 2>&1 | tee -a "$LOG"
 trained=$(date +%s)
 DEVICE=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
-"$PY" -m dws_gym.evaluate --simulator "$DEST/run/simulator" --data "$DATA" --record --out "$DEST/evaluation.json" \
+"$PY" -m dws_gym.evaluation --simulator "$DEST/run/simulator" --data "$DATA" --record --out "$DEST/evaluation.json" \
   --device "$DEVICE" "${EVAL_SIZE[@]}" 2>&1 | tee -a "$LOG"
 done_at=$(date +%s)
 cp "$DEST/run/simulator/README.md" "$DEST/model_card.md"

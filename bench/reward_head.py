@@ -10,7 +10,8 @@ Variants:
 * ``weighted``: uniform batches, cross-entropy weighted by clipped inverse class frequency (at most 10) and
   termination ``pos_weight`` (at most 10), the loss-side remedy;
 * ``oversample f``: a share ``f`` of each batch drawn from the transitions with a non-zero reward or a termination
-  (:class:`~dws_gym.models.reward.RareEventSampler`), unweighted loss (``train_world_model.py``'s default, f = 0.15).
+  (:class:`~dws_gym.models.reward_training.RareEventSampler`), unweighted loss (``train_world_model.py``'s default,
+  f = 0.15).
 
     python bench/reward_head.py --data data/breakout --write-results
     python bench/reward_head.py --data data/breakout --steps 1000 --fractions 0.15 0.25 0.5 --threads 1
@@ -28,10 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dws_gym.data import split_episodes
 from dws_gym.data.store import TrajectoryStore
-from dws_gym.evaluation import split_episodes
 from dws_gym.metrics import precision_recall
-from dws_gym.models.reward import RewardConfig, RewardHead, fit_reward_head, reward_head_batches
+from dws_gym.models.reward import RewardConfig, RewardHead
+from dws_gym.models.reward_training import fit_reward_head, reward_head_batches
 
 TARGETS = ("reward>0", "reward<0", "terminated")
 

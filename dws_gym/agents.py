@@ -1,4 +1,6 @@
-"""Policy networks for image observations and their self-contained checkpoints (DESIGN D16, D1, D14).
+"""Policy networks for image observations and their self-contained checkpoints.
+
+See docs/ARCHITECTURE.md, 'Policy checkpoints' and 'Observation format'.
 
 Every env in this package, real or dreamed, emits uint8 RGB frames of shape ``(64, 64, 3)`` per env, or
 ``(k, 64, 64, 3)`` with ``frame_stack=k``, and takes ``Discrete(n)`` actions. :class:`ActorCritic` consumes exactly

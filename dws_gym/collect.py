@@ -5,8 +5,10 @@
 
 ``--steps`` counts agent steps (each is 4 emulator frames under ALE's frameskip). The policy is uniform random unless
 ``--policy`` names a checkpoint written by :func:`dws_gym.agents.save_policy`. Every finished episode is written
-atomically as soon as it ends; re-running into the same folder appends, never overwrites. Episodes still running when
-the step budget is reached are written too, marked truncated (``extra["cut_by_collector"]``).
+atomically as soon as it ends; re-running into the same folder appends, never overwrites, and draws seeds no earlier
+run used (each episode records its run's ``seed``, ``num_envs`` and ``env_index`` in ``extra``), so a re-run never
+repeats earlier episodes. Episodes still running when the step budget is reached are written too, marked truncated
+(``extra["cut_by_collector"]``).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class CollectArgs:
     """policy checkpoint folder (dws_gym.agents.save_policy), or a scripted policy `scripted:<name>[:eps]`
     (dws_gym.scripted, e.g. `scripted:breakout-tracker:0.25`); uniform random if omitted"""
     seed: int = 0
-    """seed of the envs and the policy's sampling"""
+    """seed of the envs and the policy's sampling; appending to a store that already holds episodes moves it to the
+    first seed no earlier run used (CollectResult.seed says which)"""
     deterministic: bool = False
     """take the policy's most likely action instead of sampling"""
     num_levels: int = 0
@@ -65,6 +68,8 @@ class CollectResult:
     steps_per_second: float
     bytes_on_disk: int
     episode_ids: list[int]
+    seed: int
+    """the seed the run used: ``CollectArgs.seed`` in a fresh store, else the first one no earlier run used"""
 
 
 class _EpisodeBuffer:
@@ -91,6 +96,34 @@ class _EpisodeBuffer:
 
 def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _fresh_seed(out: str | Path, seed: int, num_envs: int) -> int:
+    """The seed of a collection into ``out``: ``seed`` itself in a new or empty store, else the first seed ``b >= seed``
+    whose block ``[b, b + num_envs)`` shares no seed with an earlier run recorded in the store.
+
+    A run seeded ``b`` with ``n`` envs uses the seeds ``b .. b + n - 1`` (one per env stream), so blocks are kept
+    disjoint. Episodes without a record (other sources, older collectors) move the start to ``seed + their count``:
+    a finished collection writes at least one episode per env, so this passes the block of an unrecorded run that
+    used the same seed. Without this, re-running with the same arguments would append exact copies of earlier
+    episodes, and copies that fall into the held-out split leak training data into evaluation.
+    """
+    if not (Path(out) / "episodes").is_dir():
+        return seed
+    store = TrajectoryStore(out)
+    used: set[int] = set()
+    unrecorded = 0
+    for ep_id in store.episode_ids():
+        extra = store.meta(ep_id).extra
+        start, n = extra.get("seed"), extra.get("num_envs", 1)
+        if isinstance(start, int) and not isinstance(start, bool):
+            used.update(range(start, start + (n if isinstance(n, int) and n >= 1 else 1)))
+        else:
+            unrecorded += 1
+    base = seed + unrecorded
+    while any(base + i in used for i in range(num_envs)):
+        base += 1
+    return base
 
 
 def _load_policy(path: str | None, num_actions: int, seed: int, env_id: str):
@@ -126,7 +159,8 @@ def collect(args: CollectArgs) -> CollectResult:
     num_actions = int(probe.single_action_space.n)
     meanings = list(probe.action_meanings)
     probe.close()
-    policy, frame_stack, policy_tag = _load_policy(args.policy, num_actions, args.seed, args.env_id)
+    seed = _fresh_seed(args.out, args.seed, args.num_envs)
+    policy, frame_stack, policy_tag = _load_policy(args.policy, num_actions, seed, args.env_id)
     if args.policy is not None and not args.policy.startswith("scripted:"):
         from dws_gym.agents import check_policy_matches
 
@@ -136,12 +170,12 @@ def collect(args: CollectArgs) -> CollectResult:
         envs = make_real_env(args.env_id, args.num_envs, frame_stack=frame_stack, **env_kwargs)
     mode = AutoresetMode(envs.metadata["autoreset_mode"])
     store = TrajectoryStore(args.out, create=True)
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(seed)
 
     def latest(o: np.ndarray) -> np.ndarray:
         return o[:, -1] if frame_stack > 1 else o
 
-    def write(buf: _EpisodeBuffer, final_known: bool, extra: dict[str, Any] | None = None) -> int:
+    def write(buf: _EpisodeBuffer, env_index: int, final_known: bool, extra: dict[str, Any] | None = None) -> int:
         return store.add_episode(
             np.stack(buf.obs),
             np.asarray(buf.actions, dtype=np.int64),
@@ -154,10 +188,10 @@ def collect(args: CollectArgs) -> CollectResult:
             action_space={"type": "discrete", "n": num_actions},
             policy=policy_tag,
             final_frame_known=final_known,
-            extra=extra,
+            extra={"seed": seed, "num_envs": args.num_envs, "env_index": env_index, **(extra or {})},
         )
 
-    obs, _ = envs.reset(seed=args.seed)
+    obs, _ = envs.reset(seed=seed)
     frames = latest(obs)
     bufs = [_EpisodeBuffer(frames[i].copy()) for i in range(args.num_envs)]
     awaiting_reset = np.zeros(args.num_envs, dtype=bool)  # NEXT_STEP: this env's next step is a reset step
@@ -188,10 +222,10 @@ def collect(args: CollectArgs) -> CollectResult:
                     bufs[i].obs.append(frames[i].copy())
                 elif mode is AutoresetMode.NEXT_STEP:
                     bufs[i].obs.append(frames[i].copy())
-                    written.append(write(bufs[i], final_known=True))
+                    written.append(write(bufs[i], i, final_known=True))
                     awaiting_reset[i] = True
                 else:  # SAME_STEP: the returned frame already belongs to the next episode
-                    written.append(write(bufs[i], final_known=False))
+                    written.append(write(bufs[i], i, final_known=False))
                     bufs[i] = _EpisodeBuffer(frames[i].copy())
             recorded += new_steps
             if bar is not None:
@@ -200,7 +234,7 @@ def collect(args: CollectArgs) -> CollectResult:
         for i, buf in enumerate(bufs):
             if len(buf) > 0 and not awaiting_reset[i]:
                 buf.truncated[-1] = True
-                written.append(write(buf, final_known=True, extra={"cut_by_collector": True}))
+                written.append(write(buf, i, final_known=True, extra={"cut_by_collector": True}))
     finally:
         if bar is not None:
             bar.close()
@@ -213,6 +247,7 @@ def collect(args: CollectArgs) -> CollectResult:
         steps_per_second=recorded / max(seconds, 1e-9),
         bytes_on_disk=_dir_bytes(Path(args.out)),
         episode_ids=written,
+        seed=seed,
     )
 
 

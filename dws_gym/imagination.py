@@ -1,4 +1,4 @@
-"""Start-state samplers: where dreams begin (DESIGN D10).
+"""Start-state samplers: where dreams begin (docs/ARCHITECTURE.md, 'Start-state samplers').
 
 A dream env (:class:`~dws_gym.envs.dream.DreamVectorEnv`) starts every episode from a window of ``K`` real frames and
 the ``K - 1`` actions between them. It asks a *start-state sampler* for those windows, and a trainer can score each

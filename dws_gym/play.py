@@ -94,7 +94,7 @@ class PlayArgs:
     """headless, Procgen only: easy | hard | extreme | memory | exploration"""
     data: str | None = None
     """headless: instead of real games from a reset, replay held-out episodes of this trajectory store (the last 10%
-    of its episodes, as python -m dws_gym.evaluate holds them out): the dream starts from K logged mid-game frames
+    of its episodes, as python -m dws_gym.evaluation holds them out): the dream starts from K logged mid-game frames
     and follows the logged actions next to the logged frames"""
 
 
@@ -420,13 +420,13 @@ def play_logged(args: PlayArgs, simulator: Simulator | None = None) -> PlayResul
     """Dream held-out logged episodes of ``args.data`` under their logged actions, next to the logged frames.
 
     ``args.episodes`` windows of ``K + args.max_steps`` frames are drawn (seeded by ``args.seed``) from the held-out
-    episodes, as :mod:`dws_gym.evaluate` draws them; the dream starts from each window's first ``K`` frames, so it
-    starts mid-game, with the ball in play where the logged game had it. The "real" side is the logged episode itself
-    (a store holds no emulator state to restart the game from), and its returns are the logged rewards.
+    episodes (:func:`dws_gym.evaluation.held_out_windows`, as ``python -m dws_gym.evaluation`` draws them); the dream
+    starts from each window's first ``K`` frames, so it starts mid-game, with the ball in play where the logged game
+    had it. The "real" side is the logged episode itself (a store holds no emulator state to restart the game from),
+    and its returns are the logged rewards.
     """
     from dws_gym.data import TrajectoryStore
-    from dws_gym.evaluate import held_out_windows
-    from dws_gym.evaluation import open_loop_rollout
+    from dws_gym.evaluation import held_out_windows, open_loop_rollout
 
     out, _, sim = _prepare_headless(args, simulator)
     k, t_max = sim.context_frames, args.max_steps

@@ -1,6 +1,6 @@
-"""The Simulator: a DWS world model + reward / termination head + bundled start states, with Hub I/O (D2, D12).
+"""The Simulator: a DWS world model + reward / termination head + bundled start states, with Hub I/O.
 
-Step protocol (DESIGN D2), the one API the dream env, evaluation and data augmentation all call::
+Step protocol (docs/ARCHITECTURE.md, 'Step protocol'), the one API the dream env, evaluation and play call::
 
     state = sim.init_state(frames, actions)        # frames uint8 (N, K, H, W, 3); actions (N, K-1)
     frame, reward, terminated, state = sim.step(state, action, generator=g)   # frame uint8 (N, H, W, 3)
@@ -13,7 +13,7 @@ In bf16 the world model and reward head weights are cast to bfloat16 (``"auto"``
 bf16, see :func:`dws_gym.hardware.resolve_precision`); frames stay uint8, rewards float32, terminations bool.
 ``sim.precision`` says what runs and why.
 
-On disk a simulator is one self-contained folder (D12)::
+On disk a simulator is one self-contained folder (docs/ARCHITECTURE.md, 'Simulator folder')::
 
     simulator_config.json       format version, env id, action meanings, context, sampling steps, provenance, metrics
     world_model/                the backbone's own config + safetensors weights (cached action embeddings included)
@@ -30,14 +30,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dws_gym.fileio import write_folder_atomically
+from dws_gym.fileio import load_safetensors, write_folder_atomically
 from dws_gym.hardware import Precision, resolve_precision
 from dws_gym.models.reward import RewardHead, load_reward_head, save_reward_head
 
@@ -90,6 +90,14 @@ class SimulatorConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "simulator_config.json") -> SimulatorConfig:
+        """Parse the JSON form of :meth:`to_dict` and :meth:`validate` it.
+
+        Raises:
+            ValueError: not a JSON object, unknown or missing keys, an unsupported ``format_version`` or a field of
+                the wrong type or range; the message starts with ``source`` and names the field.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"{source} must hold a JSON object, got {type(d).__name__}; re-save the simulator.")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -100,9 +108,52 @@ class SimulatorConfig:
                 f"{source}: format_version {version!r} is not supported (this dws-gym reads "
                 f"{SIMULATOR_FORMAT_VERSION}); upgrade dws-gym or re-save the simulator."
             )
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required if name not in d]
+        if missing:
+            raise ValueError(f"{source}: required field(s) {missing} are missing; add them or re-save the simulator.")
         d = dict(d)
-        d["obs_shape"] = tuple(d.get("obs_shape", (64, 64, 3)))
-        return cls(**d)
+        shape = d.get("obs_shape", (64, 64, 3))
+        d["obs_shape"] = tuple(shape) if isinstance(shape, (list, tuple)) else shape
+        config = cls(**d)
+        config.validate(source)
+        return config
+
+    def validate(self, source: str = "SimulatorConfig") -> None:
+        """Check every field's type and range; ``source`` (the file) starts the message.
+
+        Raises:
+            ValueError: naming the first bad field, what it must be and what it holds.
+        """
+
+        def bad(name: str, want: str) -> ValueError:
+            value = getattr(self, name)
+            return ValueError(
+                f"{source}: field '{name}' must be {want}, got {value!r} ({type(value).__name__}); fix the file or "
+                "re-save the simulator."
+            )
+
+        def positive_int(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+        if not isinstance(self.env_id, str) or not self.env_id:
+            raise bad("env_id", "a non-empty string (e.g. 'ALE/Breakout-v5')")
+        meanings = self.action_meanings
+        if not isinstance(meanings, list) or not meanings or not all(isinstance(m, str) for m in meanings):
+            raise bad("action_meanings", "a non-empty list of action names")
+        if not (isinstance(self.obs_shape, tuple) and len(self.obs_shape) == 3
+                and all(positive_int(s) for s in self.obs_shape)):
+            raise bad("obs_shape", "[H, W, C], three positive integers")
+        for name in ("context_frames", "sampling_steps"):
+            if not positive_int(getattr(self, name)):
+                raise bad(name, "an integer >= 1")
+        if not isinstance(self.backbone, str):
+            raise bad("backbone", "'flow' or 'unet'")
+        if self.pretrained_backbone is not None and not isinstance(self.pretrained_backbone, str):
+            raise bad("pretrained_backbone", "a Hub id, a folder or null")
+        for name in ("training", "metrics"):
+            if not isinstance(getattr(self, name), dict):
+                raise bad(name, "a JSON object")
 
 
 @dataclass
@@ -312,7 +363,7 @@ class Simulator:
             )
         return a.long().to(self.device)
 
-    # ------------------------------------------------------------------------------------------- D2 protocol
+    # ------------------------------------------------------------------------------------------- step protocol
     def init_state(self, frames: Any, actions: Any) -> SimState:
         """Start ``N`` simulations from real context clips: frames uint8 (N, K, H, W, 3), actions (N, K-1)."""
         f = self._frames(frames)
@@ -452,7 +503,9 @@ class Simulator:
         Raises:
             FileNotFoundError: a required file is missing (the message names it), or the repo cannot be fetched
                 (offline, unknown id); the message says how to get the files.
-            ValueError: a config of an unknown format, weights that do not match their config, or a ``dtype``
+            ValueError: a config of an unknown format or with a bad field (wrong type or range, a missing
+                ``env_id``, action meanings whose count differs from the model's actions), an empty or truncated
+                weights file, weights that do not match their config (each message names the file), or a ``dtype``
                 other than ``"auto"``, ``"bf16"``, ``"fp32"``.
         """
         resolve_precision(dtype, device)  # a bad dtype fails before anything is read or downloaded
@@ -471,9 +524,15 @@ class Simulator:
             raise FileNotFoundError(f"Simulator folder {folder} has no {WORLD_MODEL_DIR}/ (the backbone's weights).")
         world_model = _load_world_model(folder / WORLD_MODEL_DIR, config.backbone, device)
         reward_head = load_reward_head(folder / REWARD_NAME, device=device)
-        from safetensors.torch import load_file
-
-        starts = load_file(str(folder / START_STATES_NAME))
+        for part, part_config in (("world model", getattr(world_model, "config", None)),
+                                  ("reward head", reward_head.config)):
+            n = getattr(part_config, "num_actions", None)
+            if isinstance(n, int) and n != config.num_actions:
+                raise ValueError(
+                    f"{folder / CONFIG_NAME}: field 'action_meanings' names {config.num_actions} actions but the "
+                    f"{part} has {n}; give one name per action, in index order, or re-save the simulator."
+                )
+        starts, _ = load_safetensors(folder / START_STATES_NAME, "the simulator's start clips")
         if set(starts) != {"frames", "actions"}:
             raise ValueError(f"{folder / START_STATES_NAME} must hold 'frames' and 'actions', has {sorted(starts)}.")
         sim = cls(config, world_model, reward_head, starts["frames"], starts["actions"])

@@ -1,4 +1,4 @@
-"""Action templates, the one-off text encoder and the action embedders (DESIGN D5)."""
+"""Action templates, the one-off text encoder and the action embedders."""
 
 from __future__ import annotations
 

@@ -199,7 +199,7 @@ def test_random_policy():
     t = rp.act(torch.from_numpy(obs))
     assert isinstance(t, torch.Tensor) and t.shape == (500,)
     assert isinstance(rp, Policy) and rp.tag == "random"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"num_actions >= 1, got 0"):
         RandomPolicy(0)
 
 

@@ -12,9 +12,9 @@ import torch
 from tiny_sim import make_tiny_sim
 
 from dws_gym.collect import CollectArgs, collect
-from dws_gym.data import TrajectoryStore
+from dws_gym.data import TrajectoryStore, split_episodes
 from dws_gym.envs.real import make_real_env
-from dws_gym.evaluation import sample_eval_clips, split_episodes
+from dws_gym.evaluation import sample_eval_clips
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench" / "ball_tracker.py"

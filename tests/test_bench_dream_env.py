@@ -2,6 +2,7 @@
 
 import importlib.util
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -100,8 +101,15 @@ def test_real_env_cap_is_reported(bench):
     assert rows[0].real_tps > 0 and rows[0].note == "real env timed at 1 envs"
 
 
-@pytest.mark.parametrize("bad", [["--num-envs", "0"], ["--dtype", "fp16"], ["--synthesize", "0"],
-                                 ["--compile", "maybe"], ["--steps", "1"]])
-def test_bad_arguments_are_rejected(bench, bad):
-    with pytest.raises(SystemExit):
+@pytest.mark.parametrize("bad, message", [
+    (["--num-envs", "0"], r"--num-envs must be positive integers, got \[0\]"),
+    (["--dtype", "fp16"], r"argument --dtype: invalid choice: 'fp16'"),
+    (["--synthesize", "0"], r"--synthesize must be a positive number of transitions, got 0"),
+    (["--compile", "maybe"], r"argument --compile: invalid choice: 'maybe'"),
+    (["--steps", "1"], r"--steps must be >= 2"),
+])
+def test_bad_arguments_are_rejected(bench, bad, message, capsys):
+    with pytest.raises(SystemExit) as exc:
         bench.main(["--tiny", *bad])
+    assert exc.value.code == 2  # an argparse usage error: the message is on stderr
+    assert re.search(r"error: " + message, capsys.readouterr().err)

@@ -95,9 +95,10 @@ def test_plot_is_written(fake_runs, tmp_path):
 
 def test_plot_flag_without_matplotlib_says_how_to_install(monkeypatch, capsys):
     monkeypatch.setattr(pc, "have_matplotlib", lambda: False)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exc:
         pc.parse_args(["--plot"])
-    assert "pip install matplotlib" in capsys.readouterr().err
+    assert exc.value.code == 2
+    assert "error: --plot needs matplotlib: pip install matplotlib" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -52,6 +52,28 @@ def test_append_never_overwrites(tmp_path):
     assert first.steps >= 200 and first.bytes_on_disk > 0
 
 
+def test_rerun_into_same_store_draws_fresh_seeds(tmp_path):
+    """Re-running with the same arguments appends new episodes, not copies of earlier ones (copies would land in the
+    held-out split and leak training data into evaluation); a fresh store with the same seed still reproduces."""
+    kwargs = dict(steps=16, num_envs=1, seed=0, progress=False)
+    first = collect(CollectArgs(out=str(tmp_path / "a"), **kwargs))
+    second = collect(CollectArgs(out=str(tmp_path / "a"), **kwargs))
+    fresh = collect(CollectArgs(out=str(tmp_path / "b"), **kwargs))
+    store, other = TrajectoryStore(tmp_path / "a"), TrajectoryStore(tmp_path / "b")
+    earlier = [store.obs(i) for i in first.episode_ids]
+    for i in second.episode_ids:
+        assert not any(np.array_equal(store.obs(i), o) for o in earlier)
+    assert (first.seed, second.seed, fresh.seed) == (0, 1, 0)
+    for i in second.episode_ids:
+        assert {k: store.meta(i).extra[k] for k in ("seed", "num_envs", "env_index")} == {
+            "seed": 1, "num_envs": 1, "env_index": 0}
+    assert len(fresh.episode_ids) == len(first.episode_ids)
+    for a, b in zip(first.episode_ids, fresh.episode_ids):
+        np.testing.assert_array_equal(store.obs(a), other.obs(b))
+        np.testing.assert_array_equal(store.episode(a)["actions"], other.episode(b)["actions"])
+        assert store.meta(a).extra == other.meta(b).extra
+
+
 def test_collect_with_policy_checkpoint(tmp_path):
     env = make_real_env("ALE/Breakout-v5", frame_stack=2)
     cfg = PolicyConfig.from_spaces(env.single_observation_space, env.single_action_space, arch="nature",

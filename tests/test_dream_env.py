@@ -268,7 +268,7 @@ def test_missing_simulators_say_how_to_get_one():
     for env_id, game in DREAM_GAMES.items():
         if game.default_simulator.is_dir():
             continue
-        with pytest.raises(FileNotFoundError) as e:
+        with pytest.raises(FileNotFoundError, match=r"python train_world_model\.py") as e:
             gym.make_vec(env_id, num_envs=2)
         msg = str(e.value)
         assert f"python train_world_model.py --env-id {game.real_env_id} --output-dir runs/{game.folder}" in msg
@@ -300,9 +300,16 @@ def test_bad_input_raises_value_errors(sims):
         envs.reset(options={"seed": 3})
     with pytest.raises(ValueError, match="reset_mask must be bool"):
         envs.reset(options={"reset_mask": np.array([1, 0])})
-    for bad in (dict(autoreset_mode="sometimes"), dict(output="jax"), dict(frame_stack=0), dict(render_mode="human"),
-                dict(max_episode_steps=0), dict(sampling_steps=0), dict(device="tpu9")):
-        with pytest.raises(ValueError):
+    for bad, message in [
+        (dict(autoreset_mode="sometimes"), r"autoreset_mode must be one of .*got 'sometimes'"),
+        (dict(output="jax"), r"output must be 'numpy' or 'torch', got 'jax'"),
+        (dict(frame_stack=0), r"frame_stack must be an integer >= 1, got 0"),
+        (dict(render_mode="human"), r"render_mode must be None or 'rgb_array' .*got 'human'"),
+        (dict(max_episode_steps=0), r"max_episode_steps must be None or an integer >= 1, got 0"),
+        (dict(sampling_steps=0), r"sampling_steps must be None or an integer >= 1, got 0"),
+        (dict(device="tpu9"), r"device must be 'auto', 'cpu', 'cuda'.*got 'tpu9'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
             DreamVectorEnv(sims["never"], 1, **bad)
     single = DreamEnv(sims["never"], device="cpu")
     with pytest.raises(ValueError, match="before reset"):

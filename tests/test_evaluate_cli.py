@@ -1,4 +1,4 @@
-"""`python -m dws_gym.evaluate`: a saved simulator scored on the held-out episodes of a real Breakout store."""
+"""`python -m dws_gym.evaluation`: a saved simulator scored on the held-out episodes of a real Breakout store."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from tiny_sim import make_tiny_sim
 
 from dws_gym.collect import CollectArgs, collect
 from dws_gym.data import TrajectoryStore
-from dws_gym.evaluate import EvaluateArgs, evaluate, held_out_windows, main
+from dws_gym.evaluation import held_out_windows
+from dws_gym.evaluation.__main__ import EvaluateArgs, evaluate, main
 
 
 @pytest.fixture(scope="module")

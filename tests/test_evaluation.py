@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from dws_gym.collect import CollectArgs, collect
-from dws_gym.data import TrajectoryStore
+from dws_gym.data import TrajectoryStore, split_episodes
 from dws_gym.evaluation import (
     EvalResult,
     acceptance_summary,
@@ -22,7 +22,6 @@ from dws_gym.evaluation import (
     evaluate_held_out,
     open_loop_rollout,
     sample_eval_clips,
-    split_episodes,
 )
 from dws_gym.metrics import rollout_table
 from dws_gym.models.flow import FlowConfig, FlowWorldModel

@@ -15,9 +15,11 @@ import torch
 from tiny_sim import make_tiny_sim
 
 from dws_gym.collect import CollectArgs, collect
-from dws_gym.data import TrajectoryStore
+from dws_gym.data import TrajectoryStore, split_episodes
 from dws_gym.envs.real import make_real_env
 from dws_gym.evaluation import (
+    CORRELATION_SLACK,
+    MIN_RETURN_CORRELATION,
     ClosedLoopResult,
     EventResult,
     check_event_acceptance,
@@ -31,7 +33,6 @@ from dws_gym.evaluation import (
     returns_until_end,
     sample_eval_clips,
     score_events,
-    split_episodes,
 )
 
 K = 3
@@ -253,6 +254,28 @@ def test_closed_loop_real_returns_equal_a_direct_real_run() -> None:
     np.testing.assert_array_equal(again.actions, result.actions)
     np.testing.assert_array_equal(again.real_returns, result.real_returns)
 
+    # The reference is the same actions in a real env reset with seed + 1, counted the same way.
+    env = make_real_env("ALE/Breakout-v5", num_envs=episodes, num_threads=1)
+    try:
+        env.reset(seed=seed + 1)
+        rewards, done = [], []
+        for t in range(K - 1 + steps):
+            _, reward, terminated, truncated, _ = env.step(result.actions[:, t])
+            if t >= K - 1:
+                rewards.append(reward)
+                done.append(terminated | truncated)
+    finally:
+        env.close()
+    np.testing.assert_array_equal(result.reference_returns,
+                                  returns_until_end(np.stack(rewards, 1), np.stack(done, 1)))
+    ref_corr, _ = pearson(result.real_returns, result.reference_returns)
+    assert result.reference_correlation == pytest.approx(ref_corr, nan_ok=True)
+    assert "second real env (reset seed 5)" in md
+    assert len(d["reference_returns"]) == episodes
+    plain = closed_loop_returns(sim, "ALE/Breakout-v5", episodes, steps, seed, env_kwargs={"num_threads": 1},
+                                reference=False)
+    assert plain.reference_returns is None and math.isnan(plain.reference_correlation)
+
 
 def test_closed_loop_stops_the_dream_return_at_its_termination() -> None:
     sim = make_tiny_sim(0, context=K, term_logit=10.0)  # predicts termination at every step
@@ -271,13 +294,16 @@ def test_closed_loop_stops_the_dream_return_at_its_termination() -> None:
 # ------------------------------------------------------------------------------------------- acceptance
 
 
-def _closed_loop(real: list[float], dream: list[float]) -> ClosedLoopResult:
+def _closed_loop(real: list[float], dream: list[float], reference: list[float] | None = None) -> ClosedLoopResult:
     real_a, dream_a = np.asarray(real, float), np.asarray(dream, float)
     corr, note = pearson(real_a, dream_a)
+    ref_a = None if reference is None else np.asarray(reference, float)
+    ref_corr = float("nan") if ref_a is None else pearson(real_a, ref_a)[0]
     n = len(real)
     return ClosedLoopResult(env_id="ALE/Breakout-v5", steps=10, seed=0, context_frames=K, real_returns=real_a,
                             dream_returns=dream_a, real_end_steps=np.full(n, -1), dream_end_steps=np.full(n, -1),
-                            actions=np.zeros((n, K - 1 + 10), np.int64), correlation=corr, correlation_note=note)
+                            actions=np.zeros((n, K - 1 + 10), np.int64), correlation=corr, correlation_note=note,
+                            reference_returns=ref_a, reference_correlation=ref_corr)
 
 
 def test_check_event_acceptance() -> None:
@@ -304,3 +330,21 @@ def test_check_event_acceptance() -> None:
     assert "zero variance" in summary and "overall: FAIL" in summary
     with pytest.raises(ValueError, match="pass events"):
         check_event_acceptance()
+
+
+def test_correlation_criterion_follows_a_weak_real_reference() -> None:
+    real = [1, 2, 3, 4, 5, 6]
+    weak_ref = [1, 3, 6, 5, 2, 4]  # two real runs correlate 0.314 < MIN_RETURN_CORRELATION: the bar is 0.214
+    strong_ref = [1, 2, 3, 4, 5, 7]  # two real runs agree (0.99): the fixed 0.5 bar stands
+    good, mid, low = [2, 1, 3, 5, 4, 6], [1, 3, 5, 6, 4, 2], [1, 4, 5, 6, 2, 3]  # 0.886, 0.257, 0.143
+
+    def ok(dream: list[int], ref: list[int] | None) -> bool:
+        return check_event_acceptance(closed_loop=_closed_loop(real, dream, ref))["closed_loop_correlation"]
+
+    assert pearson(np.asarray(real, float), np.asarray(weak_ref, float))[0] == pytest.approx(0.3143, abs=1e-3)
+    assert ok(good, weak_ref) and ok(good, strong_ref) and ok(good, None)
+    assert ok(mid, weak_ref) and not ok(mid, strong_ref) and not ok(mid, None)
+    assert not ok(low, weak_ref)
+    text = event_acceptance_summary(closed_loop=_closed_loop(real, mid, weak_ref))
+    assert "two real runs of the same actions correlate 0.314; that minus 0.1" in text and "PASS" in text
+    assert CORRELATION_SLACK == pytest.approx(0.1)

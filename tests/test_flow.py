@@ -168,7 +168,7 @@ def test_action_i_changes_frames_after_i_only():
 
 @torch.no_grad()
 def test_fresh_dws_module_makes_actions_irrelevant():
-    """With the DWS module still zero-initialised, actions change nothing (D4's exact-base invariant)."""
+    """With the DWS module still zero-initialised, actions change nothing (the exact-base invariant)."""
     model = tiny_model()
     perturb(model)
     for mod in model.conditioner.modulations:

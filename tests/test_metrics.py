@@ -187,7 +187,7 @@ def test_shuffle_with_torch_generator_and_single_clip():
     assert not np.any(p1 == np.arange(4))
     one, perm = shuffle_actions_across_clips(np.array([[1, 2, 3]]), 0)
     assert np.array_equal(one, [[1, 2, 3]]) and perm.tolist() == [0]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"actions must be a \(B, T, \.\.\.\) .*got \(5,\)"):
         shuffle_actions_across_clips(np.arange(5), 0)
 
 
@@ -255,7 +255,7 @@ def test_rollout_table_renders_model_copy_and_shuffled_columns():
     assert rollout_table({"ssim": np.array([0.9, 0.8])}, mean_row=False).column("ssim model") == [0.9, 0.8]
     with pytest.raises(ValueError, match="horizons"):
         rollout_table({"ssim": np.zeros(2)}, {"ssim": np.zeros(3)})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="model metrics are empty"):
         rollout_table({})
 
 

@@ -1,4 +1,4 @@
-"""Motion-reinforced loss weights (D6): exact endpoints, shape of the curve, loss equivalence, pooling."""
+"""Motion-reinforced loss weights (paper Eq. 2-3): exact endpoints, shape of the curve, loss equivalence, pooling."""
 
 import math
 
@@ -151,7 +151,7 @@ def test_pool_weights_shape_and_values():
     assert pool_weights(w, (5, 7)).shape == (2, 3, 5, 7)
     tokens = pooled.flatten(2)
     assert tokens[0, 1, 1 * 8 + 2] == 3.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"pool size \(65, 65\) must be between 1 and the weight grid \(64, 64\)"):
         pool_weights(w, 65)
 
 
@@ -180,10 +180,13 @@ def test_config_and_input_validation():
     assert (cfg.c, cfg.delta) == (DEFAULT_C, DEFAULT_DELTA) and cfg.enabled
     assert not MotionLossConfig(c=1.0).enabled
     assert torch.equal(cfg.weights(_clip(7)), motion_weights(_clip(7)))
+    names = {"c": "weight strength c", "tau": "temperature tau", "delta": "floor delta"}
     for bad in ({"c": 0.0}, {"c": -1.0}, {"c": float("nan")}, {"tau": 0.0}, {"tau": float("nan")}, {"delta": 0.0}):
-        with pytest.raises(ValueError):
+        (key, value), = bad.items()
+        message = rf"motion {names[key]} must be a finite number > 0 .*got {value}"
+        with pytest.raises(ValueError, match=message):
             MotionLossConfig(**bad)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=message):
             motion_weights(_clip(7), **bad)
     nan_frames = torch.zeros(1, 2, 4, 4, 3)
     nan_frames[0, 1, 0, 0, 0] = float("nan")

@@ -1,6 +1,7 @@
 """dws_gym.play: headless real-vs-dream recording, the key -> action mapping, and the CLI's errors."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -88,6 +89,63 @@ def test_headless_with_policy_checkpoint(sim_dir, tmp_path):
     # Deterministic argmax of a fixed network on the same frames: a repeat takes the same actions.
     assert result.actions.shape == (1, 2)
     np.testing.assert_array_equal(play_headless(args).actions, result.actions)
+
+
+def _one_action_policy(folder, action: int, logit: float) -> str:
+    """A saved checkpoint whose actor ignores the frames: logit ``logit`` for ``action``, 0 for the others."""
+    policy = ActorCritic(PolicyConfig(arch="nature", obs_shape=(64, 64, 3), num_actions=4, frame_stack=1,
+                                      env_id="ALE/Breakout-v5", action_meanings=BREAKOUT))
+    with torch.no_grad():
+        policy.actor.weight.zero_()
+        policy.actor.bias.zero_()
+        policy.actor.bias[action] = logit
+    save_policy(policy, folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("action, deterministic", [(2, True), (3, False)])
+def test_headless_plays_the_checkpoints_actions(sim_dir, tmp_path, action, deterministic):
+    """Every step, on both sides, takes the action the checkpoint prefers: argmax, or a draw from p(action) ~ 1."""
+    folder = _one_action_policy(tmp_path / "policy", action, logit=50.0)
+    result = play_headless(headless_args(sim_dir, tmp_path / "p.gif", episodes=2, max_steps=4, policy=folder,
+                                         deterministic=deterministic))
+    assert result.actions.shape == (2, 4) and result.actions.dtype == np.int64
+    assert (result.actions == action).all(), result.actions
+    assert result.extra["policy"] == folder
+
+
+def test_headless_policy_acts_on_the_real_frames(sim_dir, tmp_path, monkeypatch):
+    """The actions played are the ones the policy picks for the real game's frames, step after step.
+
+    The loaded checkpoint acts by a frame-dependent rule (the scripted ball tracker: FIRE, then follow the ball);
+    replaying the real game with the played actions shows the policy saw those frames and was obeyed.
+    """
+    from dws_gym.envs.real import make_real_env
+    from dws_gym.scripted import BreakoutTracker
+
+    seen = []
+
+    def tracker_act(self, obs, deterministic=False, generator=None):
+        seen.append(np.array(obs, copy=True))
+        return BreakoutTracker(eps=0.0).act(obs)
+
+    monkeypatch.setattr(ActorCritic, "act", tracker_act)
+    folder = _one_action_policy(tmp_path / "policy", 0, logit=50.0)  # the network alone would always play NOOP
+    steps = 12
+    result = play_headless(headless_args(sim_dir, tmp_path / "p.gif", episodes=2, max_steps=steps, policy=folder,
+                                         deterministic=True, seed=4))
+    assert len(seen) == steps and result.actions.shape == (2, steps)
+    assert len(np.unique(result.actions)) > 1  # a frame-dependent choice, not one action throughout
+
+    real = make_real_env("ALE/Breakout-v5", num_envs=2)
+    try:
+        obs, _ = real.reset(seed=4)
+        for t in range(steps):
+            np.testing.assert_array_equal(seen[t], obs, err_msg=f"step {t}: the policy saw other frames")
+            np.testing.assert_array_equal(result.actions[:, t], BreakoutTracker(eps=0.0).act(obs))
+            obs, *_ = real.step(result.actions[:, t])
+    finally:
+        real.close()
 
 
 def test_cli_prints_table_and_summary(sim_dir, tmp_path, capsys):
@@ -217,11 +275,11 @@ def test_viewer_runs_with_dummy_video_driver(sim_dir, monkeypatch):
         env.close()
 
 
-def test_logged_replay_dreams_held_out_episodes_under_their_actions(tmp_path, sim_dir):
+def test_logged_replay_dreams_held_out_episodes_under_their_actions(tmp_path, sim_dir, capsys):
     """--data: the dream starts from K logged frames of a held-out episode and follows its logged actions."""
     from dws_gym.collect import CollectArgs, collect
     from dws_gym.data import TrajectoryStore
-    from dws_gym.evaluate import held_out_windows
+    from dws_gym.evaluation import held_out_windows
     from dws_gym.play import play_logged
 
     store_dir = tmp_path / "store"
@@ -233,6 +291,10 @@ def test_logged_replay_dreams_held_out_episodes_under_their_actions(tmp_path, si
     assert np.array_equal(result.actions, clips["actions"][:, K - 1 : K + 3])
     assert np.array_equal(result.real_returns, clips["rewards"][:, K - 1 : K + 3].sum(axis=1))
     assert result.path.is_file() and result.num_frames == 5 and result.dream_returns.shape == (2,)
-    with pytest.raises(SystemExit):  # a missing store: a clear error and exit code 2, no traceback
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # a missing store: a clear error and exit code 2, no traceback
         main(["dws/Dream-v0", "--simulator", sim_dir, "--headless", "--data", str(tmp_path / "nowhere"),
               "--out", str(tmp_path / "x.gif")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(r"error: trajectory store \S*nowhere does not exist", err) and "Traceback" not in err

@@ -1,4 +1,4 @@
-"""Tests of the reward / termination head (dws_gym/models/reward.py)."""
+"""Tests of the reward / termination head and its training (dws_gym/models/reward.py, reward_training.py)."""
 
 from __future__ import annotations
 
@@ -13,15 +13,11 @@ from safetensors.torch import load_file, save_file
 
 from dws_gym.data.store import TrajectoryStore
 from dws_gym.models.reward import (
-    RareEventSampler,
     RewardConfig,
     RewardHead,
     RewardOutput,
-    balance_weights_from_data,
     class_balanced_weights,
-    fit_reward_head,
     load_reward_head,
-    reward_head_batches,
     reward_to_sign_class,
     save_reward_head,
     symexp,
@@ -29,6 +25,12 @@ from dws_gym.models.reward import (
     termination_pos_weight,
     twohot_encode,
     twohot_expectation,
+)
+from dws_gym.models.reward_training import (
+    RareEventSampler,
+    balance_weights_from_data,
+    fit_reward_head,
+    reward_head_batches,
 )
 
 SMALL = dict(context_frames=2, frame_shape=(32, 32, 3), num_actions=4, dim=32, depth=1, num_heads=2)
@@ -87,7 +89,7 @@ def test_twohot_round_trip() -> None:
 def test_reward_to_sign_class() -> None:
     r = torch.tensor([-5.0, -0.1, 0.0, 0.2, 30.0])
     assert torch.equal(reward_to_sign_class(r), torch.tensor([0, 0, 1, 2, 2]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="reward must be numeric, got a bool tensor"):
         reward_to_sign_class(torch.tensor([True]))
 
 
@@ -104,7 +106,7 @@ def test_class_balancing_upweights_rare_classes() -> None:
     rewards = np.array([0.0] * 96 + [1.0, 1.0, -2.0, 4.0], np.float32)
     class_weights, pos_weight = balance_weights_from_data(rewards, np.array([False] * 98 + [True] * 2), 50, 20)
     assert class_weights == pytest.approx([50.0, 1.0, 32.0]) and pos_weight == 20.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"max_weight must be a finite number >= 1, got 0\.5"):
         class_balanced_weights(torch.tensor([1, 2, 3]), max_weight=0.5)
 
 
@@ -377,7 +379,7 @@ def test_reward_head_batches_picks_one_remedy_for_rare_events(tmp_path):
 def test_prior_correction_undoes_the_oversampled_prior():
     import math
 
-    from dws_gym.models.reward import prior_correction
+    from dws_gym.models.reward_training import prior_correction
 
     reward = np.zeros(100, dtype=np.float32)
     reward[:2] = 1.0  # 2% rewarded steps

@@ -1,4 +1,4 @@
-"""The Simulator: the D2 step protocol, input validation, save / load, Hub resolution and the model card."""
+"""The Simulator: the step protocol, input validation, save / load, Hub resolution and the model card."""
 
 import json
 
@@ -128,7 +128,7 @@ def test_load_errors_name_the_problem(tmp_path):
         Simulator.from_pretrained("nobody/no-such-simulator")
     (tmp_path / "not_a_sim").mkdir()
     (tmp_path / "not_a_sim" / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="not a simulator folder; choose another path"):
         sim.save_pretrained(tmp_path / "not_a_sim")
     assert (tmp_path / "not_a_sim" / "keep.txt").read_text() == "mine"
 

@@ -185,7 +185,7 @@ def test_unknown_final_frame(tmp_path):
     np.testing.assert_array_equal(b["next_obs"][:, 0, 0, 0].astype(int) - b["obs"][:, 0, 0, 0], 1)
     assert not b["truncated"][5:].any()  # the truncated step was the one left out
     np.testing.assert_array_equal(tr.flat_index([lost, known], [3, 4]), [8, 4])
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="outside its episode's transitions"):
         tr.flat_index([lost], [4])
 
     clips = store.clips(context=3, horizon=2, episode_ids=[lost])
@@ -418,6 +418,30 @@ def test_cleanup_tmp_keeps_live_writers(tmp_path):
     live = tmp_path / "tmp" / f"{socket.gethostname()}-{os.getpid()}-abc"
     live.mkdir()
     assert store.cleanup_tmp(max_age_s=0) == [] and live.exists()
+
+
+def test_opening_for_writing_removes_stale_tmp(tmp_path):
+    """create=True sweeps temp folders of dead writers left untouched for an hour; nothing else is removed."""
+    add_coded(TrajectoryStore(tmp_path, create=True), 3)
+    host, dead_pid, hours_ago = socket.gethostname(), 2**30, time.time() - 7200  # no process has pid 2**30
+
+    def leftover(name: str, age: float | None = None) -> Path:
+        folder = tmp_path / "tmp" / name
+        folder.mkdir()
+        (folder / "obs.npy").write_bytes(b"partial")
+        if age is not None:
+            for p in (folder / "obs.npy", folder):
+                os.utime(p, (age, age))
+        return folder
+
+    stale = [leftover(f"{host}-{dead_pid}-aaa", hours_ago), leftover("elsewhere-123-bbb", hours_ago)]
+    kept = [leftover(f"{host}-{dead_pid}-ccc"),  # recent: its writer may live in another PID namespace
+            leftover(f"{host}-{os.getpid()}-ddd", hours_ago)]  # its writer is alive
+    TrajectoryStore(tmp_path)  # a reader removes nothing
+    assert all(p.exists() for p in stale + kept)
+    store = TrajectoryStore(tmp_path, create=True)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    assert store.episode_ids() == [0]
 
 
 def test_concurrent_writers_do_not_collide(tmp_path):

@@ -1,5 +1,6 @@
 """train_world_model.py end to end at tiny sizes: collect -> train -> checkpoint -> resume -> table -> simulator; DDP."""
 
+import math
 import os
 import shutil
 import subprocess
@@ -38,21 +39,77 @@ def trained(tmp_path_factory):
     return cwd, proc
 
 
+def markdown_table(text: str, title: str) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the markdown table printed under ``**{title}**`` in ``text``."""
+    lines = text.splitlines()
+    start = lines.index(f"**{title}**") + 2  # the title, a blank line, then the table
+    header, rule = lines[start], lines[start + 1]
+    assert header.startswith("| ") and set(rule) <= set("|-"), (header, rule)
+    body = []
+    for line in lines[start + 2:]:
+        if not line.startswith("| "):
+            break
+        body.append([cell.strip() for cell in line.strip("|").split("|")])
+    return [cell.strip() for cell in header.strip("|").split("|")], body
+
+
 def test_pipeline_writes_simulator_table_and_logs(trained):
     cwd, proc = trained
     assert "collecting 400 random-policy steps" in proc.stdout
-    assert "copy" in proc.stdout and "simulator saved to" in proc.stdout
+    assert "simulator saved to" in proc.stdout
     sim = Simulator.from_pretrained(cwd / "run" / "simulator")
     assert sim.config.env_id == "ALE/Breakout-v5" and sim.config.action_meanings == ["NOOP", "FIRE", "RIGHT", "LEFT"]
     assert sim.start_frames.shape == (4, 3, 64, 64, 3)
     assert sim.config.pretrained_backbone is None and sim.config.training["steps"] == 2
-    assert "table_markdown" in sim.config.metrics
-    assert (cwd / "run" / "held_out_table.md").read_text().count("\n") >= 4
+    # one table: printed, written next to the run and recorded in the simulator (for its card)
+    table_md = (cwd / "run" / "held_out_table.md").read_text()
+    assert table_md == sim.config.metrics["table_markdown"] + "\n" and table_md.strip() in proc.stdout
     state = sim.init_state(sim.start_frames[:2], sim.start_actions[:2])
     frame, *_ = sim.step(state, [1, 2], generator=torch.Generator().manual_seed(0))
     assert frame.shape == (2, 64, 64, 3)
     events = list((cwd / "runs").rglob("events.out.tfevents.*"))
     assert events, "TensorBoard logs are written under runs/{run_name}"
+
+
+SIDES = ("model", "copy", "shuffled")
+FRAME_COLUMNS = ["h"] + [f"{m} {side}" for m in ("psnr", "ssim", "mse", "moving_mse") for side in SIDES] + \
+    ["action_sensitivity"]
+# (low, high) of each metric: PSNR in dB (an exact copy is capped at 100), SSIM, MSE of [0, 1] pixels.
+RANGES = {"psnr": (0.0, 100.0), "ssim": (-1.0, 1.0), "mse": (0.0, 1.0), "moving_mse": (0.0, 1.0),
+          "action_sensitivity": (-math.inf, 1.0)}
+
+
+def test_held_out_table_has_every_horizon_and_column_with_values_in_range(trained):
+    """--eval-clips 2 --context-frames 3 --eval-horizon 3: the table the run writes, cell by cell."""
+    cwd, _ = trained
+    text = (cwd / "run" / "held_out_table.md").read_text()
+    columns, rows = markdown_table(text, "Held-out open-loop rollouts (2 windows, context 3, h = 1..3)")
+    assert columns == FRAME_COLUMNS
+    assert [row[0] for row in rows] == ["1", "2", "3", "mean"]
+    values = [[float(cell) for cell in row[1:]] for row in rows]
+    for name, column in zip(columns[1:], zip(*values)):
+        low, high = RANGES[name.split(" ")[0]]
+        assert all(math.isfinite(v) and low <= v <= high for v in column), (name, column)
+        if name != "action_sensitivity":  # the mean row averages the horizons (cells rounded to 4 digits)
+            assert column[-1] == pytest.approx(sum(column[:-1]) / 3, rel=2e-3), name
+    # the cells are the recorded numbers, rounded
+    sim = Simulator.from_pretrained(cwd / "run" / "simulator")
+    recorded = sim.config.metrics["table"]
+    assert recorded["columns"] == FRAME_COLUMNS and [r["h"] for r in recorded["rows"]] == [1, 2, 3, "mean"]
+    for row, cells in zip(recorded["rows"], values):
+        assert cells == pytest.approx([row[c] for c in FRAME_COLUMNS[1:]], rel=1e-3, abs=1e-12)
+    # reward tables: one row per reward sign and termination, counting each of the 2 x 3 dreamed transitions
+    for title in ("Reward sign / termination of one-step transitions (real context, simulated next frame)",
+                  "Reward sign / termination over the open-loop rollout (h = 1..3)"):
+        columns, rows = markdown_table(text, title)
+        assert columns == ["target", "precision", "recall", "support", "predicted"]
+        assert [row[0] for row in rows] == ["reward<0", "reward=0", "reward>0", "terminated"]
+        signs = rows[:3]
+        assert sum(int(r[3]) for r in signs) == sum(int(r[4]) for r in signs) == 2 * 3, title
+        for r in rows:
+            for cell in r[1:3]:
+                assert cell == "nan" or 0.0 <= float(cell) <= 1.0, (title, r)
+            assert int(r[3]) >= 0 and int(r[4]) >= 0
 
 
 def test_resume_continues_from_checkpoint(trained, tmp_path):
@@ -157,3 +214,34 @@ def test_interrupted_run_resumes_to_the_same_weights_and_lists_every_command(tmp
     assert command.count("python train_world_model.py") == 2 and "--max-minutes 0" in command
     assert "--resume" in command.split(" && ")[1]
     assert b.config.training["precision"].startswith(("bf16", "fp32"))
+
+
+def test_init_from_starts_at_the_given_simulator_and_rejects_another_shape(trained, tmp_path, monkeypatch):
+    import importlib.util
+
+    cwd, _ = trained
+    spec = importlib.util.spec_from_file_location("train_world_model", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "train_world_model", script)  # dataclasses look their module up there
+    spec.loader.exec_module(script)
+    source = Simulator.from_pretrained(cwd / "run" / "simulator")
+    args = script.Args(unet_widths=(8, 16, 16), context_frames=3)
+    fresh = script.build_model(args, list(source.config.action_meanings), torch.device("cpu"))
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.state_dict().values(),
+                                                      source.world_model.state_dict().values()))
+    script.init_world_model(fresh, cwd / "run" / "simulator")
+    for name, value in source.world_model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], value), name
+    wider = script.build_model(script.Args(unet_widths=(8, 16, 24), context_frames=3),
+                               list(source.config.action_meanings), torch.device("cpu"))
+    with pytest.raises(SystemExit, match="do not fit the model these flags build"):
+        script.init_world_model(wider, cwd / "run" / "simulator")
+    with pytest.raises(SystemExit, match="no unet_model.safetensors or flow_model.safetensors"):
+        script.init_world_model(fresh, tmp_path)
+
+    # The script: a fine-tune of that simulator runs and its card lists the command with --init-from.
+    run(["--data", str(cwd / "store"), "--total-steps", "1", "--output-dir", "tuned", "--context-noise", "0.2",
+         "--init-from", str(cwd / "run" / "simulator")] + TINY, tmp_path)
+    tuned = Simulator.from_pretrained(tmp_path / "tuned" / "simulator")
+    assert tuned.world_model.config.context_noise == pytest.approx(0.2)
+    assert "--init-from" in (tmp_path / "tuned" / "simulator" / "README.md").read_text()

@@ -162,3 +162,23 @@ def test_changed_pixels_cover_where_the_ball_was_and_went():
     m = changed_pixels(f, threshold=0.04, dilate=0)[0]
     assert m[4, 4] and m[4, 6] and m[4, 8] and int(m.sum()) == 3
     assert int(changed_pixels(f, dilate=1)[0].sum()) == 3 * 7  # rows 3..5 x columns 3..9
+
+
+def test_context_noise_corrupts_the_context_and_leaves_targets_clean():
+    frames, actions = clip(b=3, f=5)
+    frames = frames[:, :1].expand(-1, 5, -1, -1, -1).contiguous()  # a still scene: copying is exact
+    clean, noisy = tiny(), tiny(context_noise=0.5)
+    assert noisy.state_dict().keys() == clean.state_dict().keys()
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    _, logs_clean = clean.training_loss(frames, actions, generator=g())
+    _, logs_noisy = noisy.training_loss(frames, actions, generator=g())
+    # The copy baseline is measured on the real (clean) frames either way ...
+    assert logs_noisy["copy_mse"] == pytest.approx(logs_clean["copy_mse"])
+    # ... while a fresh model, which copies its (now corrupted) last context frame, is scored against clean targets.
+    assert logs_clean["mse"] == 0.0 and logs_noisy["mse"] > 1e-3
+    with pytest.raises(ValueError, match="context_noise must lie in"):
+        UNetConfig(**TINY, context_noise=1.0)
+    # Stepping is untouched by the training-only setting.
+    stepped = tiny(context_noise=0.5).eval()
+    out = stepped.sample_next(frames[:, :3], actions[:, :2], actions[:, 2], generator=g())
+    assert torch.equal(out, frames[:, 2])

@@ -1,4 +1,4 @@
-"""Trajectory data: the on-disk episode store, its clip / transition views, and importers.
+"""Trajectory data: the on-disk episode store, its clip / transition views, importers and the held-out split.
 
 Example::
 
@@ -9,6 +9,7 @@ Example::
 """
 
 from dws_gym.data.importers import import_arrays
+from dws_gym.data.splits import split_episodes
 from dws_gym.data.store import (
     SCHEMA_VERSION,
     CorruptEpisodeError,
@@ -27,4 +28,5 @@ __all__ = [
     "TransitionDataset",
     "describe_action_space",
     "import_arrays",
+    "split_episodes",
 ]

@@ -15,8 +15,8 @@ Index convention: ``obs[t + 1]`` is the frame observed after ``action[t]`` was t
 Writes: an episode is written into a fresh folder under ``tmp/``, every file is fsynced, then the folder is
 renamed to the first free ``episodes/ep_<id>``. Renaming a directory onto an existing non-empty directory fails,
 so id allocation and publication are one atomic step: concurrent writers (threads, processes, re-runs of a
-collector) never collide and never overwrite, and a writer killed mid-write leaves only a folder under ``tmp/``
-(see :meth:`TrajectoryStore.cleanup_tmp`).
+collector) never collide and never overwrite, and a writer killed mid-write leaves only a folder under ``tmp/``,
+which the next ``TrajectoryStore(root, create=True)`` deletes once it is stale (:meth:`TrajectoryStore.cleanup_tmp`).
 
 Reads: the small per-step arrays are loaded at open (a few bytes per step); frames stay on disk and are
 memory-mapped lazily, with at most ``max_open`` maps open at once (least recently used are closed).
@@ -56,6 +56,12 @@ _EP_DIGITS = 9
 _OBS_FILE = "obs.npy"
 _STEPS_FILE = "steps.npy"
 _META_FILE = "meta.json"
+_MARKER_FILE = "store.json"
+# A temp folder untouched this long whose writer is not a live process on this host is abandoned. The age guard
+# matters for writers this host cannot see (another machine on a shared filesystem, another PID namespace under the
+# same host name): a live writer touches its folder every few seconds while it writes one episode, so an hour of
+# silence means it is gone, and removing the folder of a live writer would make its publish fail.
+_STALE_TMP_AGE_S = 3600.0
 
 
 class CorruptEpisodeError(RuntimeError):
@@ -270,12 +276,16 @@ class TrajectoryStore:
 
     Args:
         root: the store folder.
-        create: create ``root`` (and its sub-folders) when missing; otherwise a missing store raises
-            ``FileNotFoundError``.
+        create: create ``root`` (and its sub-folders) when missing, and delete stale temp folders of dead writers
+            (:meth:`cleanup_tmp`); otherwise a missing store raises ``FileNotFoundError``.
         on_corrupt: ``"raise"`` (default) raises :class:`CorruptEpisodeError` on the first bad episode;
             ``"skip"`` warns (naming the file) and leaves the episode out.
         max_open: most frame files memory-mapped at once (an LRU cache; the kernel caps maps per process).
         durable: fsync files and folders when writing (turn off only for throw-away data).
+
+    Raises:
+        ValueError: ``store.json`` is not valid JSON, or names another format or a ``schema_version`` this dws-gym
+            does not read (the message names the file and what to do).
 
     Episodes appended by other processes appear after :meth:`refresh`. Views (:meth:`clips`,
     :meth:`transitions`) capture the episodes present when they are made.
@@ -301,18 +311,26 @@ class TrajectoryStore:
         self._episodes_dir = self.root / "episodes"
         self._tmp_dir = self.root / "tmp"
         if create:
+            self._check_marker()  # before anything is written into a folder of an unknown layout
             self._episodes_dir.mkdir(parents=True, exist_ok=True)
             self._tmp_dir.mkdir(exist_ok=True)
             self._write_marker()
+            try:  # free the disk held by partial episodes of killed writers (readers never look at them)
+                self.cleanup_tmp()
+            except OSError:  # housekeeping only: a store that cannot be swept can still be written
+                pass
         elif not self.root.is_dir():
             raise FileNotFoundError(
-                f"trajectory store {self.root} does not exist; pass create=True to make a new one"
+                f"trajectory store {self.root} does not exist; check the path, or collect into it first "
+                f"(python -m dws_gym.collect --out {self.root}; in Python: TrajectoryStore(path, create=True))"
             )
         elif not self._episodes_dir.is_dir():
             raise FileNotFoundError(
-                f"{self.root} is not a trajectory store (no 'episodes' folder in it); "
-                f"pass create=True to make a new store there"
+                f"{self.root} is not a trajectory store (no 'episodes' folder in it); check the path, or "
+                f"collect into it (python -m dws_gym.collect --out {self.root}; in Python: create=True)"
             )
+        else:
+            self._check_marker()
         self._lock = threading.RLock()
         self._episodes: dict[int, _Episode] = {}
         self._order: list[int] = []
@@ -696,8 +714,38 @@ class TrajectoryStore:
         ids = [int(m.group(1)) for n in os.listdir(self._episodes_dir) if (m := _EP_RE.match(n))]
         return max(ids, default=-1)
 
+    def _check_marker(self) -> None:
+        """Refuse a ``store.json`` that is not JSON, not this format's, or of a schema this dws-gym does not read.
+
+        A missing marker is accepted (``create=True`` writes one).
+        """
+        marker = self.root / _MARKER_FILE
+        if not marker.is_file():
+            return
+        good = json.dumps({"format": STORE_FORMAT, "schema_version": SCHEMA_VERSION})
+        try:
+            info = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise ValueError(
+                f"{marker} is not valid JSON ({e}); it marks {self.root} as a trajectory store. If the episodes "
+                f"under {self._episodes_dir} were written by this dws-gym, replace the file's content with {good}."
+            ) from e
+        if not isinstance(info, dict) or info.get("format") != STORE_FORMAT:
+            raise ValueError(
+                f"{marker} does not describe a trajectory store (expected {good}, got {info!r}); open the folder "
+                f"the store was written to, or replace the file's content with {good} if it is one."
+            )
+        version = info.get("schema_version")
+        if version != SCHEMA_VERSION:
+            newer = isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION
+            raise ValueError(
+                f"{marker} has schema_version {version!r}; this dws-gym reads schema_version {SCHEMA_VERSION}. "
+                + ("The store was written by a newer dws-gym: upgrade dws-gym to read it." if newer
+                   else f"Restore the file (it should read {good}) or re-collect the data.")
+            )
+
     def _write_marker(self) -> None:
-        marker = self.root / "store.json"
+        marker = self.root / _MARKER_FILE
         if marker.exists():
             return
         tmp = self.root / f".store.json.{os.getpid()}.{uuid.uuid4().hex[:8]}"
@@ -706,11 +754,12 @@ class TrajectoryStore:
 
     # ------------------------------------------------------------------ housekeeping
 
-    def cleanup_tmp(self, max_age_s: float = 3600.0) -> list[Path]:
+    def cleanup_tmp(self, max_age_s: float = _STALE_TMP_AGE_S) -> list[Path]:
         """Delete leftover temp folders of dead writers; returns the deleted paths.
 
         A folder is removed when nothing in it changed for ``max_age_s`` seconds and, if it was made on this
-        host, its writer process is gone. Readers never look at these folders, so this only frees disk.
+        host, its writer process is gone. Readers never look at these folders, so this only frees disk. Opening a
+        store with ``create=True`` runs it with the default age.
         """
         removed: list[Path] = []
         if not self._tmp_dir.is_dir():

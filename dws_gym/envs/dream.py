@@ -1,6 +1,6 @@
-"""The dream environment: a DWS simulator served as a gymnasium VectorEnv (DESIGN D10).
+"""The dream environment: a DWS simulator served as a gymnasium VectorEnv (docs/ARCHITECTURE.md, 'Dream env').
 
-:class:`DreamVectorEnv` steps ``num_envs`` dreams as ONE batch through the simulator's step protocol (D2): every
+:class:`DreamVectorEnv` steps ``num_envs`` dreams as ONE batch through the simulator's step protocol: every
 ``step`` is one batched ``simulator.step`` call (only the envs that actually advance). Observations are uint8
 ``(N, 64, 64, 3)`` frames, the real envs' format (``(N, k, 64, 64, 3)`` with ``frame_stack=k``); actions are
 ``Discrete(n)``. Episodes start from windows drawn from a start-state sampler (:mod:`dws_gym.imagination`), reported

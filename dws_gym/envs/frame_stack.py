@@ -1,4 +1,4 @@
-"""Frame stacking for vector envs, shared by the real and the dream environments (DESIGN D1: ``frame_stack=k``)."""
+"""Frame stacking for vector envs, shared by the real and the dream environments (``frame_stack=k``)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Both emit uint8 RGB frames of shape (64, 64, 3) per env (``(k, 64, 64, 3)`` with ``frame_stack=k``), take
 ``Discrete(n)`` actions and expose ``action_meanings``, so a policy trained in a dream runs here unchanged.
 
-ALE is pinned to the Atari-100k protocol (DESIGN D1): frameskip 4 with max-pooling of the last two frames, no sticky
+ALE is pinned to the Atari-100k protocol: frameskip 4 with max-pooling of the last two frames, no sticky
 actions by default, the game's minimal action set, up to 30 no-op starts, raw (unclipped) rewards, a ``life_lost``
 flag in ``info`` and termination at game over. Procgen runs through ``procgen.ProcgenGym3Env`` (gym3), whose episodes
 reset inside ``step``: its 1000-step timeout is reported as truncation (counted here), and the final frame of a
@@ -29,7 +29,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from dws_gym.envs.frame_stack import FrameStackVector
 
 FRAME_SHAPE: tuple[int, int, int] = (64, 64, 3)
-"""Per-env observation shape shared by real and dream environments (DESIGN D1)."""
+"""Per-env observation shape shared by real and dream environments (docs/ARCHITECTURE.md, 'Observation format')."""
 
 PROCGEN_GAMES: tuple[str, ...] = (
     "bigfish", "bossfight", "caveflyer", "chaser", "climber", "coinrun", "dodgeball", "fruitbot",

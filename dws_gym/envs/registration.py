@@ -1,4 +1,5 @@
-"""Gymnasium ids of the dream environments (DESIGN D11), registered when ``dws_gym`` is imported.
+"""Gymnasium ids of the dream environments, registered when ``dws_gym`` is imported (docs/ARCHITECTURE.md,
+'Registered ids').
 
 ``dws/Breakout-v0``, ``dws/BattleZone-v0``, ``dws/CoinRun-v0`` and ``dws/Ninja-v0`` dream their game with the
 simulator shipped in ``dws_gym/assets/simulators/<game>/`` (or any simulator passed as ``simulator=``: a folder or a

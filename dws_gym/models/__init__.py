@@ -1,6 +1,7 @@
 """Model components: the DWS action-conditioned module, action representations, motion-reinforced loss weights and
 the reward / termination head. The flow world model lives in :mod:`dws_gym.models.flow` and its frame-causal Wan
-backbone in :mod:`dws_gym.models.causal_wan` (imported on use: they pull in diffusers)."""
+backbone in :mod:`dws_gym.models.causal_wan` (imported on use: they pull in diffusers); the reward head's training
+(batch sources, balancing weights, fitting loop) in :mod:`dws_gym.models.reward_training`."""
 
 from dws_gym.models.actions import (
     ALE_ACTION_MEANINGS,

@@ -1,10 +1,10 @@
-"""Action representations (DESIGN D5): language templates, a one-off text encoder, and action embedders.
+"""Action representations: language templates, a one-off text encoder, and action embedders.
 
 Discrete actions are described in words ("the agent moves the paddle right"), encoded ONCE by a pre-trained text
 encoder, and the resulting ``(n_actions, dim)`` table is cached as a frozen buffer of :class:`DiscreteActionEmbedder`,
 so stepping a simulator never runs a text encoder. A learned ``nn.Embedding`` table is the fallback, and continuous
 actions go through a linear embedder. Every embedder also owns a learned null-action embedding for the first context
-frame (D3: frame ``i + 1`` is modulated by ``a_i``, frame 0 by the null embedding).
+frame (frame ``i + 1`` is modulated by ``a_i``, frame 0 by the null embedding).
 """
 
 from __future__ import annotations
@@ -353,7 +353,7 @@ class TextActionEncoder:
 
 # ------------------------------------------------------------------------------------------------- embedders
 class _ActionEmbedderBase(nn.Module):
-    """Shared null-action embedding and D3 frame alignment."""
+    """Shared null-action embedding and the frame alignment (frame ``i + 1`` is conditioned on ``a_i``)."""
 
     def __init__(self, cond_dim: int) -> None:
         super().__init__()

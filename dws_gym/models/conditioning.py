@@ -287,7 +287,7 @@ class ActionConditioner(BlockActionModulation):
         Args:
             emb: ``(B, F, C)`` float action embeddings, one per frame (``B`` may be 1 to broadcast over the batch).
                 Frame ``i`` is modulated by ``emb[:, i]``; see ``DiscreteActionEmbedder.embed_for_frames`` for
-                the D3 alignment (frame 0 gets the null embedding, frame ``i + 1`` gets ``a_i``).
+                the frame alignment (frame 0 gets the null embedding, frame ``i + 1`` gets ``a_i``).
             tokens_per_frame: for frame-major token layouts (frame ``i`` is the ``i``-th run of this many tokens);
                 the model's sequence length must then be ``F * tokens_per_frame``.
             frame_ids: ``(B, L)`` or ``(L,)`` integer tensor mapping each token to its frame in ``[0, F)``, or

@@ -1,4 +1,4 @@
-"""Rectified-flow video world model on diffusers' ``WanTransformer3DModel`` (DESIGN D2, D3, D4, D6, D7).
+"""Rectified-flow video world model on diffusers' ``WanTransformer3DModel`` (docs/ARCHITECTURE.md, 'Models').
 
 State space. By default the model works on pixels: env frames ``uint8 (B, F, H, W, 3)`` become floats in
 ``[-1, 1]`` laid out ``(B, C, F, H, W)`` and are cut into ``(1, p, p)`` patches. A pre-trained Wan2.1 instead works in
@@ -22,9 +22,9 @@ Parametrisation (``FlowConfig.parametrization``):
   frame (the clean context frame or, for later targets, the clean earlier target as in stepping; frame 0 gets
   itself), and its output ``f`` is a correction to it: ``x0_hat = prev + f``. The output projection starts at zero,
   so a fresh model predicts "copy the last frame" exactly. Sampling uses the implied velocity
-  ``v_hat = (x_t - x0_hat) / t``. The loss is the motion-weighted ``|x0_hat - x_0|^2``; since D7's target is
+  ``v_hat = (x_t - x0_hat) / t``. The loss is the motion-weighted ``|x0_hat - x_0|^2``; since the flow's target is
   ``v = eps - x_0`` and ``v_hat - v = (x0_hat - x_0) / t``, this is the v-loss weighted by ``t^2``.
-  Why the x0 form: the feasibility runs on these machines (DESIGN section 5) found v-prediction stuck at a floor
+  Why the x0 form: small from-scratch runs of the pixel model found v-prediction stuck at a floor
   (a patch's values did not fit through the width) and plain x0-prediction collapsing to a dataset-average frame
   that erased the ball and paddle. Skip-connecting the previous frame fixes the collapse (copying is the starting
   point; ``f`` only has to carry what moves), and with that skip the x0 form is the natural loss: it weighs every
@@ -33,18 +33,18 @@ Parametrisation (``FlowConfig.parametrization``):
   action — the part a world model exists for.
 * ``"v"`` (pre-trained default). The network predicts ``v_hat`` directly (Wan's own objective), ``x0_hat = x_t -
   t * v_hat``, loss ``|v_hat - v|^2``. This keeps the base model's output head, so a freshly conditioned pre-trained
-  model computes exactly the base function (D4); ``prev`` then enters only as extra input channels whose patch-
+  model computes exactly the base function; ``prev`` then enters only as extra input channels whose patch-
   embedding weights start at zero (``prev_frame_input``).
 
 Sampling is Euler from ``t = 1`` to ``0`` in x0 form, ``x_{t'} = x0_hat + (t' / t) (x_t - x0_hat)`` (algebraically
 the Euler step ``x_t + (t' - t) v_hat``), so the last step returns ``x0_hat`` exactly.
 
-Actions (D3, D4). Frame ``i + 1``'s tokens are modulated by ``a_i``'s embedding and frame 0's by a learned null
+Actions. Frame ``i + 1``'s tokens are modulated by ``a_i``'s embedding and frame 0's by a learned null
 embedding (:class:`~dws_gym.models.actions.DiscreteActionEmbedder`), through the DWS module
 (:class:`~dws_gym.models.conditioning.BlockActionModulation`, one regressor per block) whose scale and shift
 :func:`~dws_gym.models.causal_wan.wan_block_forward` applies to each block's pre-FFN norm, taking them as arguments.
-Motion-reinforced weights (D6) come from :func:`~dws_gym.models.motion.motion_weights`, per pixel in pixel space,
-max-pooled to the latent grid otherwise.
+Motion-reinforced weights (paper Eq. 2-3) come from :func:`~dws_gym.models.motion.motion_weights`, per pixel in
+pixel space, max-pooled to the latent grid otherwise.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class FlowConfig:
         action_space: ``"discrete"`` or ``"continuous"``.
         num_actions: Size of a discrete action space.
         action_dim: Size of a continuous action vector.
-        action_text_dim: Width of cached sentence embeddings of the actions (D5); ``None`` uses a learned table.
+        action_text_dim: Width of cached sentence embeddings of the actions; ``None`` uses a learned table.
         cond_dim: Action embedding size fed to the DWS module.
         cond_hidden_dim: Hidden width of the module's two linear layers (``None``: ``cond_dim``).
         action_mode: ``"frame"`` (DWS), ``"global"`` or ``"none"`` (ablations of the module).
@@ -119,7 +119,7 @@ class FlowConfig:
         logit_mean, logit_std: Parameters of the logit-normal sampler.
         context_noise: Largest noise level of context-frame augmentation during training (``0`` disables it); each
             context frame gets ``t ~ U(0, context_noise)`` and the model is told that ``t``.
-        motion_c, motion_tau, motion_delta: Motion-reinforced loss (D6) defaults; ``motion_c = 1`` is the plain loss.
+        motion_c, motion_tau, motion_delta: Motion-reinforced loss defaults; ``motion_c = 1`` is the plain loss.
         sampling_steps: Default Euler steps of :meth:`FlowWorldModel.sample_next`.
         sample_shift: Timestep shift of the sampling schedule, ``t -> s t / (1 + (s - 1) t)`` (1 = linear).
         keep_below: Pixel space only: after sampling, pixels whose change from the previous frame is below this (in
@@ -284,13 +284,13 @@ class FlowConfig:
                 raise ValueError(f"patch_size {self.patch_size} must divide frame_size {self.frame_size}")
             if self.head_dim % 2 or self.head_dim < 6:
                 raise ValueError(f"head_dim must be even and >= 6 (3-axis rotary embedding), got {self.head_dim}")
-            # The output projection is the bottleneck (DESIGN section 5): each token must emit its patch's values.
+            # The output projection is the bottleneck: each token must emit its patch's values.
             values = self.patch_size**2 * self.channels
             if values > self.width:
                 raise ValueError(
                     f"a {self.patch_size}x{self.patch_size} patch outputs {values} values but the width is only "
                     f"{self.width}; use a smaller patch_size or a larger num_heads * head_dim (a patch must fit "
-                    "through the width, DESIGN section 5)"
+                    "through the width: each token's output projection emits all of its patch's values)"
                 )
 
     # ---------------------------------------------------------------------------------------------- JSON
@@ -333,7 +333,7 @@ class FlowWorldModel(nn.Module):
 
     Args:
         config: The :class:`FlowConfig`.
-        action_text_embeddings: ``(num_actions, action_text_dim)`` cached sentence embeddings of the actions (D5),
+        action_text_embeddings: ``(num_actions, action_text_dim)`` cached sentence embeddings of the actions,
             required when ``config.action_text_dim`` is set (loading from disk fills them from the weights).
         prompt_embeds: ``(1, L, text_dim)`` encoded static prompt for a latent-space model (same remark).
 
@@ -603,7 +603,7 @@ class FlowWorldModel(nn.Module):
         generator: torch.Generator | None = None,
         context_frames: int | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Motion-reinforced rectified-flow loss on a batch of clips (D6, D7).
+        """Motion-reinforced rectified-flow loss on a batch of clips.
 
         Args:
             frames: ``(B, K + H, H_px, W_px, C)`` uint8 (or float in ``[0, 1]``); the first ``K =
@@ -823,8 +823,13 @@ class FlowWorldModel(nn.Module):
     def from_pretrained(
         cls, folder: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
     ) -> FlowWorldModel:
-        """Load a model written by :meth:`save_pretrained` (strict: every weight must match)."""
-        from safetensors.torch import load_file
+        """Load a model written by :meth:`save_pretrained` (strict: every weight must match).
+
+        Raises:
+            FileNotFoundError: the config or the weights file is missing.
+            ValueError: the weights file is empty, truncated or not a safetensors file (the message names it).
+        """
+        from dws_gym.fileio import load_safetensors
 
         folder = Path(folder)
         config_path, weights_path = folder / FLOW_CONFIG_NAME, folder / FLOW_WEIGHTS_NAME
@@ -832,7 +837,8 @@ class FlowWorldModel(nn.Module):
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing; is {folder} a folder written by save_pretrained?")
         model = cls.from_config(FlowConfig.from_json(config_path))
-        model.load_state_dict(load_file(str(weights_path)), strict=True)
+        state, _ = load_safetensors(weights_path, "the flow world model's weights")
+        model.load_state_dict(state, strict=True)
         model.to(device=device)
         if dtype is not None:
             model.transformer.to(dtype)
@@ -857,7 +863,7 @@ class FlowWorldModel(nn.Module):
         device: str | torch.device = "cpu",
         **config_overrides: Any,
     ) -> FlowWorldModel:
-        """Build a latent-space model from a diffusers Wan2.1 text-to-video folder or hub id (D7).
+        """Build a latent-space model from a diffusers Wan2.1 text-to-video folder or hub id.
 
         Loads ``transformer/`` (``WanTransformer3DModel``), ``vae/`` (``AutoencoderKLWan``) and, when text has to be
         encoded, ``text_encoder/`` + ``tokenizer/``. The base weights go into a freshly built model with
@@ -872,7 +878,7 @@ class FlowWorldModel(nn.Module):
             prompt: Text describing the game, for the cross-attention (needs the text encoder).
             prompt_embeds: ``(1, L, text_dim)`` precomputed prompt embedding instead of ``prompt``.
             num_actions: Discrete action count for a learned action table (when ``action_texts`` is not given).
-            action_texts: One sentence per discrete action (D5); encoded once by the base's text encoder.
+            action_texts: One sentence per discrete action; encoded once by the base's text encoder.
             cond_dim: Action embedding size; with the default hidden width (``cond_dim``) the DWS module adds
                 ``cond_dim * (cond_dim + 2 * width)`` parameters per block (about 25M for Wan2.1-1.3B at 256).
             frame_size: Env frame size.
@@ -892,7 +898,7 @@ class FlowWorldModel(nn.Module):
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("pass exactly one of prompt= (encoded by the base's text encoder) or prompt_embeds=")
         if (num_actions is None) == (action_texts is None):
-            raise ValueError("pass exactly one of num_actions= (learned action table) or action_texts= (D5)")
+            raise ValueError("pass exactly one of num_actions= (learned action table) or action_texts= (sentences)")
         try:
             base = WanTransformer3DModel.from_pretrained(source, subfolder="transformer", torch_dtype=torch_dtype)
             vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae")

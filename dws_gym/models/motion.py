@@ -1,4 +1,4 @@
-"""Motion-reinforced loss weights (DWS paper Eq. 2-3, design decision D6).
+"""Motion-reinforced loss weights (DWS paper Eq. 2-3).
 
 The paper weights the training loss per pixel by ``omega_{i+1} = c ** Softmax(|x_{i+1} - x_i|)``. Read
 literally, a softmax over the ~4k pixels of a frame gives every pixel about 1/4096, so ``omega`` is about 1
@@ -153,7 +153,7 @@ def motion_weights(
     channels_last: bool = True,
     value_range: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
-    """Per-pixel motion-reinforced loss weights ``omega`` (D6), without gradient.
+    """Per-pixel motion-reinforced loss weights ``omega``, without gradient.
 
     Args:
         frames: Ground-truth clip, ``(B, F, H, W, C)`` (``channels_last=True``) or ``(B, F, C, H, W)``;

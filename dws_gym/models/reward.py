@@ -1,4 +1,4 @@
-"""Reward / termination head of a world simulator (DESIGN D9, D2; the paper's reward model R_psi).
+"""Reward / termination head of a world simulator (the paper's reward model R_psi).
 
 The video backbone predicts frames only; this separate, small module turns a transition into a reward and a
 termination flag. It reads
@@ -28,7 +28,7 @@ Reward targets (``RewardConfig.mode``):
 * ``"twohot"``: ``num_bins`` bins evenly spaced in symlog space over ``[bin_low, bin_high]`` (DreamerV3 style;
   default 255 bins over ``[-20, 20]``); the target is the two-hot encoding of ``symlog(r)``.
 
-Prediction (D2): by default the reward is the predicted class value (sign: the argmax class's value; two-hot: the
+Prediction: by default the reward is the predicted class value (sign: the argmax class's value; two-hot: the
 expectation of the bins under the predicted distribution, mapped back with ``symexp``) and ``terminated`` is
 ``sigmoid(logit) > 0.5``; with ``sample=True`` the reward class / bin and a Bernoulli termination are drawn from
 the passed generator (no other randomness is used).
@@ -40,16 +40,20 @@ Class imbalance (rewards and terminations are rare in real data). Our choice, ap
   most frequent class, ``n_max / n_c``, clipped to ``max_class_weight`` (default 10); the loss is the weighted
   mean (divided by the sum of the weights, as ``torch.nn.functional.cross_entropy`` does). Counts come from the
   dataset when given (``RewardConfig.class_weights`` or the ``class_weights=`` argument, see
-  :func:`balance_weights_from_data`), else from the batch.
+  :func:`dws_gym.models.reward_training.balance_weights_from_data`), else from the batch.
 * Termination: binary cross-entropy with ``pos_weight = n_negative / n_positive`` clipped to
   ``[1, max_pos_weight]`` (default 10), again from the dataset when given, else from the batch.
-* Or oversampling instead of weights: :class:`RareEventSampler` fills a fixed share of every batch with rare
-  transitions, so a short training budget still sees many of them; the loss is then left unweighted.
+* Or oversampling instead of weights: :class:`~dws_gym.models.reward_training.RareEventSampler` fills a fixed
+  share of every batch with rare transitions, so a short training budget still sees many of them; the loss is then
+  left unweighted.
 
 Why clip: a game over is about one step in a thousand in Atari; full inverse-frequency weights would make the head
 fire on every look-alike frame and end dreamed episodes early, which hurts an agent more than a missed terminal.
 A clipped weight restores recall on rare events while keeping the 0.5 threshold meaningful. Set the limits to 1
 to train unweighted.
+
+This module holds the network, its config and its file format; training it (batch sources, dataset-level weights,
+the prior correction and the fitting loop) is :mod:`dws_gym.models.reward_training`.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ import json
 import math
 import os
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -71,14 +75,10 @@ from torch import nn
 
 __all__ = [
     "SIGN_VALUES",
-    "RareEventSampler",
-    "reward_head_batches",
     "RewardConfig",
     "RewardOutput",
     "RewardHead",
-    "balance_weights_from_data",
     "class_balanced_weights",
-    "fit_reward_head",
     "load_reward_head",
     "reward_to_sign_class",
     "save_reward_head",
@@ -205,133 +205,6 @@ def termination_pos_weight(terminated: torch.Tensor, max_weight: float = 10.0) -
     return float(min(max((t.numel() - pos) / pos, 1.0), float(max_weight)))
 
 
-def balance_weights_from_data(
-    rewards: ArrayLike, terminated: ArrayLike, max_class_weight: float = 10.0, max_pos_weight: float = 10.0
-) -> tuple[list[float], float]:
-    """Dataset-level balancing weights, to put in :class:`RewardConfig` or pass to :meth:`RewardHead.loss`.
-
-    Args:
-        rewards: raw rewards ``(N,)`` of the training transitions (numpy or torch).
-        terminated: their termination flags ``(N,)``.
-
-    Returns:
-        ``(class_weights, pos_weight)``: three sign-class weights (see :func:`class_balanced_weights`) and the
-        termination ``pos_weight`` (see :func:`termination_pos_weight`).
-    """
-    r = torch.as_tensor(np.asarray(rewards) if not isinstance(rewards, torch.Tensor) else rewards).reshape(-1)
-    t = torch.as_tensor(np.asarray(terminated) if not isinstance(terminated, torch.Tensor) else terminated)
-    if r.numel() == 0:
-        raise ValueError("rewards is empty; balancing weights need at least one transition")
-    if not bool(torch.isfinite(r.to(torch.float64)).all()):
-        raise ValueError("rewards contain NaN or inf")
-    counts = torch.bincount(reward_to_sign_class(r.to(torch.float64)), minlength=3)
-    weights = class_balanced_weights(counts, max_class_weight)
-    return [float(w) for w in weights], termination_pos_weight(t, max_pos_weight)
-
-
-class RareEventSampler:
-    """Batches of transitions in which a fixed share are rare events: a non-zero reward or a termination.
-
-    Drawing uniformly, a batch of 64 Atari transitions holds a rewarded step about every other batch and a game over
-    every few dozen, so a head sees few of the events it must learn within a short budget, however the loss weights
-    them. This sampler draws ``round(rare_fraction * n)`` items uniformly from the rare transitions and the rest
-    uniformly from all of them (with replacement), so every batch carries examples of both.
-
-    Oversampling shifts the head's prior towards the rare classes (by about ``rare_fraction / rare share`` of the
-    data), the same direction as loss weights; train with unit weights (``class_weights=(1, 1, 1)``,
-    ``pos_weight=1``) rather than stacking both.
-
-    Args:
-        dataset: a transition view with ``step_records()`` and ``get_batch(indices)`` and ``len()`` (a
-            :class:`dws_gym.data.views.TransitionDataset`).
-        rare_fraction: share of each batch drawn from the rare transitions, in ``[0, 1)``; 0 samples uniformly.
-            With no rare transition in the data every batch is drawn uniformly.
-    """
-
-    def __init__(self, dataset: Any, rare_fraction: float = 0.15) -> None:
-        if not (math.isfinite(rare_fraction) and 0.0 <= rare_fraction < 1.0):
-            raise ValueError(f"rare_fraction must be in [0, 1), got {rare_fraction!r}")
-        if len(dataset) == 0:
-            raise ValueError("the dataset has no transitions to sample")
-        records = dataset.step_records()
-        rare = (np.asarray(records["reward"]) != 0) | np.asarray(records["terminated"], dtype=bool)
-        self.dataset = dataset
-        self.rare_fraction = float(rare_fraction)
-        self.rare_indices = np.flatnonzero(rare)
-        """Indices (into ``dataset``) of the transitions with a non-zero reward or a termination."""
-
-    def rare_count(self, n: int) -> int:
-        """How many of a batch of ``n`` are drawn from the rare transitions."""
-        return int(round(self.rare_fraction * n)) if len(self.rare_indices) else 0
-
-    def indices(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """Dataset indices of one batch of ``n`` (rare draws first)."""
-        k = self.rare_count(n)
-        rare = self.rare_indices[rng.integers(0, len(self.rare_indices), size=k)] if k else np.zeros(0, np.int64)
-        return np.concatenate([rare, rng.integers(0, len(self.dataset), size=int(n) - k)])
-
-    def __call__(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """One batch of ``n`` transitions, as the dataset's ``get_batch`` returns it (for :func:`fit_reward_head`)."""
-        return self.dataset.get_batch(self.indices(n, rng))
-
-
-def prior_correction(records: Mapping[str, np.ndarray], rare_fraction: float) -> tuple[tuple[float, float, float],
-                                                                                      float]:
-    """Logit offsets that undo the prior shift of :class:`RareEventSampler` batches (sign mode).
-
-    Oversampling rare transitions to a share ``f`` of each batch multiplies the odds the head learns for them
-    (about 7x for Breakout's ~2% rewarded steps at ``f = 0.15``), so a head that is right on its training batches
-    predicts rewards where the data has none. Adding ``log p_data(c) - log p_train(c)`` to each class logit (and the
-    same on the logit scale for termination) is the Bayes correction for a known change of class prior.
-
-    Args:
-        records: ``step_records()`` of the training transitions (``reward``, ``terminated``).
-        rare_fraction: the sampler's ``f`` (0 gives zero offsets).
-
-    Returns:
-        ``(reward_offsets for classes (r < 0, r = 0, r > 0), termination_offset)``.
-    """
-    reward = np.sign(np.asarray(records["reward"], dtype=np.float64))
-    term = np.asarray(records["terminated"], dtype=bool)
-    n = max(len(reward), 1)
-    rare = (reward != 0) | term
-    data = np.array([(reward < 0).sum(), (reward == 0).sum(), (reward > 0).sum()], dtype=np.float64) / n
-    f = float(rare_fraction) if rare.any() else 0.0
-    in_rare = np.array([(reward[rare] < 0).sum(), (reward[rare] == 0).sum(), (reward[rare] > 0).sum()],
-                       dtype=np.float64) / max(int(rare.sum()), 1)
-    train = f * in_rare + (1 - f) * data
-    with np.errstate(divide="ignore", invalid="ignore"):
-        offsets = np.where((data > 0) & (train > 0), np.log(data / train), 0.0)
-    p_data = term.mean() if len(term) else 0.0
-    p_train = f * (term[rare].mean() if rare.any() else 0.0) + (1 - f) * p_data
-
-    def logit(p: float) -> float:
-        return math.log(p / (1 - p))
-
-    t_off = logit(p_data) - logit(p_train) if 0 < p_data < 1 and 0 < p_train < 1 else 0.0
-    return (float(offsets[0]), float(offsets[1]), float(offsets[2])), float(t_off)
-
-
-def reward_head_batches(
-    dataset: Any, rare_fraction: float = 0.15
-) -> tuple[Callable[[int, np.random.Generator], dict[str, np.ndarray]], list[float], float]:
-    """The batch source and loss weights for :func:`fit_reward_head` on a transition view.
-
-    One remedy for the rarity of rewards and terminations, never both: with ``rare_fraction > 0`` a
-    :class:`RareEventSampler` and unit weights; with 0 uniform batches (``dataset.sample``) and clipped
-    inverse-frequency weights from the whole dataset (:func:`balance_weights_from_data`).
-
-    Returns:
-        ``(sample_fn, class_weights, pos_weight)``, to pass on as the same-named arguments of
-        :func:`fit_reward_head`.
-    """
-    if rare_fraction != 0:  # the sampler rejects shares outside [0, 1) and NaN
-        return RareEventSampler(dataset, rare_fraction), [1.0, 1.0, 1.0], 1.0
-    records = dataset.step_records()
-    class_weights, pos_weight = balance_weights_from_data(records["reward"], records["terminated"])
-    return dataset.sample, class_weights, pos_weight
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------------------------------
@@ -366,8 +239,8 @@ class RewardConfig:
         max_class_weight, max_pos_weight: clips of the weights computed per batch (>= 1; 1 disables balancing).
         termination_coef: weight of the termination loss relative to the reward loss.
         reward_logit_offset: added to the reward logits when predicting (not in the loss): ``log p_data / p_train``
-            per class undoes the prior shift of oversampled training batches (:func:`prior_correction`);
-            ``None`` adds nothing.
+            per class undoes the prior shift of oversampled training batches
+            (:func:`dws_gym.models.reward_training.prior_correction`); ``None`` adds nothing.
         termination_logit_offset: the same for the termination logit (``logit p_data - logit p_train``).
     """
 
@@ -709,7 +582,7 @@ class RewardHead(nn.Module):
         sample: bool = False,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reward and termination of each transition (D2), without gradients.
+        """Reward and termination of each transition, without gradients.
 
         Args:
             context, action, next_frame: as in :meth:`forward`.
@@ -852,69 +725,8 @@ class RewardHead(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Training loop and persistence
+# Persistence
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def fit_reward_head(
-    head: RewardHead,
-    sample_fn: Callable[..., Mapping[str, ArrayLike]],
-    steps: int,
-    batch_size: int = 64,
-    lr: float = 3e-4,
-    generator: np.random.Generator | None = None,
-    progress: bool = True,
-    weight_decay: float = 1e-4,
-    max_grad_norm: float = 1.0,
-    class_weights: ArrayLike | Sequence[float] | None = None,
-    pos_weight: float | None = None,
-    log_every: int = 1,
-) -> list[dict[str, float]]:
-    """Train ``head`` with AdamW on batches from ``sample_fn``.
-
-    Args:
-        head: the head to train (in place; left in train mode).
-        sample_fn: ``sample_fn(n)`` — or ``sample_fn(n, generator)`` when ``generator`` is given, which matches
-            ``TransitionDataset.sample(n, rng)`` of a frame-stacked view — returning a batch for
-            :meth:`RewardHead.loss`.
-        steps: optimizer steps.
-        batch_size: transitions per step.
-        lr, weight_decay: AdamW settings.
-        generator: numpy generator handed to ``sample_fn`` (the loop itself draws no random numbers).
-        progress: show a tqdm progress bar.
-        max_grad_norm: gradient-norm clip (``<= 0`` disables it).
-        class_weights, pos_weight: dataset-level balancing weights passed to :meth:`RewardHead.loss`.
-        log_every: keep the logs of every ``log_every``-th step (and the last).
-
-    Returns:
-        The kept per-step logs (each with a ``step`` entry).
-    """
-    if not isinstance(head, RewardHead):
-        raise ValueError(f"fit_reward_head trains a RewardHead, got {type(head).__name__}")
-    for name, v in (("steps", steps), ("batch_size", batch_size), ("log_every", log_every)):
-        if isinstance(v, bool) or int(v) != v or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    from tqdm.auto import trange
-
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    head.train()
-    history: list[dict[str, float]] = []
-    bar = trange(int(steps), disable=not progress, desc="reward head")
-    for step in bar:
-        batch = sample_fn(batch_size) if generator is None else sample_fn(batch_size, generator)
-        loss, logs = head.loss(batch, class_weights=class_weights, pos_weight=pos_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(head.parameters(), max_grad_norm)
-        opt.step()
-        if step % log_every == 0 or step == steps - 1:
-            history.append({"step": float(step), **logs})
-        if progress:
-            bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['reward_accuracy']:.2f}")
-    return history
 
 
 def save_reward_head(head: RewardHead, path: str | os.PathLike[str]) -> Path:
@@ -942,15 +754,19 @@ def save_reward_head(head: RewardHead, path: str | os.PathLike[str]) -> Path:
 
 
 def load_reward_head(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> RewardHead:
-    """Load a head written by :func:`save_reward_head` (strict: every weight must match)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    """Load a head written by :func:`save_reward_head` (strict: every weight must match).
+
+    Raises:
+        FileNotFoundError: there is no file at ``path``.
+        ValueError: the file is empty, truncated, not a safetensors file or not a reward head (the message names it).
+    """
+    from dws_gym.fileio import load_safetensors
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no reward head file at {path}; write one with save_reward_head(head, path)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    state, meta = load_safetensors(path, "a reward / termination head",
+                                   fix="re-download or re-save the simulator (or the head, with save_reward_head)")
     if meta.get("type") != _TYPE_TAG or "config" not in meta:
         raise ValueError(f"{path} is not a reward head written by save_reward_head (metadata {sorted(meta)})")
     if int(meta.get("format_version", "0")) > _FORMAT_VERSION:
@@ -958,5 +774,5 @@ def load_reward_head(path: str | os.PathLike[str], device: str | torch.device = 
             f"{path} has format version {meta['format_version']}; this dws_gym reads up to {_FORMAT_VERSION}"
         )
     head = RewardHead(RewardConfig.from_dict(json.loads(meta["config"])))
-    head.load_state_dict(load_file(str(path)), strict=True)
+    head.load_state_dict(state, strict=True)
     return head.to(device)

@@ -18,17 +18,19 @@ regressed from the action embedding, and the action enters as an argument (no ho
 is the embedding of the ``K`` actions of the window (the ``K - 1`` between context frames and the one that leads to
 the new frame, each at its own position) together with the noise level.
 
-Flow (D7). Rectified flow ``x_t = (1 - t) x_0 + t eps`` in residual x0 form, as the pixel Wan default: the network's
+Flow. Rectified flow ``x_t = (1 - t) x_0 + t eps`` in residual x0 form, as the pixel Wan default: the network's
 output ``f`` corrects the last context frame, ``x0_hat = prev + f``, and the output layer starts at zero, so a fresh
 model predicts "copy the last frame". Sampling is Euler from ``t = 1``; with one step the frame is the model's
 ``t = 1`` prediction, so training puts a share ``t_one_prob`` of its targets exactly at ``t = 1`` (the path sampling
 uses) and the rest at ``t ~ U(0, 1)``.
 
-Loss. The motion-reinforced weights of D6 (``c``, ``tau``, ``delta``) per pixel, and on top a fixed share of every
+Loss. The motion-reinforced weights (``c``, ``tau``, ``delta``) per pixel, and on top a fixed share of every
 frame's loss on the pixels that changed around it (:func:`~dws_gym.models.motion.changed_share_mean`), because the
 ball is too small for per-pixel weights of a few times 1 to matter. Training clips of ``H`` targets are unrolled:
 target ``j`` is predicted from a context whose newest frames are the model's own (detached) predictions of targets
-``< j`` (``unroll=True``), so it learns to continue from what it dreams, as it must at stepping time.
+``< j`` (``unroll=True``), so it learns to continue from what it dreams, as it must at stepping time. The real
+context frames can be corrupted with a little noise (``context_noise``, as GameNGen and Diffusion Forcing do) while
+the targets stay clean, so the model learns to clean its context rather than copy its errors forward.
 """
 
 from __future__ import annotations
@@ -67,13 +69,17 @@ class UNetConfig:
         widths: Channels of the three levels (at 1/2, 1/4 and 1/8 of the frame size).
         groups: Group-norm groups (must divide every width).
         num_actions: Size of the discrete action space.
-        action_text_dim: Width of cached action sentence embeddings (D5); ``None`` uses a learned table.
+        action_text_dim: Width of cached action sentence embeddings; ``None`` uses a learned table.
         cond_dim: Embedding size of one action.
         cond_hidden_dim: Hidden width of each block's DWS module (its first linear layer's output).
         action_mode: ``"frame"`` (DWS) or ``"none"`` (an action-free ablation).
         t_one_prob: Share of training targets at ``t = 1`` (the one-step sampling path); the rest ``U(0, 1)``.
         unroll: Predict later targets of a training clip from the model's own earlier predictions.
-        motion_c, motion_tau, motion_delta: Motion-reinforced weights (D6); ``motion_c = 1`` disables them.
+        context_noise: Largest level of context-frame corruption during training: each clip's real context frames
+            become ``(1 - s) x + s eps`` with ``s ~ U(0, context_noise)`` (``0`` disables it). The target stays
+            clean, so the model learns to remove small errors from its context instead of carrying them on, which
+            is what keeps long dreams from gathering speckles.
+        motion_c, motion_tau, motion_delta: Motion-reinforced weights (paper Eq. 2-3); ``motion_c = 1`` disables them.
         changed_share: Share of each frame's loss on the changed pixels (``0`` disables it).
         change_threshold: Channel-mean change (``[0, 1]`` units) that marks a pixel as changed.
         change_dilate: Pixels the changed mask grows by.
@@ -95,6 +101,7 @@ class UNetConfig:
     action_mode: str = "frame"
     t_one_prob: float = 0.75
     unroll: bool = True
+    context_noise: float = 0.0
     motion_c: float = 4.0
     motion_tau: float = DEFAULT_TAU
     motion_delta: float = DEFAULT_DELTA
@@ -130,6 +137,8 @@ class UNetConfig:
             raise ValueError(f"UNetConfig.t_one_prob must lie in [0, 1], got {self.t_one_prob}")
         if not 0.0 <= self.changed_share < 1.0:
             raise ValueError(f"UNetConfig.changed_share must lie in [0, 1), got {self.changed_share}")
+        if not 0.0 <= self.context_noise < 1.0:
+            raise ValueError(f"UNetConfig.context_noise must lie in [0, 1), got {self.context_noise}")
         if not 0.0 <= self.keep_below < 1.0:
             raise ValueError(f"UNetConfig.keep_below must lie in [0, 1), got {self.keep_below}")
         if self.format_version != UNET_FORMAT_VERSION:
@@ -175,7 +184,7 @@ class UNetWorldModel(nn.Module):
     Args:
         config: Sizes and training options.
         action_text_embeddings: Cached sentence embeddings of the actions ``(num_actions, action_text_dim)``
-            (D5); ``None`` with ``config.action_text_dim = None`` uses a learned table.
+            (encoded once); ``None`` with ``config.action_text_dim = None`` uses a learned table.
     """
 
     def __init__(self, config: UNetConfig, action_text_embeddings: torch.Tensor | None = None) -> None:
@@ -311,7 +320,12 @@ class UNetWorldModel(nn.Module):
         if cfg.motion_c != 1.0:
             weights = motion_weights(x, c=cfg.motion_c, tau=cfg.motion_tau, delta=cfg.motion_delta,
                                      num_context=k, channels_last=False, value_range=(-1.0, 1.0))
-        window = list(x[:, :k].unbind(1))
+        context0 = x[:, :k]
+        if cfg.context_noise > 0:
+            s = cfg.context_noise * torch.rand(b, 1, 1, 1, 1, generator=generator).to(self.device)
+            noise = torch.randn(context0.shape, generator=generator).to(self.device)
+            context0 = (1.0 - s) * context0 + s * noise
+        window = list(context0.unbind(1))
         losses, mses, copies, counts = [], [], [], []
         for j in range(horizon):
             target = x[:, k + j]

@@ -1,9 +1,9 @@
 """Score a saved simulator on the held-out episodes of a trajectory store: the held-out table and acceptance checks.
 
-    python -m dws_gym.evaluate --simulator dws_gym/assets/simulators/breakout --data data/breakout --clips 128
-    python -m dws_gym.evaluate --simulator runs/breakout/simulator --data data/breakout --sampling-steps 1 2 4
-    python -m dws_gym.evaluate --simulator runs/breakout/simulator --data data/breakout --sampling-steps 2 --record
-    python -m dws_gym.evaluate --simulator runs/breakout/simulator --data data/breakout --no-events \
+    python -m dws_gym.evaluation --simulator dws_gym/assets/simulators/breakout --data data/breakout --clips 128
+    python -m dws_gym.evaluation --simulator runs/breakout/simulator --data data/breakout --sampling-steps 1 2 4
+    python -m dws_gym.evaluation --simulator runs/breakout/simulator --data data/breakout --sampling-steps 2 --record
+    python -m dws_gym.evaluation --simulator runs/breakout/simulator --data data/breakout --no-events \
         --closed-loop-episodes 0                                   # frame metrics only
 
 The held-out episodes are the last ``--held-out-fraction`` of the store's episodes of the simulator's env id (the
@@ -26,18 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import tyro
 
 from dws_gym.data import TrajectoryStore
-from dws_gym.evaluation import (
-    EvalResult,
-    closed_loop_returns,
-    evaluate_held_out,
-    sample_eval_clips,
-    split_episodes,
-)
+from dws_gym.evaluation import EvalResult, closed_loop_returns, evaluate_held_out, held_out_windows
 from dws_gym.simulator import Simulator
 
 
@@ -78,18 +71,6 @@ class EvaluateArgs:
     """real games compared with their dreams under the same random actions (0: skip the closed-loop returns)"""
     closed_loop_steps: int = 100
     """steps per closed-loop game after the context"""
-
-
-def held_out_windows(store: TrajectoryStore, env_id: str, context: int, horizon: int, n: int,
-                     held_out_fraction: float, seed: int) -> dict[str, np.ndarray]:
-    """``n`` windows of ``context + horizon`` real frames from the held-out episodes of ``env_id`` in ``store``."""
-    ours = [i for i in store.episode_ids() if store.meta(i).env_id == env_id]
-    if not ours:
-        found = sorted({store.meta(i).env_id for i in store.episode_ids()})
-        raise ValueError(f"{store.root} holds no {env_id} episodes (it has {found}); pass a store of that game")
-    _, held = split_episodes(store, held_out_fraction, episode_ids=ours)
-    rng = np.random.default_rng(seed)
-    return sample_eval_clips(store, held, context, horizon, n, rng, replace=True)
 
 
 def evaluate(args: EvaluateArgs, simulator: Simulator | None = None) -> dict[int, EvalResult]:
@@ -150,13 +131,13 @@ def main(argv: list[str] | None = None) -> dict[int, EvalResult]:
         print(f"\nresults written to {args.out}")
     if args.record:
         ((steps, result),) = results.items()
-        command = "python -m dws_gym.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
+        command = "python -m dws_gym.evaluation " + " ".join(sys.argv[1:] if argv is None else argv)
         record(sim.to("cpu"), folder, steps, result, command)
         print(f"\nrecorded in {folder / 'simulator_config.json'} and {folder / 'README.md'} ({steps} sampling steps)")
     return results
 
 
-__all__ = ["EvaluateArgs", "cli", "evaluate", "held_out_windows", "main", "record"]
+__all__ = ["EvaluateArgs", "cli", "evaluate", "main", "record"]
 
 
 def cli() -> None:

@@ -1,0 +1,67 @@
+"""Train / held-out splits of a trajectory store's episodes, by episode id.
+
+The held-out episodes are the ones a simulator never trains on and is evaluated on
+(:func:`dws_gym.evaluation.evaluate_held_out`); ``train_world_model.py`` and ``python -m dws_gym.evaluation``
+split a store the same way, so a simulator is scored on episodes it never saw.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from dws_gym.data.store import TrajectoryStore
+
+__all__ = ["split_episodes"]
+
+
+def split_episodes(
+    store: TrajectoryStore,
+    held_out_fraction: float = 0.1,
+    min_held_out: int = 1,
+    *,
+    episode_ids: Sequence[int] | None = None,
+) -> tuple[list[int], list[int]]:
+    """Deterministic train / held-out split of a store's episodes by episode id.
+
+    Episodes are sorted by id (the order they were written) and the **last** ``max(min_held_out,
+    ceil(held_out_fraction * n))`` are held out. The same store always gives the same split, and episodes appended
+    later never move an old episode from training into the held-out set. Caveat: if the collecting policy changed
+    over time, the held-out episodes come from its latest phase; pass ``episode_ids`` to split another selection
+    (e.g. one env id, or real episodes only).
+
+    Args:
+        store: The trajectory store.
+        held_out_fraction: Fraction of episodes held out, in ``(0, 1)``.
+        min_held_out: At least this many episodes are held out (>= 1).
+        episode_ids: Split only these episodes (default: all of the store's).
+
+    Returns:
+        ``(train_ids, held_out_ids)``, both ascending lists of ints.
+
+    Raises:
+        ValueError: a bad fraction / count, or too few episodes to keep at least one for training.
+    """
+    if isinstance(held_out_fraction, bool) or not (
+        isinstance(held_out_fraction, (int, float)) and 0.0 < held_out_fraction < 1.0
+    ):
+        raise ValueError(f"held_out_fraction must be a number in (0, 1), got {held_out_fraction!r}")
+    if isinstance(min_held_out, bool) or not isinstance(min_held_out, (int, np.integer)) or min_held_out < 1:
+        raise ValueError(f"min_held_out must be a positive int, got {min_held_out!r}")
+    min_held_out = int(min_held_out)
+    ids = sorted(int(i) for i in (store.episode_ids() if episode_ids is None else episode_ids))
+    if len(set(ids)) != len(ids):
+        raise ValueError("episode_ids has duplicates")
+    n = len(ids)
+    # round() first so 0.1 * 30 = 3.0000000000000004 does not ceil to 4.
+    n_held = max(min_held_out, math.ceil(round(held_out_fraction * n, 9)))
+    if n_held >= n:
+        raise ValueError(
+            f"{n} episode(s) cannot be split into {n_held} held-out and at least 1 training episode; collect more "
+            f"episodes (at least {n_held + 1}) or lower held_out_fraction / min_held_out"
+        )
+    return ids[: n - n_held], ids[n - n_held :]
