@@ -15,6 +15,9 @@ copying the last frame) is printed, and the simulator folder is saved (and pushe
         --out data/breakout-tracker --policy scripted:breakout-tracker:0.25
     python train_world_model.py --data data/breakout-tracker --total-steps 2400 --warmup-steps 100 --batch-size 32 \
         --learning-rate 1e-3 --eval-clips 128 --output-dir runs/breakout-unet   # --resume continues a stopped run
+    python train_world_model.py --data data/breakout-tracker --init-from runs/breakout-unet/simulator \
+        --context-noise 0.2 --horizon 6 --total-steps 1000 --warmup-steps 50 --batch-size 32 --learning-rate 5e-4 \
+        --eval-clips 128 --keep-below 0.07 --output-dir runs/breakout-unet-cn
     torchrun --nproc-per-node 2 train_world_model.py ...       # multi-GPU / multi-process (DDP)
 """
 
@@ -441,6 +444,7 @@ if __name__ == "__main__":
 
     last_rngs: list = []
     t0: float | None = None  # start of this invocation's world-model training
+    t_end: float | None = None  # its end (later checkpoints, e.g. after the reward head, do not count that time)
 
     def checkpoint(step: int, reward_done: bool = False, collective: bool = True) -> None:
         """Atomic checkpoint. Collective (every rank calls it) unless only rank 0 is still working."""
@@ -452,11 +456,11 @@ if __name__ == "__main__":
         elif dist.enabled and last_rngs:  # keep the other ranks' streams from the last collective checkpoint
             rngs = [rngs[0]] + last_rngs[1:]
         if dist.is_main:
+            spent = 0.0 if t0 is None else (t_end if t_end is not None else time.perf_counter()) - t0
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rngs, "step": step,
                      "args": asdict(args), "commands": commands, "total_steps": args.total_steps,
-                     "train_seconds": seconds_before + (time.perf_counter() - t0 if t0 is not None else 0.0),
-                     "samples_per_second": (samples / max(time.perf_counter() - t0, 1e-9)) if t0 is not None and samples
-                     else sps_before}
+                     "train_seconds": seconds_before + spent,
+                     "samples_per_second": samples / max(spent, 1e-9) if t0 is not None and samples else sps_before}
             if reward_done:
                 state["reward_head"] = reward_head.state_dict()
             save_checkpoint(out_dir / "checkpoint", state)
@@ -528,7 +532,8 @@ if __name__ == "__main__":
         step += 1
         bar.update(1)
     bar.close()
-    train_seconds = time.perf_counter() - t0
+    t_end = time.perf_counter()
+    train_seconds = t_end - t0
     train_sps = samples / max(train_seconds, 1e-9) if samples else float(sps_before or 0.0)
     model.eval()
     if stopped_at is not None and not args.finish_at_limit:
