@@ -79,7 +79,6 @@ def ball_shares(simulator: Path, data: str, clips: int) -> dict[str, float]:
     """Share of held-out frames whose dreamed (and copied) ball lies within 4 px of the real one, h = 1..5 / 1..15."""
     import torch
 
-    sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "bench"))
     from ball_tracker import ball_agreement
 

@@ -32,14 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dream_env import machine  # noqa: E402
+from dws_gym.hardware import describe_machine
 
-from dws_gym.data import TrajectoryStore  # noqa: E402
-from dws_gym.evaluation import held_out_windows, open_loop_rollout  # noqa: E402
-from dws_gym.metrics import HeldOutTable  # noqa: E402
-from dws_gym.simulator import Simulator  # noqa: E402
+from dws_gym.data import TrajectoryStore
+from dws_gym.evaluation import held_out_windows, open_loop_rollout
+from dws_gym.metrics import HeldOutTable
+from dws_gym.simulator import Simulator
 
 #: Rows (half-open) between the bottom brick row and the paddle, and columns inside the side walls.
 BALL_ROWS: tuple[int, int] = (29, 57)
@@ -199,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         with open(args.results_file, "a", encoding="utf-8") as f:
             f.write(
                 f"\n## Breakout ball tracking: dreamed vs real ball ({date})\n\n"
-                f"Machine: {machine()}  \nCommand: `{command}`  \n"
+                f"Machine: {describe_machine()}  \nCommand: `{command}`  \n"
                 f"Simulator `{args.simulator}` ({steps} Euler steps), {args.clips} held-out windows of `{args.data}` "
                 f"(last {args.held_out_fraction:g} of the episodes), open loop under the logged actions. Only frames "
                 f"with a visible real ball count; a dreamed frame without a ball is a miss; `copy` keeps the last "

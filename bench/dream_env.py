@@ -50,7 +50,6 @@ import copy
 import datetime as dt
 import gc
 import os
-import platform
 import resource
 import shlex
 import sys
@@ -63,14 +62,13 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dws_gym.envs.dream import DreamVectorEnv, resolve_device  # noqa: E402
-from dws_gym.envs.real import make_real_env, parse_env_id  # noqa: E402
-from dws_gym.hardware import cpu_bf16_flags, cpu_model, resolve_precision  # noqa: E402
-from dws_gym.models.flow import FlowConfig, FlowWorldModel  # noqa: E402
-from dws_gym.models.reward import RewardConfig, RewardHead  # noqa: E402
-from dws_gym.models.unet import UNetConfig, UNetWorldModel, unet_flops_per_frame  # noqa: E402
-from dws_gym.simulator import Simulator, SimulatorConfig  # noqa: E402
+from dws_gym.envs.dream import DreamVectorEnv, resolve_device
+from dws_gym.envs.real import make_real_env, parse_env_id
+from dws_gym.hardware import cpu_model, describe_machine, proc_status_bytes, resolve_precision
+from dws_gym.models.flow import FlowConfig, FlowWorldModel
+from dws_gym.models.reward import RewardConfig, RewardHead
+from dws_gym.models.unet import UNetConfig, UNetWorldModel, unet_flops_per_frame
+from dws_gym.simulator import Simulator, SimulatorConfig
 
 __all__ = ["Row", "Variant", "build_default_simulator", "count_step_flops", "format_table", "main",
            "write_results_section"]
@@ -137,19 +135,6 @@ class Row:
 
 
 # ================================================================================================== machine
-def machine() -> str:
-    """CPU model, cores, native bf16 flags, RAM, GPU (if visible) and torch version, in one line."""
-    try:
-        mem = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 1024**3:.0f} GiB RAM"
-    except (ValueError, OSError):
-        mem = ""
-    flags = cpu_bf16_flags()
-    bf16 = f" ({', '.join(flags)})" if flags else " (no native bf16)"
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return (f"{cpu_model()}{bf16}, {os.cpu_count()} cores{mem}{gpu}; torch {torch.__version__} "
-            f"({torch.get_num_threads()} CPU threads), {platform.system()} {platform.release()}")
-
-
 # ================================================================================================== simulator
 def _start_clips(env_id: str, count: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """``count`` real clips of ``k`` frames: a reset then ``k - 1`` random steps; frames uint8 (S, k, 64, 64, 3)."""
@@ -312,11 +297,7 @@ class _PeakMemory:
 
     @staticmethod
     def _status(key: str) -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-        raise KeyError(key)
+        return proc_status_bytes(key)
 
     @staticmethod
     def _reset_hwm() -> bool:
@@ -524,7 +505,7 @@ def write_results_section(path: Path, title: str, command: str, details: Sequenc
     """Append ``## title (date)`` with the machine, the command, detail lines and ``body`` (a table) to ``path``."""
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f"Machine: {machine()}", f"Command: `{command}`", *details]
+    lines = [f"Machine: {describe_machine()}", f"Command: `{command}`", *details]
     with open(path, "a", encoding="utf-8") as f:
         f.write(f"\n## {title} ({date})\n\n" + "  \n".join(lines) + f"\n\n{body}\n")
 

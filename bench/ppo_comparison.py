@@ -370,8 +370,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
         raise SystemExit(f"runs failed: {', '.join(failed)} (see their stdout.log); nothing written to "
                          f"{args.results_file}. Rerun with --resume.")
     if args.write_results:
-        sys.path.insert(0, str(ROOT / "bench"))
-        from dream_env import machine
+        from dws_gym.hardware import describe_machine
 
         date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         command = "python bench/ppo_comparison.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
@@ -379,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
         with open(args.results_file, "a", encoding="utf-8") as f:
             f.write(
                 f"\n## PPO: prioritized vs uniform imagination vs none ({date})\n\n"
-                f"Machine: {machine()}  \nCommand: `{command}`  \n"
+                f"Machine: {describe_machine()}  \nCommand: `{command}`  \n"
                 f"`ppo_dws.py` on {args.env_id}, {args.total_timesteps} real steps per run, seeds "
                 f"{' '.join(map(str, args.seeds))}, simulator {sim}. Mean ± std (population) over seeds. Final: the "
                 "last eval return (real env); AUC: area under the eval return curve over the real steps it spans "

@@ -19,7 +19,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -29,20 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dws_gym.data import TrajectoryStore  # noqa: E402
+from dws_gym.data import TrajectoryStore
+from dws_gym.hardware import describe_machine, proc_status_bytes
 
 MiB = 1024**2
 GiB = 1024**3
-
-
-def proc_status(key: str) -> int:
-    """A ``kB`` field of /proc/self/status, in bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
 
 
 def disk_bytes(root: Path) -> int:
@@ -52,17 +42,6 @@ def disk_bytes(root: Path) -> int:
         for name in files:
             total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
     return total
-
-
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
 
 
 def build(args: argparse.Namespace) -> dict:
@@ -95,12 +74,12 @@ def build(args: argparse.Namespace) -> dict:
 
 def sample(args: argparse.Namespace) -> dict:
     """Open the store and sample clips; runs in a fresh process (see main)."""
-    anon_start = proc_status("RssAnon")
+    anon_start = proc_status_bytes("RssAnon")
     t0 = time.perf_counter()
     store = TrajectoryStore(args.root)
     clips = store.clips(args.context, args.horizon)
     open_s = time.perf_counter() - t0
-    anon_open = proc_status("RssAnon")
+    anon_open = proc_status_bytes("RssAnon")
     if not args.warm:
         for ep in store.episode_ids():
             fd = os.open(store.root / "episodes" / f"ep_{ep:09d}" / "obs.npy", os.O_RDONLY)
@@ -121,8 +100,8 @@ def sample(args: argparse.Namespace) -> dict:
             ep, s, m = int(batch["episode_id"][0]), int(batch["start"][0]), int(batch["mask"][0].sum())
             assert np.array_equal(batch["frames"][0, :m], store.episode(ep)["obs"][s : s + m])
             checked = True
-        peak_anon = max(peak_anon, proc_status("RssAnon"))
-        peak_file = max(peak_file, proc_status("RssFile"))
+        peak_anon = max(peak_anon, proc_status_bytes("RssAnon"))
+        peak_file = max(peak_file, proc_status_bytes("RssFile"))
         done += n
         del batch
     sample_s = time.perf_counter() - t0
@@ -137,7 +116,7 @@ def sample(args: argparse.Namespace) -> dict:
         "anon_start": anon_start,
         "anon_open": anon_open,
         "anon_peak": peak_anon,
-        "anon_end": proc_status("RssAnon"),
+        "anon_end": proc_status_bytes("RssAnon"),
         "file_peak": peak_file,
         "batch_bytes": args.batch * (args.context + args.horizon) * args.size * args.size * 3,
     }
@@ -209,7 +188,7 @@ def main() -> None:
         with open(args.results_file, "a", encoding="utf-8") as f:
             f.write(
                 f"\n## Trajectory store: memory-mapped clip sampling ({date})\n\n"
-                f"Machine: {machine()}  \nCommand: `{command}`  \n"
+                f"Machine: {describe_machine()}  \nCommand: `{command}`  \n"
                 f"RssAnon = anonymous resident memory of the sampling process (frames are file-backed memory maps); "
                 f"one batch of clips is {s['batch_bytes'] / MiB:.0f} MiB.\n\n{HEADER}\n{line}\n"
             )

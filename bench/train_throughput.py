@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import platform
 import sys
 import time
 from pathlib import Path
@@ -21,19 +20,7 @@ import numpy as np
 import torch
 
 from dws_gym.models.flow import FlowConfig, FlowWorldModel
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {torch.get_num_threads()} torch threads{gpu}, torch {torch.__version__}"
+from dws_gym.hardware import describe_machine
 
 
 def describe_default() -> str:
@@ -101,7 +88,7 @@ def main() -> None:
     dws = measure("frame", args, frames, actions)
     base = measure("none", args, frames, actions)
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    row = (f"| {date} | {args.device}{' bf16' if args.bf16 else ''} | {args.batch_size} | {k}+1 | {dws:.2f} | "
+    row = (f"| {date} | {args.device}{' bf16' if args.bf16 else ''} | {args.batch_size} | {k}+{args.horizon} | {dws:.2f} | "
            f"{base:.2f} | {dws / base:.3f} |")
     header = ("| date | device | batch | clip (K+H) | samples/s with DWS module | samples/s without (baseline) | "
               "ratio |\n|---|---|---|---|---|---|---|")
@@ -109,7 +96,7 @@ def main() -> None:
     print(row)
     if args.write_results:
         with open(args.results_file, "a") as f:
-            f.write(f"\n## Flow world model training throughput ({date})\n\nMachine: {machine()}  \n"
+            f.write(f"\n## Flow world model training throughput ({date})\n\nMachine: {describe_machine()}  \n"
                     f"Command: `python {' '.join(sys.argv)}`  \n{describe_default()}; one AdamW step per batch, "
                     f"motion-reinforced loss; a sample is one clip of K context + H target frames.\n\n"
                     f"{header}\n{row}\n")

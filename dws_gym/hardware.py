@@ -8,6 +8,7 @@ hardware has it, fp32 elsewhere, and every run says which it chose and why (:att
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass
 from functools import lru_cache
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Precision", "cpu_bf16_flags", "cpu_model", "resolve_precision"]
+__all__ = ["Precision", "cpu_bf16_flags", "cpu_model", "describe_machine", "proc_status_bytes", "resolve_precision"]
 
 _BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 _DTYPES = ("auto", "bf16", "fp32")
@@ -112,3 +113,30 @@ def resolve_precision(
     if dtype == "bf16":
         return Precision(torch.bfloat16, f"bf16: asked for ({why}{'' if fast else '; emulated, likely slower'})")
     return Precision(torch.bfloat16, f"bf16: {why}") if fast else Precision(torch.float32, f"fp32: {why}")
+
+
+def describe_machine() -> str:
+    """CPU model, cores, native bf16 flags, RAM, GPU (if visible) and torch version, in one line (benchmark reports)."""
+    try:
+        mem = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 1024**3:.0f} GiB RAM"
+    except (ValueError, OSError):
+        mem = ""
+    flags = cpu_bf16_flags()
+    bf16 = f" ({', '.join(flags)})" if flags else " (no native bf16)"
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    return (f"{cpu_model()}{bf16}, {os.cpu_count()} cores{mem}{gpu}; torch {torch.__version__} "
+            f"({torch.get_num_threads()} CPU threads), {platform.system()} {platform.release()}")
+
+
+def proc_status_bytes(key: str) -> int:
+    """A ``kB`` field of Linux ``/proc/self/status`` (e.g. ``VmHWM``, ``RssAnon``), in bytes.
+
+    Raises:
+        OSError: no ``/proc`` (not Linux).
+        KeyError: the field is absent.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)

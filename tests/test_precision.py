@@ -1,5 +1,8 @@
 """Stepping precision: ``dtype="auto" | "bf16" | "fp32"`` for the simulator and the dream env, and how it is chosen."""
 
+import os
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -172,3 +175,15 @@ def test_dream_env_dtype_default_auto_and_metadata(folder):
     env.close()
     with pytest.raises(ValueError, match=BAD_DTYPE):
         gym.make("dws/Dream-v0", simulator=str(folder), device="cpu", dtype="half")
+
+
+def test_describe_machine_and_proc_status_bytes():
+    from dws_gym.hardware import cpu_model, describe_machine, proc_status_bytes
+
+    line = describe_machine()
+    assert cpu_model() in line and f"{os.cpu_count()} cores" in line and f"torch {torch.__version__}" in line
+    if sys.platform.startswith("linux"):
+        rss = proc_status_bytes("VmRSS")
+        assert rss > 10 * 1024**2 and rss % 1024 == 0  # a Python process with torch holds well over 10 MiB
+        with pytest.raises(KeyError, match="NoSuchField"):
+            proc_status_bytes("NoSuchField")
