@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dws_gym.checks import is_positive_int
 from dws_gym.fileio import load_safetensors, write_folder_atomically
 from dws_gym.hardware import Precision, resolve_precision
 from dws_gym.models.reward import RewardHead, load_reward_head, save_reward_head
@@ -133,19 +134,16 @@ class SimulatorConfig:
                 "re-save the simulator."
             )
 
-        def positive_int(value: Any) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
         if not isinstance(self.env_id, str) or not self.env_id:
             raise bad("env_id", "a non-empty string (e.g. 'ALE/Breakout-v5')")
         meanings = self.action_meanings
         if not isinstance(meanings, list) or not meanings or not all(isinstance(m, str) for m in meanings):
             raise bad("action_meanings", "a non-empty list of action names")
         if not (isinstance(self.obs_shape, tuple) and len(self.obs_shape) == 3
-                and all(positive_int(s) for s in self.obs_shape)):
+                and all(is_positive_int(s) for s in self.obs_shape)):
             raise bad("obs_shape", "[H, W, C], three positive integers")
         for name in ("context_frames", "sampling_steps"):
-            if not positive_int(getattr(self, name)):
+            if not is_positive_int(getattr(self, name)):
                 raise bad(name, "an integer >= 1")
         if not isinstance(self.backbone, str):
             raise bad("backbone", "'flow' or 'unet'")

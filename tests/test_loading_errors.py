@@ -115,3 +115,16 @@ def test_store_marker_of_another_format_is_named(tmp_path: Path) -> None:
     marker.write_text(json.dumps({"format": "something-else", "schema_version": 1}))
     with pytest.raises(ValueError, match=re.escape(str(marker)) + " does not describe a trajectory store"):
         TrajectoryStore(tmp_path / "s")
+
+
+def test_positive_int_checks_share_one_rule_and_wording():
+    import numpy as np
+
+    from dws_gym.checks import check_positive_int, is_positive_int
+
+    assert is_positive_int(3) and is_positive_int(np.int64(2))
+    for bad in (0, -1, True, 2.0, "4", [4], None):
+        assert not is_positive_int(bad)
+        with pytest.raises(ValueError, match=r"^horizon must be a positive int, got "):
+            check_positive_int("horizon", bad)
+    assert check_positive_int("horizon", np.int32(5)) == 5 and type(check_positive_int("h", np.int32(5))) is int

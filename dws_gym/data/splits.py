@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import numpy as np
+from dws_gym.checks import check_positive_int
 
 if TYPE_CHECKING:
     from dws_gym.data.store import TrajectoryStore
@@ -50,9 +50,7 @@ def split_episodes(
         isinstance(held_out_fraction, (int, float)) and 0.0 < held_out_fraction < 1.0
     ):
         raise ValueError(f"held_out_fraction must be a number in (0, 1), got {held_out_fraction!r}")
-    if isinstance(min_held_out, bool) or not isinstance(min_held_out, (int, np.integer)) or min_held_out < 1:
-        raise ValueError(f"min_held_out must be a positive int, got {min_held_out!r}")
-    min_held_out = int(min_held_out)
+    min_held_out = check_positive_int("min_held_out", min_held_out)
     ids = sorted(int(i) for i in (store.episode_ids() if episode_ids is None else episode_ids))
     if len(set(ids)) != len(ids):
         raise ValueError("episode_ids has duplicates")

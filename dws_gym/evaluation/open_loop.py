@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 import torch
 
+from dws_gym.checks import check_positive_int as _check_positive_int
 from dws_gym.metrics import HeldOutTable
 
 if TYPE_CHECKING:
@@ -34,12 +35,6 @@ def _as_numpy(x: Any, name: str) -> np.ndarray:
     if isinstance(x, np.ndarray):
         return x
     raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _check_batch_size(batch_size: int | None) -> int | None:

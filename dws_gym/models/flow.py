@@ -63,6 +63,8 @@ import torch.nn.functional as F
 from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 from torch import nn
 
+from dws_gym.checks import check_positive_int
+
 from .actions import ContinuousActionEmbedder, DiscreteActionEmbedder, TextActionEncoder
 from .causal_wan import CacheMode, clear_kv_cache, make_frame_causal, wan_forward
 from .conditioning import CONDITIONER_ATTR, BlockActionModulation
@@ -227,14 +229,10 @@ class FlowConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistent field."""
 
-        def positive_int(name: str, value: Any) -> None:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"FlowConfig.{name} must be a positive int, got {value!r}")
-
         for name in ("frame_size", "channels", "context_frames", "patch_size", "num_heads", "head_dim",
                      "num_layers", "ffn_dim", "freq_dim", "text_dim", "num_prompt_tokens", "cond_dim",
                      "sampling_steps", "prompt_max_length"):  # fmt: skip
-            positive_int(name, getattr(self, name))
+            check_positive_int(f"FlowConfig.{name}", getattr(self, name))
         if self.format_version > FLOW_FORMAT_VERSION:
             raise ValueError(
                 f"this flow model was saved with format version {self.format_version}, newer than the "
@@ -251,15 +249,15 @@ class FlowConfig:
         if self.action_mode not in ("frame", "global", "none"):
             raise ValueError(f"FlowConfig.action_mode must be 'frame', 'global' or 'none', got {self.action_mode!r}")
         if self.action_space == "discrete":
-            positive_int("num_actions", self.num_actions)
+            check_positive_int("FlowConfig.num_actions", self.num_actions)
             if self.action_text_dim is not None:
-                positive_int("action_text_dim", self.action_text_dim)
+                check_positive_int("FlowConfig.action_text_dim", self.action_text_dim)
         elif self.action_space == "continuous":
-            positive_int("action_dim", self.action_dim)
+            check_positive_int("FlowConfig.action_dim", self.action_dim)
         else:
             raise ValueError(f"FlowConfig.action_space must be 'discrete' or 'continuous', got {self.action_space!r}")
         if self.cond_hidden_dim is not None:
-            positive_int("cond_hidden_dim", self.cond_hidden_dim)
+            check_positive_int("FlowConfig.cond_hidden_dim", self.cond_hidden_dim)
         if not (0.0 <= self.context_noise < 1.0):
             raise ValueError(f"FlowConfig.context_noise must be in [0, 1), got {self.context_noise!r}")
         if not (isinstance(self.keep_below, (int, float)) and 0.0 <= self.keep_below < 1.0):
@@ -271,7 +269,7 @@ class FlowConfig:
         if self.space == "latent":
             if self.vae_config is None or self.wan_config is None:
                 raise ValueError("a latent-space FlowConfig needs vae_config and wan_config (use from_pretrained_wan)")
-            positive_int("working_resolution", self.working_resolution)
+            check_positive_int("FlowConfig.working_resolution", self.working_resolution)
             factor = int(self.vae_config.get("scale_factor_spatial", 8)) * self.spatial_patch[0]
             if self.working_resolution % factor:
                 raise ValueError(

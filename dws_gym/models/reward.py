@@ -73,6 +73,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dws_gym.checks import check_positive_int
+
 __all__ = [
     "SIGN_VALUES",
     "RewardConfig",
@@ -210,12 +212,6 @@ def termination_pos_weight(terminated: torch.Tensor, max_weight: float = 10.0) -
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _positive_int(name: str, v: Any) -> int:
-    if isinstance(v, bool) or int(v) != v or int(v) < 1:
-        raise ValueError(f"RewardConfig.{name} must be a positive integer, got {v!r}")
-    return int(v)
-
-
 @dataclass
 class RewardConfig:
     """Hyper-parameters of a :class:`RewardHead`; JSON serializable via :meth:`to_dict` / :meth:`from_dict`.
@@ -268,19 +264,19 @@ class RewardConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("sign", "twohot"):
             raise ValueError(f"RewardConfig.mode must be 'sign' or 'twohot', got {self.mode!r}")
-        self.context_frames = _positive_int("context_frames", self.context_frames)
+        self.context_frames = check_positive_int("RewardConfig.context_frames", self.context_frames)
         shape = tuple(self.frame_shape)
         if len(shape) != 3:
             raise ValueError(f"RewardConfig.frame_shape must be (H, W, C), got {self.frame_shape!r}")
-        self.frame_shape = tuple(_positive_int("frame_shape", s) for s in shape)  # type: ignore[assignment]
+        self.frame_shape = tuple(check_positive_int("RewardConfig.frame_shape", s) for s in shape)  # type: ignore[assignment]
         if self.num_actions is not None:
-            self.num_actions = _positive_int("num_actions", self.num_actions)
+            self.num_actions = check_positive_int("RewardConfig.num_actions", self.num_actions)
         if self.action_embed_dim is not None:
-            self.action_embed_dim = _positive_int("action_embed_dim", self.action_embed_dim)
+            self.action_embed_dim = check_positive_int("RewardConfig.action_embed_dim", self.action_embed_dim)
         if self.num_actions is None and self.action_embed_dim is None:
             raise ValueError("RewardConfig needs num_actions (integer actions) or action_embed_dim (embeddings)")
         for name in ("dim", "depth", "num_heads", "patch_size", "num_bins"):
-            setattr(self, name, _positive_int(name, getattr(self, name)))
+            setattr(self, name, check_positive_int(f"RewardConfig.{name}", getattr(self, name)))
         if self.dim % self.num_heads:
             raise ValueError(f"RewardConfig.dim={self.dim} must be divisible by num_heads={self.num_heads}")
         p = self.patch_size

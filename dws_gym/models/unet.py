@@ -47,6 +47,8 @@ from diffusers.models.embeddings import Timesteps
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
+from dws_gym.checks import check_positive_int
+
 from .actions import DiscreteActionEmbedder
 from .motion import DEFAULT_DELTA, DEFAULT_TAU, changed_pixels, changed_share_mean, motion_weights
 
@@ -120,9 +122,7 @@ class UNetConfig:
         """Raise ``ValueError`` naming the first field that is out of range."""
         for name in ("frame_size", "channels", "context_frames", "groups", "num_actions", "cond_dim",
                      "cond_hidden_dim", "sampling_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"UNetConfig.{name} must be a positive int, got {value!r}")
+            check_positive_int(f"UNetConfig.{name}", getattr(self, name))
         if self.context_frames < 2:
             raise ValueError(f"UNetConfig.context_frames must be >= 2 (the last frame difference), "
                              f"got {self.context_frames}")
