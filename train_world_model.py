@@ -208,8 +208,7 @@ def init_world_model(model: torch.nn.Module, source: str | os.PathLike) -> None:
     The training-only settings of ``model``'s config (loss, noise, unroll) stay as built from the flags; only weights
     are taken, and every weight must fit.
     """
-    from safetensors.torch import load_file
-
+    from dws_gym.fileio import load_safetensors
     from dws_gym.models.flow import FLOW_WEIGHTS_NAME
     from dws_gym.models.unet import UNET_WEIGHTS_NAME
 
@@ -221,9 +220,9 @@ def init_world_model(model: torch.nn.Module, source: str | os.PathLike) -> None:
         raise SystemExit(f"--init-from {source}: no {UNET_WEIGHTS_NAME} or {FLOW_WEIGHTS_NAME} in {folder}; pass a "
                          "simulator folder (it holds world_model/) or a world-model folder.")
     try:
-        state = load_file(str(folder / names[0]))
-    except Exception as e:  # truncated or not safetensors
-        raise SystemExit(f"--init-from: {folder / names[0]} could not be read ({e}); re-download or re-save it.") from e
+        state, _ = load_safetensors(folder / names[0], "the world model to start from", fix="re-download or re-save it")
+    except ValueError as e:
+        raise SystemExit(f"--init-from: {e}") from e
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

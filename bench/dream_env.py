@@ -296,10 +296,6 @@ class _PeakMemory:
             self.kind = "vmhwm" if self._reset_hwm() else "ru_maxrss"
 
     @staticmethod
-    def _status(key: str) -> int:
-        return proc_status_bytes(key)
-
-    @staticmethod
     def _reset_hwm() -> bool:
         try:
             with open("/proc/self/clear_refs", "w") as f:
@@ -319,7 +315,7 @@ class _PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
         elif self.kind == "vmhwm":
             self._reset_hwm()
-            self._base = self._status("VmRSS")
+            self._base = proc_status_bytes("VmRSS")
         else:
             self._base = self._maxrss()
 
@@ -328,7 +324,7 @@ class _PeakMemory:
         if self.kind == "cuda":
             return float(torch.cuda.max_memory_allocated(self.device))
         if self.kind == "vmhwm":
-            return float(self._status("VmHWM") - self._base)
+            return float(proc_status_bytes("VmHWM") - self._base)
         return float(self._maxrss() - self._base)
 
     @property

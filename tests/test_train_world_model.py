@@ -238,6 +238,12 @@ def test_init_from_starts_at_the_given_simulator_and_rejects_another_shape(train
         script.init_world_model(wider, cwd / "run" / "simulator")
     with pytest.raises(SystemExit, match="no unet_model.safetensors or flow_model.safetensors"):
         script.init_world_model(fresh, tmp_path)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(cwd / "run" / "simulator" / "world_model", damaged)
+    weights = damaged / "unet_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(SystemExit, match="--init-from: .*unet_model.safetensors.*re-download or re-save it"):
+        script.init_world_model(fresh, damaged)
 
     # The script: a fine-tune of that simulator runs and its card lists the command with --init-from.
     run(["--data", str(cwd / "store"), "--total-steps", "1", "--output-dir", "tuned", "--context-noise", "0.2",
