@@ -60,8 +60,9 @@ from torch.utils.tensorboard import SummaryWriter
 from dws_gym.agents import ActorCritic, PolicyConfig, save_policy
 from dws_gym.envs.dream import DreamVectorEnv
 from dws_gym.envs.real import make_real_env, parse_env_id
-from dws_gym.envs.registration import DREAM_GAMES, default_simulator
+from dws_gym.envs.registration import simulator_for_real_env
 from dws_gym.imagination import PrioritizedStartStates
+from dws_gym.policy_eval import evaluate_policy
 from dws_gym.rl import (
     ReturnScaler,
     StartWindowRecorder,
@@ -72,7 +73,7 @@ from dws_gym.rl import (
     start_priorities,
     valid_steps,
 )
-from dws_gym.training import load_checkpoint, save_checkpoint
+from dws_gym.training import global_rng_states, load_checkpoint, restore_global_rng_states, save_checkpoint
 
 
 @dataclass
@@ -212,11 +213,10 @@ def fill_defaults(args: Args) -> bool:
 
 def shipped_simulator(env_id: str) -> str:
     """The simulator folder shipped for a real env id."""
-    for dream_id, game in DREAM_GAMES.items():
-        if game.real_env_id == env_id:
-            return default_simulator(dream_id)
-    raise SystemExit(f"No simulator ships for {env_id}: pass --simulator (a folder or Hub repo id) or use "
-                     "--imagination none.")
+    try:
+        return simulator_for_real_env(env_id)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"{e} Or use --imagination none.") from None
 
 
 def real_env_kwargs(args: Args, procgen: bool) -> dict:
@@ -233,48 +233,6 @@ def clip_real(reward: np.ndarray, procgen: bool) -> np.ndarray:
 def clip_dreamed(reward: np.ndarray, procgen: bool) -> np.ndarray:
     """Dreamed Atari rewards: the sign of the nearest integer (a point prediction of 0.02 is no reward)."""
     return reward if procgen else np.sign(np.round(reward))
-
-
-@torch.no_grad()
-def evaluate(agent: ActorCritic, args: Args, procgen: bool, seed: int) -> tuple[list[float], list[int]]:
-    """Episodes of the real env under the (sampling) policy: their raw returns and lengths."""
-    n = max(1, min(args.eval_episodes, 8))
-    envs = make_real_env(args.env_id, n, frame_stack=args.frame_stack, **real_env_kwargs(args, procgen))
-    obs, _ = envs.reset(seed=seed)
-    ret, length = np.zeros(n), np.zeros(n, dtype=np.int64)
-    active, prev_done = np.ones(n, bool), np.zeros(n, bool)
-    returns: list[float] = []
-    lengths: list[int] = []
-    while len(returns) < args.eval_episodes and active.any():
-        obs, reward, term, trunc, _ = envs.step(agent.act(obs))
-        valid = active & (~prev_done if not procgen else True)
-        ret += reward * valid
-        length += valid
-        done = term | trunc
-        capped = valid & ~done & (length >= args.eval_max_steps)
-        for i in np.flatnonzero(valid & (done | capped)):
-            returns.append(float(ret[i]))
-            lengths.append(int(length[i]))
-            ret[i], length[i] = 0.0, 0
-        active &= ~capped  # a capped env cannot be reset alone: it stops contributing
-        prev_done = done
-    envs.close()
-    return returns[: args.eval_episodes], lengths[: args.eval_episodes]
-
-
-def rng_states() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_states(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def buffer_state(buffer: PrioritizedStartStates | None) -> dict | None:
@@ -353,7 +311,7 @@ if __name__ == "__main__":
         agent.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         global_step, start_iteration = int(ckpt["global_step"]), int(ckpt["iteration"])
-        restore_rng_states(ckpt["rng"])
+        restore_global_rng_states(ckpt["rng"])
         if buffer is not None:
             buffer.load_state_dict(ckpt["buffer"])
         if scaler is not None and ckpt.get("scaler") is not None:
@@ -365,7 +323,7 @@ if __name__ == "__main__":
             save_policy(agent, out_dir / "policy", extra={"global_step": global_step, "run_name": run_name})
         save_checkpoint(out_dir / "checkpoint", {
             "args": asdict(args), "run_name": run_name, "global_step": global_step, "iteration": iteration,
-            "model": agent.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_states(),
+            "model": agent.state_dict(), "optimizer": optimizer.state_dict(), "rng": global_rng_states(),
             "buffer": buffer_state(buffer), "scaler": None if scaler is None else scaler.state_dict(),
         })
 
@@ -555,7 +513,9 @@ if __name__ == "__main__":
         writer.add_scalar("charts/SPS", sps, global_step)
 
         if args.eval_episodes > 0 and (global_step >= next_eval or iteration == args.num_iterations):
-            eval_returns, eval_lengths = evaluate(agent, args, procgen, seed=args.seed + 100_000)
+            eval_returns, eval_lengths = evaluate_policy(
+                agent, args.env_id, args.eval_episodes, frame_stack=args.frame_stack, seed=args.seed + 100_000,
+                max_steps=args.eval_max_steps, env_kwargs=real_env_kwargs(args, procgen))
             if eval_returns:
                 writer.add_scalar("eval/episodic_return", float(np.mean(eval_returns)), global_step)
                 writer.add_scalar("eval/episodic_length", float(np.mean(eval_lengths)), global_step)

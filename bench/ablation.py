@@ -22,11 +22,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
+
+from dws_gym.jobs import Job, run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES: dict[str, dict[str, list[str]]] = {
@@ -124,35 +124,26 @@ def main() -> None:
 
     if args.jobs < 1:
         raise SystemExit("--jobs must be >= 1")
-    env = dict(os.environ)
+    outs = {name: Path(args.out) / name.replace(" ", "").replace(",", "_").replace("(", "").replace(")", "")
+            for name in args.variants}
+
+    def jobs():
+        for name, out in outs.items():
+            if args.resume and finished(out, args.total_steps):
+                print(f"== {name}: finished in {out}, kept", flush=True)
+                continue
+            cmd = [sys.executable, str(ROOT / "train_world_model.py"), "--env-id", args.env_id, "--data", args.data,
+                   "--total-steps", str(args.total_steps), "--seed", str(args.seed), "--output-dir", str(out),
+                   "--no-capture-video", "--no-progress", "--log-every", "100", *VARIANTS[name],
+                   *shlex.split(args.extra)]
+            if args.resume and (out / "checkpoint").exists():
+                cmd.append("--resume")
+            yield Job(name, cmd)
+
     threads = args.threads if args.threads is not None else (1 if args.jobs > 1 else None)
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
-    outs = {}
-    running: list[tuple[str, subprocess.Popen]] = []
-
-    def wait_one() -> None:
-        name, proc = running.pop(0)
-        if proc.wait() != 0:
-            raise SystemExit(f"variant {name!r} failed (exit {proc.returncode}); see its output above")
-
-    for name in args.variants:
-        out = Path(args.out) / name.replace(" ", "").replace(",", "_").replace("(", "").replace(")", "")
-        outs[name] = out
-        if args.resume and finished(out, args.total_steps):
-            print(f"== {name}: finished in {out}, kept", flush=True)
-            continue
-        cmd = [sys.executable, str(ROOT / "train_world_model.py"), "--env-id", args.env_id, "--data", args.data,
-               "--total-steps", str(args.total_steps), "--seed", str(args.seed), "--output-dir", str(out),
-               "--no-capture-video", "--no-progress", "--log-every", "100", *VARIANTS[name], *shlex.split(args.extra)]
-        if args.resume and (out / "checkpoint").exists():
-            cmd.append("--resume")
-        if len(running) >= args.jobs:
-            wait_one()
-        print(f"== {name}: {' '.join(cmd)}", flush=True)
-        running.append((name, subprocess.Popen(cmd, env=env)))
-    while running:
-        wait_one()
+    failed = run_jobs(jobs(), args.jobs, threads)
+    if failed:
+        raise SystemExit(f"variants failed: {', '.join(failed)} (see their output above); rerun with --resume.")
     results = {}
     balls: dict[str, dict] = {}
     for name, out in outs.items():

@@ -41,14 +41,14 @@ import argparse
 import datetime as dt
 import os
 import shlex
-import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dws_gym.jobs import Job, run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("none", "uniform", "prioritized")
@@ -296,65 +296,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _tail(path: Path, n: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
-
-
 def run_all(args: argparse.Namespace) -> list[str]:
     """Run every (arm, seed) not yet finished, ``--jobs`` at a time; return the runs that failed."""
-    env = dict(os.environ)
-    threads = args.threads if args.threads is not None else (1 if args.jobs > 1 else None)
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    running: list[tuple[str, Path, subprocess.Popen, Any, float]] = []
-    failed: list[str] = []
 
-    def reap(block_until: int) -> None:
-        while len(running) > block_until:
-            for item in list(running):
-                name, folder, proc, log, t0 = item
-                if proc.poll() is None:
+    def jobs():
+        for seed in args.seeds:  # seeds outermost: an interrupted comparison has whole seeds of every arm
+            for arm in args.arms:
+                name, folder = f"{arm}_s{seed}", run_dir(args.out, arm, seed)
+                if args.resume and finished(folder, args.total_timesteps):
+                    print(f"== {name}: finished in {folder}, kept", flush=True)
                     continue
-                running.remove(item)
-                log.close()
-                if proc.returncode == 0:
-                    print(f"== {name}: done in {time.time() - t0:.0f} s", flush=True)
-                else:
-                    failed.append(name)
-                    print(f"== {name}: FAILED (exit {proc.returncode}); end of {folder / 'stdout.log'}:\n"
-                          f"{_tail(folder / 'stdout.log')}", flush=True)
-            if len(running) > block_until:
-                time.sleep(0.5)
+                cmd = [sys.executable, str(ROOT / "ppo_dws.py"), "--env-id", args.env_id, "--imagination", arm,
+                       "--seed", str(seed), "--total-timesteps", str(args.total_timesteps), "--output-dir",
+                       str(folder)]
+                if args.simulator:
+                    cmd += ["--simulator", args.simulator]
+                cmd += shlex.split(args.extra)
+                if args.resume and (folder / "checkpoint" / "training_state.pt").is_file():
+                    cmd.append("--resume")
+                else:  # a fresh run: old event files in its folder belong to a run it replaces
+                    for old in _event_files(folder):
+                        old.unlink()
+                yield Job(name, cmd, folder / "stdout.log")
 
-    for seed in args.seeds:  # seeds outermost: an interrupted comparison has whole seeds of every arm
-        for arm in args.arms:
-            name, folder = f"{arm}_s{seed}", run_dir(args.out, arm, seed)
-            if args.resume and finished(folder, args.total_timesteps):
-                print(f"== {name}: finished in {folder}, kept", flush=True)
-                continue
-            cmd = [sys.executable, str(ROOT / "ppo_dws.py"), "--env-id", args.env_id, "--imagination", arm,
-                   "--seed", str(seed), "--total-timesteps", str(args.total_timesteps), "--output-dir", str(folder)]
-            if args.simulator:
-                cmd += ["--simulator", args.simulator]
-            cmd += shlex.split(args.extra)
-            if args.resume and (folder / "checkpoint" / "training_state.pt").is_file():
-                cmd.append("--resume")
-            else:  # a fresh run: old event files in its folder belong to a run it replaces
-                for old in _event_files(folder):
-                    old.unlink()
-            reap(args.jobs - 1)
-            folder.mkdir(parents=True, exist_ok=True)
-            log = open(folder / "stdout.log", "a")
-            log.write(f"\n$ {shlex.join(cmd)}\n")
-            log.flush()
-            print(f"== {name}: {shlex.join(cmd)}  (output: {folder / 'stdout.log'})", flush=True)
-            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-            running.append((name, folder, proc, log, time.time()))
-    reap(0)
-    return failed
+    threads = args.threads if args.threads is not None else (1 if args.jobs > 1 else None)
+    return run_jobs(jobs(), args.jobs, threads)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:

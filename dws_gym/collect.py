@@ -98,7 +98,7 @@ def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _fresh_seed(out: str | Path, seed: int, num_envs: int) -> int:
+def fresh_seed(out: str | Path, seed: int, num_envs: int) -> int:
     """The seed of a collection into ``out``: ``seed`` itself in a new or empty store, else the first seed ``b >= seed``
     whose block ``[b, b + num_envs)`` shares no seed with an earlier run recorded in the store.
 
@@ -126,7 +126,12 @@ def _fresh_seed(out: str | Path, seed: int, num_envs: int) -> int:
     return base
 
 
-def _load_policy(path: str | None, num_actions: int, seed: int, env_id: str):
+def load_behaviour_policy(path: str | None, num_actions: int, seed: int, env_id: str) -> tuple[Any, int, str]:
+    """The acting policy named by ``--policy``: ``(policy, frame_stack, tag)``.
+
+    ``path`` is ``None`` (uniform random), ``scripted:<name>[:eps]`` (:mod:`dws_gym.scripted`) or a
+    :func:`~dws_gym.agents.save_policy` folder; ``tag`` is what episode metadata records as the policy.
+    """
     from dws_gym.agents import RandomPolicy, load_policy
 
     if path is None:
@@ -159,8 +164,8 @@ def collect(args: CollectArgs) -> CollectResult:
     num_actions = int(probe.single_action_space.n)
     meanings = list(probe.action_meanings)
     probe.close()
-    seed = _fresh_seed(args.out, args.seed, args.num_envs)
-    policy, frame_stack, policy_tag = _load_policy(args.policy, num_actions, seed, args.env_id)
+    seed = fresh_seed(args.out, args.seed, args.num_envs)
+    policy, frame_stack, policy_tag = load_behaviour_policy(args.policy, num_actions, seed, args.env_id)
     if args.policy is not None and not args.policy.startswith("scripted:"):
         from dws_gym.agents import check_policy_matches
 

@@ -12,7 +12,8 @@ draws the same starts every run; a sampler must draw its randomness from it and 
 ``ids`` identify the returned windows in the sampler's own numbering (reported by the env as ``info["start_id"]``).
 
 :class:`UniformStartSampler` draws uniformly from a fixed set of windows: the simulator's bundled real start clips by
-default (:meth:`UniformStartSampler.from_simulator`) or the user's own arrays. :class:`PrioritizedStartStates` is
+default (:meth:`UniformStartSampler.from_simulator`) or the user's own arrays. :class:`StoreStartSampler` draws
+uniformly from every window of a trajectory store, read from disk on demand (a million-step dataset never needs RAM). :class:`PrioritizedStartStates` is
 the prioritized imagination buffer of the DWS paper: a bounded ring of real start windows sampled in proportion to
 how much the critic still has to learn from the dreams started there (the TD error), through a :class:`SumTree`.
 """
@@ -27,6 +28,7 @@ import torch
 __all__ = [
     "PrioritizedStartStates",
     "StartStateSampler",
+    "StoreStartSampler",
     "SumTree",
     "UniformStartSampler",
     "as_start_sampler",
@@ -106,6 +108,59 @@ class UniformStartSampler:
 
     def update_priorities(self, ids: np.ndarray, values: np.ndarray) -> None:
         """Validate ``ids`` (in ``[0, S)``) and ``values`` (finite, same length); uniform sampling ignores them."""
+        check_priorities(ids, values, len(self))
+
+
+class StoreStartSampler:
+    """Uniform sampling over every window of ``K`` consecutive real frames in a trajectory store.
+
+    Windows are read from the memory-mapped store when drawn, so a store of any size costs no RAM. ``ids`` are window
+    indices of the store's clip view (:meth:`locate` maps them back to ``(episode_id, first frame)``).
+    :meth:`update_priorities` validates its input and records nothing.
+
+    Args:
+        store: a :class:`~dws_gym.data.TrajectoryStore` (or its folder) of real episodes.
+        context_frames: ``K``, the simulator's context length.
+        episode_ids: restrict the windows to these episodes (default: all).
+
+    Raises:
+        ValueError: ``K < 2``, or no episode holds ``K`` frames.
+    """
+
+    def __init__(self, store: Any, context_frames: int, *, episode_ids: Any = None) -> None:
+        from dws_gym.data import ClipDataset, TrajectoryStore
+
+        if int(context_frames) != context_frames or context_frames < 2:
+            raise ValueError(f"context_frames must be an integer >= 2, got {context_frames!r}.")
+        if not isinstance(store, TrajectoryStore):
+            store = TrajectoryStore(store)
+        self.store = store
+        self.context_frames = int(context_frames)
+        # A window of K - 1 context frames plus one target is exactly K real frames and the K - 1 actions between.
+        self._clips = ClipDataset(store, self.context_frames - 1, 1, episode_ids=episode_ids)
+        if len(self._clips) == 0:
+            raise ValueError(f"{store.root}: no episode holds {self.context_frames} frames, so no start window "
+                             "can be drawn; collect longer episodes or use a simulator with fewer context frames.")
+
+    def __len__(self) -> int:
+        return len(self._clips)
+
+    def locate(self, ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(episode_ids, first_frames)`` int64 arrays of the windows ``ids``."""
+        return self._clips.locate(ids)
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``n`` windows drawn with ``rng``: frames uint8 (n, K, H, W, 3), actions int64 (n, K-1), ids int64 (n,)."""
+        if not isinstance(rng, np.random.Generator):
+            raise ValueError(f"rng must be a numpy.random.Generator (the env's np_random), got {type(rng).__name__}.")
+        if int(n) != n or n < 0:
+            raise ValueError(f"n must be a non-negative integer, got {n!r}.")
+        ids = rng.integers(0, len(self), size=int(n), dtype=np.int64)
+        batch = self._clips.get_batch(ids)
+        return batch["frames"], batch["actions"].astype(np.int64), ids
+
+    def update_priorities(self, ids: np.ndarray, values: np.ndarray) -> None:
+        """Validate ``ids`` (in ``[0, len)``) and ``values`` (finite, same length); uniform sampling ignores them."""
         check_priorities(ids, values, len(self))
 
 

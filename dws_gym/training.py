@@ -120,3 +120,20 @@ def rng_state(generator: torch.Generator, np_rng: np.random.Generator) -> dict[s
 def restore_rng(state: dict[str, Any], generator: torch.Generator, np_rng: np.random.Generator) -> None:
     generator.set_state(state["torch_generator"])
     np_rng.bit_generator.state = state["numpy"]
+
+
+def global_rng_states() -> dict[str, Any]:
+    """The global python, numpy and torch (and CUDA) random states, for a checkpoint that resumes exactly."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_global_rng_states(state: dict[str, Any]) -> None:
+    """Undo :func:`global_rng_states`: the global streams continue where the checkpoint left them."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

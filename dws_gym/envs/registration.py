@@ -61,6 +61,20 @@ def dream_env_ids() -> list[str]:
     return [*DREAM_GAMES, GENERIC_ID]
 
 
+def simulator_for_real_env(env_id: str) -> str:
+    """The simulator folder shipped for a real env id (e.g. ``ALE/Breakout-v5`` -> ``dws/Breakout-v0``'s).
+
+    Raises:
+        ValueError: no registered game imitates ``env_id``.
+        FileNotFoundError: the game is registered but its simulator does not ship (see :func:`default_simulator`).
+    """
+    for dream_id, game in DREAM_GAMES.items():
+        if game.real_env_id == env_id:
+            return default_simulator(dream_id)
+    raise ValueError(f"No dws/* game imitates {env_id} (known: "
+                     f"{sorted(g.real_env_id for g in DREAM_GAMES.values())}); pass a simulator folder or Hub id.")
+
+
 def default_simulator(env_id: str | None) -> str:
     """The simulator a registered id uses when none is passed.
 

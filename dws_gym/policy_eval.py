@@ -1,0 +1,92 @@
+"""Play a policy in the real env and report its episodes: the evaluation every training script shares.
+
+Procgen runs are scored on named level ranges, the generalisation protocol of Cobbe et al. (2020) that the offline
+Procgen benchmark (Mediratta et al. 2023) uses: levels 0-199 are the training levels, levels from 250 on are unseen.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+
+from dws_gym.envs.real import make_real_env, parse_env_id
+
+__all__ = ["PROCGEN_LEVELS", "evaluate_on_levels", "evaluate_policy", "level_ranges"]
+
+PROCGEN_LEVELS: dict[str, dict[str, int]] = {
+    "train": {"start_level": 0, "num_levels": 200},
+    "test": {"start_level": 250, "num_levels": 0},  # 0 levels = unlimited: every level from 250 on
+}
+"""Procgen level ranges: ``train`` = levels 0-199, ``test`` = levels >= 250 (never seen in training data)."""
+
+
+def level_ranges(env_id: str) -> dict[str, dict[str, int]]:
+    """The named level ranges an evaluation of ``env_id`` reports: Procgen's ``train`` / ``test``, else ``{"real": {}}``."""
+    return dict(PROCGEN_LEVELS) if parse_env_id(env_id)[0] == "procgen" else {"real": {}}
+
+
+@torch.no_grad()
+def evaluate_policy(policy: Any, env_id: str, episodes: int, *, frame_stack: int = 1, seed: int = 0,
+                    max_steps: int = 27_000, deterministic: bool = False, num_envs: int = 8,
+                    env_kwargs: dict[str, Any] | None = None) -> tuple[list[float], list[int]]:
+    """Run ``episodes`` episodes of the real env under ``policy`` and return their raw returns and lengths.
+
+    Args:
+        policy: anything with ``act(obs, deterministic=...) -> actions`` taking the env's uint8 observations.
+        env_id: ``ALE/<Game>-v5`` or ``procgen/<game>``.
+        episodes: episodes to finish (the first ``episodes`` to end are reported).
+        frame_stack: the observation stack the policy expects.
+        seed: seed of the env reset.
+        max_steps: an episode still running after this many steps is reported as it stands and its env stops.
+        deterministic: take the policy's most likely action.
+        num_envs: envs stepped together (at most ``episodes``).
+        env_kwargs: passed to :func:`~dws_gym.envs.real.make_real_env` (e.g. a Procgen level range).
+    """
+    if episodes <= 0:
+        return [], []
+    n = max(1, min(episodes, num_envs))
+    envs = make_real_env(env_id, n, frame_stack=frame_stack, **(env_kwargs or {}))
+    next_step = AutoresetMode(envs.metadata["autoreset_mode"]) is AutoresetMode.NEXT_STEP
+    obs, _ = envs.reset(seed=seed)
+    ret, length = np.zeros(n), np.zeros(n, dtype=np.int64)
+    active, prev_done = np.ones(n, bool), np.zeros(n, bool)
+    returns: list[float] = []
+    lengths: list[int] = []
+    try:
+        while len(returns) < episodes and active.any():
+            actions = policy.act(obs, deterministic=deterministic)
+            obs, reward, term, trunc, _ = envs.step(np.asarray(actions.cpu() if torch.is_tensor(actions) else actions))
+            valid = active & ~prev_done if next_step else active  # NEXT_STEP: a reset step belongs to no episode
+            ret += reward * valid
+            length += valid
+            done = term | trunc
+            capped = valid & ~done & (length >= max_steps)
+            for i in np.flatnonzero(valid & (done | capped)):
+                returns.append(float(ret[i]))
+                lengths.append(int(length[i]))
+                ret[i], length[i] = 0.0, 0
+            active &= ~capped  # a capped env cannot be reset alone: it stops contributing
+            prev_done = done
+    finally:
+        envs.close()
+    return returns[:episodes], lengths[:episodes]
+
+
+def evaluate_on_levels(policy: Any, env_id: str, episodes: int, *, frame_stack: int = 1, seed: int = 0,
+                       max_steps: int = 27_000, deterministic: bool = False,
+                       distribution_mode: str = "easy") -> dict[str, dict[str, float]]:
+    """:func:`evaluate_policy` on each of :func:`level_ranges`: ``{range: {"return", "return_std", "length",
+    "episodes"}}`` (Procgen: ``train`` = levels 0-199, ``test`` = levels >= 250; ALE: ``real``)."""
+    procgen = parse_env_id(env_id)[0] == "procgen"
+    out: dict[str, dict[str, float]] = {}
+    for name, levels in level_ranges(env_id).items():
+        kwargs = {**levels, "distribution_mode": distribution_mode} if procgen else {}
+        returns, lengths = evaluate_policy(policy, env_id, episodes, frame_stack=frame_stack, seed=seed,
+                                           max_steps=max_steps, deterministic=deterministic, env_kwargs=kwargs)
+        out[name] = {"return": float(np.mean(returns)) if returns else float("nan"),
+                     "return_std": float(np.std(returns)) if returns else float("nan"),
+                     "length": float(np.mean(lengths)) if lengths else float("nan"), "episodes": len(returns)}
+    return out

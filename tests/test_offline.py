@@ -1,0 +1,271 @@
+"""Offline RL: the losses on hand-computed examples, the replay over real + synthetic stores, the synthesizer
+(exact size, metadata, kill and resume) and smoke runs of offline/cql.py, offline/iql.py and offline/table2.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dws_gym.agents import RandomPolicy, load_policy
+from dws_gym.data import TrajectoryStore
+from dws_gym.imagination import StoreStartSampler
+from dws_gym.offline import (
+    OfflineReplay,
+    awr_policy_loss,
+    cql_loss,
+    double_dqn_target,
+    expectile_loss,
+    iql_q_target,
+    synthesize,
+)
+from dws_gym.policy_eval import PROCGEN_LEVELS, evaluate_on_levels, level_ranges
+from tests.tiny_sim import BREAKOUT, make_tiny_sim
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def _add(store: TrajectoryStore, rng: np.random.Generator, length: int, *, env_id: str = "ALE/Breakout-v5",
+         final_known: bool = True, terminated: bool = True, **kw) -> int:
+    frames = rng.integers(0, 256, size=(length + int(final_known), 64, 64, 3), dtype=np.uint8)
+    rewards = np.zeros(length, np.float32)
+    rewards[-1] = 1.0
+    term = np.zeros(length, bool)
+    term[-1] = terminated
+    return store.add_episode(frames, rng.integers(0, 4, size=length), rewards, term, np.zeros(length, bool),
+                             env_id=env_id, action_meanings=BREAKOUT, final_frame_known=final_known, **kw)
+
+
+@pytest.fixture()
+def real_store(tmp_path):
+    store = TrajectoryStore(tmp_path / "real", create=True)
+    rng = np.random.default_rng(0)
+    for length in (12, 9, 15):
+        _add(store, rng, length)
+    return store
+
+
+# ---------------------------------------------------------------------------------------------------------- losses
+def test_cql_loss_is_huber_td_plus_alpha_times_logsumexp_gap():
+    q = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    actions = torch.tensor([0, 2])
+    target = torch.tensor([1.0, 3.0])  # TD errors 0 and 3: Huber 0 and 2.5
+    loss, logs = cql_loss(q, actions, target, alpha=4.0)
+    gap = ((math.log(math.exp(1) + math.exp(2) + math.exp(3)) - 1.0) + (math.log(3.0) - 0.0)) / 2
+    assert logs["td_loss"].item() == pytest.approx((0.0 + 2.5) / 2)
+    assert logs["cql_term"].item() == pytest.approx(gap, rel=1e-6)
+    assert loss.item() == pytest.approx(1.25 + 4.0 * gap, rel=1e-6)
+
+
+def test_double_dqn_target_takes_the_online_argmax_valued_by_the_target_net():
+    online = torch.tensor([[1.0, 5.0], [7.0, 0.0]])
+    target_net = torch.tensor([[10.0, 2.0], [3.0, 9.0]])
+    target = double_dqn_target(online, target_net, torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0]), gamma=0.5)
+    assert target.tolist() == [1.0 + 0.5 * 2.0, 1.0]  # row 0: action 1 valued 2 by the target; row 1: terminal
+
+
+def test_expectile_loss_weights_under_estimates_by_the_expectile():
+    assert expectile_loss(torch.tensor([2.0, -2.0]), 0.8).item() == pytest.approx((0.8 * 4 + 0.2 * 4) / 2)
+    assert expectile_loss(torch.tensor([1.0]), 0.8).item() == pytest.approx(0.8)
+    assert expectile_loss(torch.tensor([-1.0]), 0.8).item() == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="expectile must lie in"):
+        expectile_loss(torch.tensor([1.0]), 1.0)
+
+
+def test_iql_q_target_and_advantage_weighted_cloning():
+    assert iql_q_target(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 1.0]), torch.tensor([4.0, 4.0]),
+                        0.9).tolist() == pytest.approx([1.0 + 0.9 * 4.0, 2.0])
+    log_prob = torch.tensor([-1.0, -2.0], requires_grad=True)
+    advantage = torch.tensor([0.0, math.log(2.0) / 3.0])  # weights exp(3 A) = 1 and 2
+    loss = awr_policy_loss(log_prob, advantage, temperature=3.0)
+    assert loss.item() == pytest.approx(-(1.0 * -1.0 + 2.0 * -2.0) / 2)
+    loss.backward()
+    assert log_prob.grad.tolist() == pytest.approx([-0.5, -1.0])
+    capped = awr_policy_loss(torch.tensor([-1.0]), torch.tensor([10.0]), temperature=3.0, max_weight=100.0)
+    assert capped.item() == pytest.approx(100.0)
+
+
+# ---------------------------------------------------------------------------------------------------------- replay
+def test_replay_mixes_stores_at_the_fraction_and_ends_procgen_episodes(tmp_path, real_store):
+    syn = TrajectoryStore(tmp_path / "syn", create=True)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        _add(syn, rng, 6, synthetic=True, source_simulator="sim", terminated=False)
+    replay = OfflineReplay(real_store, syn, synthetic_fraction=0.25, frame_stack=2)
+    batch = replay.sample(8, np.random.default_rng(0))
+    assert batch["obs"].shape == (8, 2, 64, 64, 3) and batch["next_obs"].shape == (8, 2, 64, 64, 3)
+    assert batch["synthetic"].tolist() == [False] * 6 + [True] * 2
+    assert len(replay) == 36 + 18
+    assert OfflineReplay(real_store, syn).synthetic_fraction == pytest.approx(18 / 54)  # uniform over the union
+
+    # a Procgen-style episode whose final frame is lost: its last (rewarded) step is a terminal transition
+    lost = TrajectoryStore(tmp_path / "lost", create=True)
+    _add(lost, rng, 5, final_known=False, terminated=False)
+    replay = OfflineReplay(lost)
+    batch = replay.real.get_batch(np.arange(len(replay.real)))
+    assert len(replay.real) == 5 and batch["reward"][-1] == 1.0
+    done = OfflineReplay(lost)._draw(replay.real, 200, np.random.default_rng(0))
+    assert done["done"][done["reward"] == 1.0].all() and not done["done"][done["reward"] == 0.0].any()
+
+
+def test_replay_refuses_mismatched_or_unmarked_synthetic_stores(tmp_path, real_store):
+    rng = np.random.default_rng(2)
+    other = TrajectoryStore(tmp_path / "other", create=True)
+    _add(other, rng, 5, env_id="ALE/Pong-v5", synthetic=True)
+    with pytest.raises(ValueError, match="env id ALE/Pong-v5 vs ALE/Breakout-v5"):
+        OfflineReplay(real_store, other)
+    unmarked = TrajectoryStore(tmp_path / "unmarked", create=True)
+    _add(unmarked, rng, 5)
+    with pytest.raises(ValueError, match="not marked synthetic"):
+        OfflineReplay(real_store, unmarked)
+    with pytest.raises(ValueError, match="needs a synthetic store"):
+        OfflineReplay(real_store, synthetic_fraction=0.5)
+    with pytest.raises(ValueError, match="holds no episode"):
+        OfflineReplay(TrajectoryStore(tmp_path / "empty", create=True))
+
+
+# ---------------------------------------------------------------------------------------------------------- starts
+def test_store_start_sampler_draws_real_windows_of_k_frames(real_store):
+    sampler = StoreStartSampler(real_store, 3)
+    assert len(sampler) == (12 + 1 - 2) + (9 + 1 - 2) + (15 + 1 - 2)  # starts with K frames inside the episode
+    frames, actions, ids = sampler.sample(5, np.random.default_rng(0))
+    assert frames.shape == (5, 3, 64, 64, 3) and actions.shape == (5, 2) and actions.dtype == np.int64
+    eps, first = sampler.locate(ids)
+    for i in range(5):
+        episode = real_store.episode(int(eps[i]))
+        np.testing.assert_array_equal(frames[i], episode["obs"][first[i]:first[i] + 3])
+        np.testing.assert_array_equal(actions[i], episode["actions"][first[i]:first[i] + 2])
+    with pytest.raises(ValueError, match="no episode holds 20 frames"):
+        StoreStartSampler(real_store, 20)
+
+
+# ---------------------------------------------------------------------------------------------------------- synthesis
+def test_synthesize_writes_exactly_n_marked_transitions_and_continues(tmp_path, real_store):
+    sim = make_tiny_sim(0)
+    out = tmp_path / "syn"
+    first = synthesize(real_store.root, out, 30, simulator=sim, num_envs=3, horizon=4, epsilon=0.5, progress=False)
+    store = TrajectoryStore(out)
+    assert first.transitions == 30 and store.num_steps == 30 and first.total == 30
+    for ep_id in store.episode_ids():
+        meta = store.meta(ep_id)
+        assert meta.synthetic and meta.source_simulator == "Simulator(ALE/Breakout-v5)"
+        assert meta.policy == "random+epsilon:0.5" and meta.length <= 4
+        start = real_store.episode(meta.extra["start_episode"])["obs"]
+        # every dream begins with the last frame of its real start window
+        np.testing.assert_array_equal(store.obs(ep_id)[0], start[meta.extra["start_frame"] + 2])
+    second = synthesize(real_store.root, out, 50, simulator=sim, num_envs=3, horizon=4, epsilon=0.5, progress=False)
+    store.refresh()
+    assert second.transitions == 20 and store.num_steps == 50 and second.seed != first.seed
+    assert synthesize(real_store.root, out, 50, simulator=sim, num_envs=3, horizon=4, epsilon=0.5,
+                      progress=False).transitions == 0
+    with pytest.raises(ValueError, match="already holds transitions of simulator"):
+        synthesize(real_store.root, out, 60, simulator=sim, num_envs=3, horizon=4, progress=False)
+    with pytest.raises(ValueError, match="holds real episodes"):
+        synthesize(real_store.root, real_store.root, 60, simulator=sim, progress=False)
+    pong = make_tiny_sim(0, env_id="ALE/Pong-v5")
+    with pytest.raises(ValueError, match="use a simulator of the dataset's game"):
+        synthesize(real_store.root, tmp_path / "pong", 10, simulator=pong, progress=False)
+
+
+def _episode_digest(store: TrajectoryStore, ep_id: int) -> str:
+    episode = store.episode(ep_id)
+    return hashlib.sha256(episode["obs"].tobytes() + episode["actions"].tobytes()).hexdigest()
+
+
+def test_augment_killed_mid_run_and_resumed_writes_exactly_n_unique_transitions(tmp_path, real_store):
+    sim_path = tmp_path / "sim"
+    make_tiny_sim(0).save_pretrained(sim_path)
+    out, n = tmp_path / "syn", 400
+    cmd = [sys.executable, str(ROOT / "offline" / "augment.py"), "--dataset", str(real_store.root), "--out", str(out),
+           "--transitions", str(n), "--simulator", str(sim_path), "--num-envs", "2", "--horizon", "3",
+           "--no-progress", "--dtype", "fp32"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
+    episodes = out / "episodes"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (episodes.is_dir() and len(os.listdir(episodes)) >= 3):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = TrajectoryStore(out).num_steps
+    assert 0 < before < n, proc.stderr.read().decode()[-3000:]
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"holds {n} of {n}" in done.stdout
+    store = TrajectoryStore(out)
+    assert store.num_steps == n
+    digests = [_episode_digest(store, i) for i in store.episode_ids()]
+    assert len(set(digests)) == len(digests)  # the resumed run drew fresh seeds: no episode written twice
+
+
+# ---------------------------------------------------------------------------------------------------------- evaluation
+def test_procgen_evaluation_uses_the_named_level_ranges(monkeypatch):
+    import dws_gym.policy_eval as policy_eval
+
+    assert level_ranges("procgen/coinrun") == PROCGEN_LEVELS
+    assert PROCGEN_LEVELS == {"train": {"start_level": 0, "num_levels": 200},
+                              "test": {"start_level": 250, "num_levels": 0}}
+    assert level_ranges("ALE/Breakout-v5") == {"real": {}}
+    made = []
+    real_make = policy_eval.make_real_env
+
+    def recording_make(env_id, num_envs, **kwargs):
+        made.append(kwargs)
+        return real_make(env_id, num_envs, **kwargs)
+
+    monkeypatch.setattr(policy_eval, "make_real_env", recording_make)
+    result = evaluate_on_levels(RandomPolicy(15, seed=0), "procgen/coinrun", 1, max_steps=5)
+    assert set(result) == {"train", "test"} and all(r["episodes"] == 1 for r in result.values())
+    assert [(m["start_level"], m["num_levels"]) for m in made] == [(0, 200), (250, 0)]
+
+
+# ---------------------------------------------------------------------------------------------------------- scripts
+def test_table2_smoke_runs_all_four_arms_and_cql_resumes(tmp_path, real_store):
+    syn = TrajectoryStore(tmp_path / "syn", create=True)
+    rng = np.random.default_rng(3)
+    for _ in range(2):
+        _add(syn, rng, 5, synthetic=True, source_simulator="sim", terminated=False)
+    out, results = tmp_path / "t2", tmp_path / "RESULTS.md"
+    extra = "--batch-size 4 --eval-episodes 1 --eval-max-steps 20 --log-every 1 --no-cuda --arch nature"
+    proc = subprocess.run([sys.executable, str(ROOT / "offline" / "table2.py"), "--dataset", str(real_store.root),
+                           "--synthetic-dataset", str(syn.root), "--seeds", "1", "--total-steps", "2", "--out",
+                           str(out), "--jobs", "2", "--threads", "1", f"--extra={extra}", "--write-results",
+                           "--results-file", str(results)], capture_output=True, text=True, timeout=600, env=_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = results.read_text()
+    for arm in ("| CQL | 1 |", "| CQL w/ wm | 1 |", "| IQL | 1 |", "| IQL w/ wm | 1 |"):
+        assert arm in text
+    assert "36 / 10" in text  # real / synthetic transitions of the w/ wm arms
+    for folder, algorithm, synthetic in (("cql_s1", "cql", 0), ("cql-wm_s1", "cql", 10), ("iql_s1", "iql", 0),
+                                         ("iql-wm_s1", "iql", 10)):
+        result = json.loads((out / folder / "results.json").read_text())
+        assert result["algorithm"] == algorithm and result["steps"] == 2
+        assert result["synthetic_transitions"] == synthetic and result["eval"]["real"]["episodes"] == 1
+        policy = load_policy(out / folder / "policy")
+        assert policy.config.frame_stack == 4 and policy.config.extra["algorithm"] == algorithm
+
+    # --resume continues the run from its checkpoint, and refuses other data
+    cmd = [sys.executable, str(ROOT / "offline" / "cql.py"), "--dataset", str(real_store.root), "--output-dir",
+           str(out / "cql_s1"), "--seed", "1", *extra.replace("--eval-episodes 1", "--eval-episodes 0").split()]
+    more = subprocess.run([*cmd, "--total-steps", "4", "--resume"], capture_output=True, text=True, timeout=300,
+                          env=_env())
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert f"resumed {out / 'cql_s1'} at step 2" in more.stdout
+    assert json.loads((out / "cql_s1" / "results.json").read_text())["steps"] == 4
+    bad = subprocess.run([*cmd, "--total-steps", "6", "--resume", "--synthetic-dataset", str(syn.root)],
+                         capture_output=True, text=True, timeout=300, env=_env())
+    assert bad.returncode != 0 and "synthetic_dataset" in bad.stderr
