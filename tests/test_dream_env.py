@@ -311,6 +311,13 @@ def test_bad_input_raises_value_errors(sims):
     ]:
         with pytest.raises(ValueError, match=message):
             DreamVectorEnv(sims["never"], 1, **bad)
+    with pytest.raises(TypeError, match="DreamEnv is one env: drop num_envs"):
+        DreamEnv(sims["never"], num_envs=2)
+    with pytest.raises(ValueError, match="frame_stack must be an integer >= 1, got 0"):
+        DreamEnv(sims["never"], frame_stack=0)  # the single env forwards its arguments to the vector env
+    stacked = DreamEnv(sims["never"], device="cpu", frame_stack=2, render_mode="rgb_array", env_id="dws/Dream-v0")
+    assert stacked.observation_space.shape == (2, 64, 64, 3)
+    assert stacked.render_mode == "rgb_array" and stacked.env_id == "dws/Dream-v0"
     single = DreamEnv(sims["never"], device="cpu")
     with pytest.raises(ValueError, match="before reset"):
         single.step(0)

@@ -408,36 +408,17 @@ class DreamEnv(gym.Env):
         self,
         simulator: Simulator | str | None = None,
         *,
-        device: str | torch.device = "auto",
-        dtype: str = "auto",
-        sampling_steps: int | None = None,
-        start_states: Any = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
-        max_episode_steps: int | None = None,
-        frame_stack: int = 1,
-        output: str = "numpy",
-        render_mode: str | None = None,
-        env_id: str | None = None,
-        sample_reward: bool = False,
-        sample_termination: bool = False,
+        **kwargs: Any,
     ) -> None:
+        """Args: ``simulator`` and keyword arguments exactly as :class:`DreamVectorEnv` takes them (``device``,
+        ``dtype``, ``sampling_steps``, ``start_states``, ``max_episode_steps``, ``frame_stack``, ``output``,
+        ``render_mode``, ``env_id``, ``sample_reward``, ``sample_termination``), without ``num_envs``."""
         _autoreset_mode(autoreset_mode)  # validated for a clear error; a single env does not autoreset
-        self._vec = DreamVectorEnv(
-            simulator,
-            1,
-            device=device,
-            dtype=dtype,
-            sampling_steps=sampling_steps,
-            start_states=start_states,
-            autoreset_mode=AutoresetMode.DISABLED,
-            max_episode_steps=max_episode_steps,
-            frame_stack=frame_stack,
-            output=output,
-            render_mode=render_mode,
-            env_id=env_id,
-            sample_reward=sample_reward,
-            sample_termination=sample_termination,
-        )
+        if "num_envs" in kwargs:
+            raise TypeError("DreamEnv is one env: drop num_envs, or use DreamVectorEnv / gym.make_vec for several.")
+        self._vec = DreamVectorEnv(simulator, 1, autoreset_mode=AutoresetMode.DISABLED, **kwargs)
+        render_mode, env_id = kwargs.get("render_mode"), kwargs.get("env_id")
         self.metadata = {**type(self).metadata, "precision": self._vec.metadata["precision"]}
         self.render_mode = render_mode
         self.env_id = env_id
