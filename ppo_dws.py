@@ -178,6 +178,9 @@ class Args:
     """an evaluation episode is cut after this many steps"""
     checkpoint_minutes: float = 5.0
     """write a checkpoint (policy + training state) at most this many minutes apart"""
+    max_minutes: float | None = None
+    """stop after the first iteration that ends past this many minutes of the training loop (evaluated, checkpointed;
+    `--resume` continues the run): a time budget for GPU sessions"""
     output_dir: str | None = None
     """run folder: TensorBoard events, policy, checkpoint (default: runs/{run_name})"""
     resume: bool = False
@@ -512,7 +515,8 @@ if __name__ == "__main__":
         print("SPS:", sps, flush=True)
         writer.add_scalar("charts/SPS", sps, global_step)
 
-        if args.eval_episodes > 0 and (global_step >= next_eval or iteration == args.num_iterations):
+        out_of_time = args.max_minutes is not None and time.time() - start_time >= 60 * args.max_minutes
+        if args.eval_episodes > 0 and (global_step >= next_eval or iteration == args.num_iterations or out_of_time):
             eval_returns, eval_lengths = evaluate_policy(
                 agent, args.env_id, args.eval_episodes, frame_stack=args.frame_stack, seed=args.seed + 100_000,
                 max_steps=args.eval_max_steps, env_kwargs=real_env_kwargs(args, procgen))
@@ -525,6 +529,10 @@ if __name__ == "__main__":
         if time.time() - last_ckpt >= 60 * args.checkpoint_minutes:
             checkpoint(iteration)
             last_ckpt = time.time()
+        if out_of_time:
+            print(f"--max-minutes {args.max_minutes} reached at global_step={global_step}; --resume continues",
+                  flush=True)
+            break
 
     checkpoint(iteration)
     print(f"finished at global_step={global_step}; policy and checkpoint in {out_dir}", flush=True)

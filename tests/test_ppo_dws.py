@@ -268,3 +268,15 @@ def test_resume_after_a_kill_continues_at_the_saved_step(tmp_path, tiny_simulato
     bad = subprocess.run(_cmd(out, tiny_simulator, "--total-timesteps", "1000", "--horizon", "5", "--resume"),
                          capture_output=True, text=True, timeout=300, env=_env())
     assert bad.returncode != 0 and "horizon" in bad.stderr
+
+
+def test_max_minutes_stops_after_an_iteration_with_an_evaluation_and_a_checkpoint(tmp_path, tiny_simulator):
+    out = tmp_path / "run"
+    proc = subprocess.run(_cmd(out, tiny_simulator, "--total-timesteps", "100000", "--imagination", "none",
+                               "--max-minutes", "0", "--eval-episodes", "1", "--eval-max-steps", "10"),
+                          capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--max-minutes 0.0 reached at global_step=64; --resume continues" in proc.stdout
+    state = load_checkpoint(out / "checkpoint")
+    assert state["global_step"] == 64 and state["iteration"] == 1
+    assert len(_scalars(out)["eval/episodic_return"]) == 1
