@@ -55,6 +55,15 @@ class StartStateSampler(Protocol):
         ...
 
 
+def _draw_uniform_ids(n: int, rng: np.random.Generator, size: int) -> np.ndarray:
+    """``n`` window indices in ``[0, size)`` drawn with the env's ``rng`` (both arguments checked)."""
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng must be a numpy.random.Generator (the env's np_random), got {type(rng).__name__}.")
+    if int(n) != n or n < 0:
+        raise ValueError(f"n must be a non-negative integer, got {n!r}.")
+    return rng.integers(0, size, size=int(n), dtype=np.int64)
+
+
 def _to_numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
 
@@ -99,11 +108,7 @@ class UniformStartSampler:
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``n`` windows drawn with ``rng``: frames uint8 (n, K, H, W, 3), actions int64 (n, K-1), ids int64 (n,)."""
-        if not isinstance(rng, np.random.Generator):
-            raise ValueError(f"rng must be a numpy.random.Generator (the env's np_random), got {type(rng).__name__}.")
-        if int(n) != n or n < 0:
-            raise ValueError(f"n must be a non-negative integer, got {n!r}.")
-        ids = rng.integers(0, len(self), size=int(n), dtype=np.int64)
+        ids = _draw_uniform_ids(n, rng, len(self))
         return self.frames[ids], self.actions[ids], ids
 
     def update_priorities(self, ids: np.ndarray, values: np.ndarray) -> None:
@@ -151,11 +156,7 @@ class StoreStartSampler:
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``n`` windows drawn with ``rng``: frames uint8 (n, K, H, W, 3), actions int64 (n, K-1), ids int64 (n,)."""
-        if not isinstance(rng, np.random.Generator):
-            raise ValueError(f"rng must be a numpy.random.Generator (the env's np_random), got {type(rng).__name__}.")
-        if int(n) != n or n < 0:
-            raise ValueError(f"n must be a non-negative integer, got {n!r}.")
-        ids = rng.integers(0, len(self), size=int(n), dtype=np.int64)
+        ids = _draw_uniform_ids(n, rng, len(self))
         batch = self._clips.get_batch(ids)
         return batch["frames"], batch["actions"].astype(np.int64), ids
 
