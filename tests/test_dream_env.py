@@ -324,3 +324,15 @@ def test_bad_input_raises_value_errors(sims):
     single.reset(seed=0)
     with pytest.raises(ValueError, match="one integer action"):
         single.step(np.array([0, 1]))
+
+
+def test_simulator_for_real_env_names_the_shipped_folder_or_says_why_not():
+    from dws_gym.envs.registration import simulator_for_real_env
+
+    assert simulator_for_real_env("ALE/Breakout-v5") == str(DREAM_GAMES["dws/Breakout-v0"].default_simulator)
+    with pytest.raises(ValueError, match=r"No dws/\* game imitates ALE/Pong-v5"):
+        simulator_for_real_env("ALE/Pong-v5")
+    for game in DREAM_GAMES.values():
+        if not game.default_simulator.is_dir():
+            with pytest.raises(FileNotFoundError, match="No simulator ships"):
+                simulator_for_real_env(game.real_env_id)
