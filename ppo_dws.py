@@ -168,6 +168,8 @@ class Args:
     """real start windows kept (the newest; about 49 kB each with K = 4)"""
     sampling_steps: int | None = None
     """Euler steps per dreamed frame (default: the simulator's)"""
+    compile_simulator: bool = False
+    """torch.compile the simulator's network (about 2x faster dreams on an AMX CPU in bf16, after a compile)"""
 
     # Evaluation, checkpoints
     eval_every: int = 10_000
@@ -304,7 +306,7 @@ if __name__ == "__main__":
         buffer = PrioritizedStartStates(args.start_buffer_size, alpha=args.alpha if args.imagination == "prioritized"
                                         else 0.0, beta=args.beta, eps=args.priority_eps)
         dreams = DreamVectorEnv(simulator, args.num_dream_envs, sampling_steps=args.sampling_steps,
-                                start_states=buffer, autoreset_mode="NextStep")
+                                start_states=buffer, autoreset_mode="NextStep", compile=args.compile_simulator)
         stacker = WindowFrameStack(args.frame_stack, buffer.windows)
         recorder = StartWindowRecorder(args.num_envs, simulator.context_frames, frame_shape)
 

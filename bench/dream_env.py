@@ -208,30 +208,24 @@ def describe_world_model(sim: Simulator) -> str:
     return f"{type(sim.world_model).__name__}, K={sim.context_frames}"
 
 
-def _network_owner(sim: Simulator) -> tuple[Any, str]:
-    """The world model's per-call network method: ``predict_x0`` (U-Net) or ``_network`` (flow transformer)."""
-    wm = sim.world_model
-    for name in ("predict_x0", "_network"):
-        if callable(getattr(wm, name, None)):
-            return wm, name
-    raise ValueError(f"--compile does not know the network call of {type(wm).__name__}")
-
-
 class Compiler:
-    """Turns ``torch.compile`` of the world model's network call on and off (compiled once, kept)."""
+    """Turns ``torch.compile`` of the world model's network call on and off (:meth:`Simulator.compile`, compiled
+    once and kept)."""
 
     def __init__(self, sim: Simulator, backend: str, mode: str | None, dynamic: bool = False) -> None:
-        self.owner, self.name = _network_owner(sim)
-        self.eager = getattr(self.owner, self.name)
-        self.compiled = torch.compile(self.eager, backend=backend, mode=mode, dynamic=True if dynamic else None)
-        options = [f"backend={backend!r}", *([f"mode={mode!r}"] if mode else []), *(["dynamic=True"] if dynamic else [])]
-        self.description = f"torch.compile({type(self.owner).__name__}.{self.name}, {', '.join(options)})"
+        options: dict[str, Any] = {"backend": backend, **({"mode": mode} if mode else {}),
+                                   **({"dynamic": True} if dynamic else {})}
+        self.sim = sim
+        self.description = sim.compile(**options)
+        self.name = next(k for k in ("predict_x0", "_network") if k in sim.world_model.__dict__)
+        self.compiled = sim.world_model.__dict__[self.name]  # kept, so switching back on does not recompile
+        sim.compile(False)
 
     def set(self, on: bool) -> None:
         if on:
-            setattr(self.owner, self.name, self.compiled)  # an instance attribute shadows the method
+            setattr(self.sim.world_model, self.name, self.compiled)
         else:
-            self.owner.__dict__.pop(self.name, None)
+            self.sim.world_model.__dict__.pop(self.name, None)
 
 
 def prepare_simulators(base: Simulator, device: torch.device, dtypes: Sequence[str],

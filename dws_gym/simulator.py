@@ -267,6 +267,7 @@ class Simulator:
             raise ValueError(f"start_actions must be ({frames.shape[0]}, {k - 1}), got {tuple(actions.shape)}.")
         self.start_frames = frames.cpu()
         self.start_actions = actions.long().cpu()
+        self.compiled: str | None = None  # what :meth:`compile` set up, None when eager
         given = _float_dtype(getattr(self.world_model, "transformer", self.world_model))
         self._dtype_request = "bf16" if given == torch.bfloat16 else "fp32"
         self.precision: Precision = resolve_precision(self._dtype_request, self.device)
@@ -319,6 +320,35 @@ class Simulator:
         self._dtype_request = dtype if isinstance(dtype, str) else precision.name
         self.precision = precision
         return precision
+
+    def compile(self, enabled: bool = True, **options: Any) -> str | None:
+        """``torch.compile`` the world model's network call (the U-Net's ``predict_x0``, the flow transformer's
+        ``_network``), or undo it with ``enabled=False``. Returns a description of what runs, ``None`` when eager.
+
+        The first steps after compiling (and after each new batch size, until the compiler makes the batch dynamic)
+        are slow while it compiles; every later step runs the compiled kernels. Measured on a shared 2-core AMX Xeon,
+        the default-size Breakout U-Net at 64 envs in bf16: 66.6 transitions/s eager, 131.5 compiled (same run,
+        ``bench/dream_env.py --compile both``). Frames agree with the eager step to float rounding, not bitwise.
+
+        Args:
+            enabled: compile (``True``) or go back to the eager call (``False``).
+            **options: passed to ``torch.compile`` (e.g. ``backend=``, ``mode=``, ``dynamic=``).
+
+        Raises:
+            ValueError: the world model has no known network call.
+        """
+        wm = self.world_model
+        name = next((n for n in ("predict_x0", "_network") if callable(getattr(type(wm), n, None))), None)
+        if name is None:
+            raise ValueError(f"Simulator.compile does not know the network call of {type(wm).__name__}.")
+        wm.__dict__.pop(name, None)  # back to the class's eager method
+        if not enabled:
+            self.compiled = None
+            return None
+        setattr(wm, name, torch.compile(getattr(wm, name), **options))  # an instance attribute shadows the method
+        shown = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        self.compiled = f"torch.compile({type(wm).__name__}.{name}{', ' + shown if shown else ''})"
+        return self.compiled
 
     # ------------------------------------------------------------------------------------------- validation
     def _frames(self, frames: Any, name: str = "frames") -> torch.Tensor:

@@ -187,3 +187,26 @@ def test_describe_machine_and_proc_status_bytes():
         assert rss > 10 * 1024**2 and rss % 1024 == 0  # a Python process with torch holds well over 10 MiB
         with pytest.raises(KeyError, match="NoSuchField"):
             proc_status_bytes("NoSuchField")
+
+
+def test_compiled_step_matches_the_eager_one_and_can_be_undone():
+    """``DreamVectorEnv(compile=True)`` runs ``Simulator.compile`` (inductor, fp32): the eager frames up to a rounding
+    step in a few pixels; ``compile(False)`` restores the eager call exactly. (One compilation: it is slow on a CPU.)"""
+    from dws_gym.envs.dream import DreamVectorEnv
+
+    sim = unet_sim()
+    state = sim.init_state(sim.start_frames, sim.start_actions)
+    action = np.arange(ENVS) % 4
+    eager, _, _, _ = sim.step(state, action, generator=torch.Generator().manual_seed(3))
+    assert DreamVectorEnv(unet_sim(), 1, device="cpu", dtype="fp32").metadata["compiled"] is None
+    envs = DreamVectorEnv(sim, ENVS, device="cpu", dtype="fp32", compile=True)
+    assert envs.metadata["compiled"] == "torch.compile(UNetWorldModel.predict_x0)" == sim.compiled
+    compiled, _, _, _ = sim.step(state, action, generator=torch.Generator().manual_seed(3))
+    diff = (compiled.int() - eager.int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01  # uint8 rounding of float-rounding differences
+    envs.reset(seed=0)
+    obs, *_ = envs.step(action)
+    assert obs.shape == (ENVS, 64, 64, 3)
+    assert sim.compile(False) is None and "predict_x0" not in sim.world_model.__dict__
+    again, _, _, _ = sim.step(state, action, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(again, eager)

@@ -96,6 +96,9 @@ class DreamVectorEnv(VectorEnv):
         env_id: The registered id this env serves; for a named game the simulator must imitate that game.
         sample_reward: Sample rewards from the head's distribution instead of its predicted value.
         sample_termination: Bernoulli termination instead of ``probability > 0.5``.
+        compile: ``torch.compile`` the world model's network call (:meth:`Simulator.compile`): about twice the
+            transitions/s of the eager step on an AMX CPU in bf16, after a first step that compiles (a minute or
+            so on a CPU). ``metadata["compiled"]`` says what runs.
 
     Randomness: ``reset(seed=s)`` seeds ``self.np_random`` (handed to the sampler on every call) and one
     ``torch.Generator`` on the simulator's device (all the simulator's noise), so seeded runs repeat exactly on the
@@ -126,6 +129,7 @@ class DreamVectorEnv(VectorEnv):
         env_id: str | None = None,
         sample_reward: bool = False,
         sample_termination: bool = False,
+        compile: bool = False,
     ) -> None:
         resolve_precision(dtype, "cpu")  # a bad dtype fails before a simulator is loaded
         if int(num_envs) != num_envs or num_envs < 1:
@@ -157,6 +161,8 @@ class DreamVectorEnv(VectorEnv):
         check_simulator_matches(env_id, simulator.config.env_id, simulator.num_actions)
         precision = simulator.set_precision(dtype)
         logger.info("%s on %s: %s", env_id or "dream env", simulator.device, precision.reason)
+        if compile:
+            simulator.compile()
 
         self.simulator = simulator
         self.env_id = env_id
@@ -172,7 +178,7 @@ class DreamVectorEnv(VectorEnv):
         self.start_sampler: StartStateSampler = as_start_sampler(start_states, simulator)
         # Each instance owns its metadata (the VectorEnv base-class dict is shared process-wide).
         self.metadata = {"autoreset_mode": mode, "render_modes": ["rgb_array"], "render_fps": RENDER_FPS,
-                         "precision": precision.reason}
+                         "precision": precision.reason, "compiled": simulator.compiled}
 
         self.action_meanings: list[str] = list(simulator.config.action_meanings)
         h, w, c = simulator.config.obs_shape
@@ -413,7 +419,7 @@ class DreamEnv(gym.Env):
     ) -> None:
         """Args: ``simulator`` and keyword arguments exactly as :class:`DreamVectorEnv` takes them (``device``,
         ``dtype``, ``sampling_steps``, ``start_states``, ``max_episode_steps``, ``frame_stack``, ``output``,
-        ``render_mode``, ``env_id``, ``sample_reward``, ``sample_termination``), without ``num_envs``."""
+        ``render_mode``, ``env_id``, ``sample_reward``, ``sample_termination``, ``compile``), without ``num_envs``."""
         _autoreset_mode(autoreset_mode)  # validated for a clear error; a single env does not autoreset
         if "num_envs" in kwargs:
             raise TypeError("DreamEnv is one env: drop num_envs, or use DreamVectorEnv / gym.make_vec for several.")

@@ -95,6 +95,7 @@ def synthesize(
     device: str = "auto",
     dtype: str = "auto",
     seed: int = 0,
+    compile: bool = False,
     progress: bool = True,
 ) -> SynthesisResult:
     """Fill the store ``out`` with ``transitions`` dreamed steps (see the module doc).
@@ -111,6 +112,8 @@ def synthesize(
         num_envs: dreams stepped as one batch.
         device, dtype: where and in what precision the simulator steps (see ``DreamVectorEnv``).
         seed: first seed of the run (moved on past seeds earlier runs into ``out`` used).
+        compile: ``torch.compile`` the simulator's network (see ``DreamVectorEnv``): about twice the throughput on
+            an AMX CPU in bf16, after a first step that compiles.
         progress: show a progress bar with transitions/s.
     """
     if int(transitions) != transitions or transitions < 1:
@@ -146,7 +149,8 @@ def synthesize(
 
     sampler = StoreStartSampler(real, sim.context_frames, episode_ids=real_ids)
     envs = DreamVectorEnv(sim, num_envs, device=device, dtype=dtype, start_states=sampler,
-                          autoreset_mode=AutoresetMode.NEXT_STEP, max_episode_steps=horizon, frame_stack=frame_stack)
+                          autoreset_mode=AutoresetMode.NEXT_STEP, max_episode_steps=horizon, frame_stack=frame_stack,
+                          compile=compile)
     actor = _EpsilonGreedy(behaviour, sim.num_actions, epsilon, run_seed)
     generator = torch.Generator().manual_seed(run_seed)
     meanings = list(sim.config.action_meanings)
@@ -213,5 +217,6 @@ def synthesize(
             bar.close()
         envs.close()
     seconds = time.perf_counter() - start
+    compiled = f", {envs.metadata['compiled']}" if envs.metadata.get("compiled") else ""
     return SynthesisResult(written, existing + written, episodes, seconds, written / max(seconds, 1e-9), run_seed,
-                           str(envs.metadata.get("precision", "")))
+                           str(envs.metadata.get("precision", "")) + compiled)
