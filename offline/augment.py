@@ -48,8 +48,8 @@ class Args:
     seed: int = 0
     """first seed of the run (moved past seeds earlier runs into --out used)"""
     compile: bool = False
-    """torch.compile the simulator's network: about 2x the transitions/s on an AMX CPU in bf16, after a first step
-    that compiles (a minute or so)"""
+    """torch.compile the simulator's network: 1.2x the transitions/s on an AMX CPU in bf16 (measured), after a
+    first step that compiles (a minute or so)"""
     progress: bool = True
     """show a progress bar with transitions/s"""
 

@@ -96,9 +96,9 @@ class DreamVectorEnv(VectorEnv):
         env_id: The registered id this env serves; for a named game the simulator must imitate that game.
         sample_reward: Sample rewards from the head's distribution instead of its predicted value.
         sample_termination: Bernoulli termination instead of ``probability > 0.5``.
-        compile: ``torch.compile`` the world model's network call (:meth:`Simulator.compile`): about twice the
-            transitions/s of the eager step on an AMX CPU in bf16, after a first step that compiles (a minute or
-            so on a CPU). ``metadata["compiled"]`` says what runs.
+        compile: ``torch.compile`` the world model's network call (:meth:`Simulator.compile`): 1.2x the
+            transitions/s of the eager bf16 step on an AMX CPU (measured), after a first step that compiles (a minute
+            or so on a CPU). ``metadata["compiled"]`` says what runs.
 
     Randomness: ``reset(seed=s)`` seeds ``self.np_random`` (handed to the sampler on every call) and one
     ``torch.Generator`` on the simulator's device (all the simulator's noise), so seeded runs repeat exactly on the

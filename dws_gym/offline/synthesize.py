@@ -112,8 +112,8 @@ def synthesize(
         num_envs: dreams stepped as one batch.
         device, dtype: where and in what precision the simulator steps (see ``DreamVectorEnv``).
         seed: first seed of the run (moved on past seeds earlier runs into ``out`` used).
-        compile: ``torch.compile`` the simulator's network (see ``DreamVectorEnv``): about twice the throughput on
-            an AMX CPU in bf16, after a first step that compiles.
+        compile: ``torch.compile`` the simulator's network (see ``DreamVectorEnv``): 1.2x the throughput on an AMX
+            CPU in bf16 (measured), after a first step that compiles.
         progress: show a progress bar with transitions/s.
     """
     if int(transitions) != transitions or transitions < 1:
