@@ -30,7 +30,7 @@ from dws_gym.offline import (
     synthesize,
 )
 from dws_gym.policy_eval import PROCGEN_LEVELS, evaluate_on_levels, level_ranges
-from tests.tiny_sim import BREAKOUT, make_tiny_sim
+from tiny_sim import BREAKOUT, make_tiny_sim
 
 ROOT = Path(__file__).resolve().parents[1]
 
