@@ -336,3 +336,16 @@ def test_simulator_for_real_env_names_the_shipped_folder_or_says_why_not():
         if not game.default_simulator.is_dir():
             with pytest.raises(FileNotFoundError, match="No simulator ships"):
                 simulator_for_real_env(game.real_env_id)
+
+
+@pytest.mark.parametrize("env_id", [e for e, g in DREAM_GAMES.items() if g.default_simulator.is_dir()])
+def test_every_shipped_id_makes_resets_steps_and_passes_check_env(env_id):
+    game = DREAM_GAMES[env_id]
+    env = gym.make(env_id, device="cpu", dtype="fp32")
+    assert env.action_space.n == game.num_actions and env.unwrapped.simulator.config.env_id == game.real_env_id
+    check_env(env.unwrapped, skip_render_check=True)
+    obs, info = env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8 and np.isfinite(reward)
+    recorded = Simulator.from_pretrained(game.default_simulator).config.metrics["acceptance"]
+    assert recorded["all"] is True  # the shipped simulator passes its held-out table
