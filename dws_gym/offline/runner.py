@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from dws_gym.agents import ActorCritic, PolicyConfig, save_policy
+from dws_gym.data import TrajectoryStore
 from dws_gym.envs.real import parse_env_id
-from dws_gym.offline.replay import OfflineReplay
+from dws_gym.offline.replay import OfflineReplay, describe_store
 from dws_gym.policy_eval import evaluate_on_levels
 from dws_gym.training import global_rng_states, load_checkpoint, restore_global_rng_states, save_checkpoint
 
@@ -139,8 +140,8 @@ class OfflineRun:
 
 def start_run(config: OfflineConfig, algorithm: str) -> OfflineRun:
     """Fill the game's defaults, check a resume, seed everything, open the logs and the data."""
-    probe = OfflineReplay(config.dataset)  # the dataset's game decides the defaults
-    env_id = config.env_id or probe.info.env_id
+    dataset = TrajectoryStore(config.dataset)  # opened once: its game decides the defaults, then it feeds the replay
+    env_id = config.env_id or describe_store(dataset).env_id
     procgen = parse_env_id(env_id)[0] == "procgen"
     if config.frame_stack is None:
         config.frame_stack = 1 if procgen else 4
@@ -173,7 +174,7 @@ def start_run(config: OfflineConfig, algorithm: str) -> OfflineRun:
     torch.manual_seed(config.seed)
     torch.backends.cudnn.deterministic = config.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and config.cuda else "cpu")
-    replay = OfflineReplay(config.dataset, config.synthetic_dataset, synthetic_fraction=config.synthetic_fraction,
+    replay = OfflineReplay(dataset, config.synthetic_dataset, synthetic_fraction=config.synthetic_fraction,
                            frame_stack=config.frame_stack)
     print(f"data: {len(replay.real)} real transitions ({config.dataset})"
           + (f" + {len(replay.synthetic)} synthetic ({config.synthetic_dataset}), {replay.synthetic_fraction:.2f} of "
