@@ -110,6 +110,9 @@ class Args:
     """unet: share of training targets at noise level 1, the one-step sampling path"""
     unroll: bool = True
     """unet: predict later targets of a clip from the model's own earlier predictions"""
+    t_one_hypotheses: int = 1
+    """unet: train each noise-level-1 target from the best of this many noise draws (implicit maximum likelihood), so
+    one-step samples pick one possible future (a sharp ball) instead of averaging them (a faint smear); 1 = off"""
     action_conditioning: Literal["frame", "global", "none"] = "frame"
     """frame = DWS per-frame module; global = the action trajectory pooled into one embedding; none = action-free"""
     action_text: bool = False
@@ -249,6 +252,7 @@ def build_model(args: Args, meanings: list[str], device: torch.device, frame_siz
             frame_size=frame_size, channels=channels, context_frames=args.context_frames, widths=args.unet_widths,
             num_actions=len(meanings), action_text_dim=None if text is None else int(text.shape[1]),
             action_mode=args.action_conditioning, t_one_prob=args.t_one_prob, unroll=args.unroll,
+            t_one_hypotheses=args.t_one_hypotheses,
             motion_c=args.motion_c, motion_tau=args.motion_tau, motion_delta=args.motion_delta,
             changed_share=args.changed_share, context_noise=args.context_noise, sampling_steps=args.sampling_steps or 1, keep_below=args.keep_below,
         )

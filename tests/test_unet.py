@@ -182,3 +182,47 @@ def test_context_noise_corrupts_the_context_and_leaves_targets_clean():
     stepped = tiny(context_noise=0.5).eval()
     out = stepped.sample_next(frames[:, :3], actions[:, :2], actions[:, 2], generator=g())
     assert torch.equal(out, frames[:, 2])
+
+
+def _frame_score(model, context, window, eps, target, changed):
+    """The per-sample loss the training step gives a t = 1 prediction from noise ``eps``."""
+    pred = model.predict_x0(context, window, eps, torch.ones(eps.shape[0]), validate=False).float()
+    err = (pred - target).pow(2).mean(dim=1)
+    return changed_share_mean(err, changed, model.config.changed_share)
+
+
+def test_t_one_hypotheses_train_each_t_one_target_from_its_best_noise_draw():
+    m = 6
+    model = tiny(perturb=True, t_one_hypotheses=m, motion_c=1.0).eval()  # perturbed: predictions depend on noise
+    frames, actions = clip(b=3, f=4)
+    x = model.to_model_space(frames)
+    context, target, window = x[:, :3], x[:, 3], actions[:, :3]
+    changed = changed_pixels(x[:, 1:4])
+    t = torch.tensor([1.0, 0.3, 1.0])
+    eps = torch.randn(target.shape, generator=torch.Generator().manual_seed(5))
+    out = model._best_t_one_noise(context, window, target, t, eps, None, changed, torch.Generator().manual_seed(9))
+    assert torch.equal(out[1], eps[1])  # t < 1 keeps its noise: the input already carries the target
+    # Replay the draws: the chosen noise is the argmin of the training loss over the original draw and m - 1 more.
+    more = torch.randn((2, m - 1, *eps.shape[1:]), generator=torch.Generator().manual_seed(9))
+    for row, i in ((0, 0), (2, 1)):
+        cands = torch.cat([eps[row, None], more[i]])
+        scores = _frame_score(model, context[[row]].expand(m, -1, -1, -1, -1), window[[row]].expand(m, -1),
+                              cands, target[[row]].expand(m, -1, -1, -1), changed[[row]].expand(m, -1, -1))
+        assert torch.equal(out[row], cands[int(scores.argmin())])
+        assert scores.min() < scores[0]  # with 6 draws of a noise-dependent model, a better one than the first
+    with pytest.raises(ValueError, match="t_one_hypotheses must be an int >= 1"):
+        UNetConfig(**TINY, t_one_hypotheses=0)
+
+
+def test_t_one_hypotheses_is_training_only_and_saved(tmp_path):
+    frames, actions = clip(b=2, f=5)
+    one, best = tiny(perturb=True), tiny(perturb=True, t_one_hypotheses=3)
+    assert one.state_dict().keys() == best.state_dict().keys()
+    loss, logs = best.training_loss(frames, actions, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert np.isfinite(logs["loss"])
+    g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    assert torch.equal(one.eval().sample_next(frames[:, :3], actions[:, :2], actions[:, 2], generator=g()),
+                       best.eval().sample_next(frames[:, :3], actions[:, :2], actions[:, 2], generator=g()))
+    best.save_pretrained(tmp_path / "wm")
+    assert UNetWorldModel.from_pretrained(tmp_path / "wm").config.t_one_hypotheses == 3

@@ -77,6 +77,13 @@ class UNetConfig:
         action_mode: ``"frame"`` (DWS) or ``"none"`` (an action-free ablation).
         t_one_prob: Share of training targets at ``t = 1`` (the one-step sampling path); the rest ``U(0, 1)``.
         unroll: Predict later targets of a training clip from the model's own earlier predictions.
+        t_one_hypotheses: Training only: each ``t = 1`` target is trained from the best of this many noise draws
+            (implicit maximum likelihood, IMLE): the draws go through the network without gradients, and the one
+            whose prediction is nearest the target under the frame's own loss is the one trained. With ``1`` (plain
+            regression) the one-step prediction is the mean over the futures the context allows, so a ball whose
+            next position is uncertain (a serve, a bounce off a paddle that may have moved) comes out as a faint
+            smear over its possible positions; with more draws different noise lands on different futures and a
+            one-step sample is a sharp one of them.
         context_noise: Largest level of context-frame corruption during training: each clip's real context frames
             become ``(1 - s) x + s eps`` with ``s ~ U(0, context_noise)`` (``0`` disables it). The target stays
             clean, so the model learns to remove small errors from its context instead of carrying them on, which
@@ -103,6 +110,7 @@ class UNetConfig:
     action_mode: str = "frame"
     t_one_prob: float = 0.75
     unroll: bool = True
+    t_one_hypotheses: int = 1
     context_noise: float = 0.0
     motion_c: float = 4.0
     motion_tau: float = DEFAULT_TAU
@@ -137,6 +145,9 @@ class UNetConfig:
             raise ValueError(f"UNetConfig.t_one_prob must lie in [0, 1], got {self.t_one_prob}")
         if not 0.0 <= self.changed_share < 1.0:
             raise ValueError(f"UNetConfig.changed_share must lie in [0, 1), got {self.changed_share}")
+        if isinstance(self.t_one_hypotheses, bool) or not isinstance(self.t_one_hypotheses, int) or \
+                self.t_one_hypotheses < 1:
+            raise ValueError(f"UNetConfig.t_one_hypotheses must be an int >= 1, got {self.t_one_hypotheses!r}")
         if not 0.0 <= self.context_noise < 1.0:
             raise ValueError(f"UNetConfig.context_noise must lie in [0, 1), got {self.context_noise}")
         if not 0.0 <= self.keep_below < 1.0:
@@ -334,16 +345,19 @@ class UNetWorldModel(nn.Module):
             t = torch.where(torch.rand(b, generator=generator).to(self.device) < cfg.t_one_prob,
                             torch.ones_like(t), t)
             eps = torch.randn(target.shape, generator=generator).to(self.device)
+            # Changed pixels around the target, from the real frames (where the ball was and where it went).
+            changed = changed_pixels(x[:, k + j - 2: k + j + 1], threshold=cfg.change_threshold,
+                                     dilate=cfg.change_dilate)
+            w_j = None if weights is None else weights[:, k + j]
+            if cfg.t_one_hypotheses > 1:
+                eps = self._best_t_one_noise(context, actions[:, j: j + k], target, t, eps, w_j, changed, generator)
             tt = t.view(b, 1, 1, 1)
             x_t = (1.0 - tt) * target + tt * eps
             x0_hat = self.predict_x0(context, actions[:, j: j + k], x_t, t).float()
             err = (x0_hat - target).pow(2).mean(dim=1)  # (B, H, W)
             plain = err.flatten(1).mean(dim=1)
-            if weights is not None:
-                err = err * weights[:, k + j]
-            # Changed pixels around the target, from the real frames (where the ball was and where it went).
-            changed = changed_pixels(x[:, k + j - 2: k + j + 1], threshold=cfg.change_threshold,
-                                     dilate=cfg.change_dilate)
+            if w_j is not None:
+                err = err * w_j
             per = changed_share_mean(err, changed, cfg.changed_share)
             ok = valid[:, k + j].float()
             losses.append((per * ok).sum())
@@ -356,6 +370,35 @@ class UNetWorldModel(nn.Module):
         logs = {"loss": float(loss.detach()), "mse": float(torch.stack(mses).sum() / n),
                 "copy_mse": float(torch.stack(copies).sum() / n)}
         return loss, logs
+
+    @torch.no_grad()
+    def _best_t_one_noise(self, context: torch.Tensor, window: torch.Tensor, target: torch.Tensor, t: torch.Tensor,
+                          eps: torch.Tensor, weights: torch.Tensor | None, changed: torch.Tensor,
+                          generator: torch.Generator | None) -> torch.Tensor:
+        """``eps`` with each ``t = 1`` row replaced by the best of ``t_one_hypotheses`` draws (IMLE; see the config).
+
+        "Best" is the frame loss the training step uses (motion weights and the changed-pixel share), so the ball
+        decides among draws even though it is a few pixels of the frame. Rows at ``t < 1`` keep their noise: their
+        input already carries the target.
+        """
+        rows = (t >= 1.0).nonzero().flatten()
+        if rows.numel() == 0:
+            return eps
+        m = self.config.t_one_hypotheses
+        n = rows.numel()
+        draws = torch.randn((n, m - 1, *eps.shape[1:]), generator=generator).to(eps.device)
+        draws = torch.cat([eps[rows, None], draws], dim=1)  # (n, m, C, H, W); draw 0 is the one already drawn
+        flat = draws.flatten(0, 1)
+        pred = self.predict_x0(context[rows].repeat_interleave(m, 0), window[rows].repeat_interleave(m, 0), flat,
+                               torch.ones(n * m, device=eps.device), validate=False).float()
+        err = (pred - target[rows].repeat_interleave(m, 0)).pow(2).mean(dim=1)
+        if weights is not None:
+            err = err * weights[rows].repeat_interleave(m, 0)
+        score = changed_share_mean(err, changed[rows].repeat_interleave(m, 0), self.config.changed_share)
+        best = score.view(n, m).argmin(dim=1)
+        out = eps.clone()
+        out[rows] = draws[torch.arange(n, device=eps.device), best]
+        return out
 
     # ---------------------------------------------------------------------------------------------- stepping
     def sampling_schedule(self, steps: int) -> list[float]:
