@@ -17,6 +17,13 @@ is the ball, and its position is the brightness-weighted centroid of the pixels 
 
     python bench/ball_tracker.py --simulator runs/breakout/simulator --data data/breakout --write-results
     python bench/ball_tracker.py --simulator dws_gym/assets/simulators/breakout --data data/breakout --clips 256
+
+``--closed-loop E`` adds a diagnosis of the closed-loop returns (:func:`closed_loop_events`): E games from a seeded
+reset under the same uniformly random actions (FIRE included) in the real env and the dream, as in
+``python -m dws_gym.evaluation``'s closed-loop table, and per side the share of frames with a ball, the steps until the
+first ball, the brick-loss events (bricks rows 17..28 lose pixels), the rewards, and the rewards paid within one step
+of a brick loss (a dreamed reward elsewhere is a misread artefact). ``--keep-below`` overrides the simulator's
+stepping threshold to see what it does to these.
 """
 
 from __future__ import annotations
@@ -49,6 +56,9 @@ BLOB_THRESHOLD: int = 32
 BLOB_RADIUS: int = 2
 #: Default distance (pixels) within which the dreamed ball agrees with the real one.
 AGREE_RADIUS: float = 4.0
+#: Rows (half-open) of the six brick rows, and the brightness (brightest channel) a brick pixel has.
+BRICK_ROWS: tuple[int, int] = (17, 29)
+BRICK_THRESHOLD: int = 60
 
 
 def find_ball(frame: np.ndarray) -> tuple[float, float] | None:
@@ -153,6 +163,73 @@ def ball_agreement(
             "copy_agree": copy_agree, "table": table}  # fmt: skip
 
 
+def brick_pixels(frames: np.ndarray) -> np.ndarray:
+    """int ``(...)``: bright pixels in the brick rows (inside the walls) of uint8 ``(..., 64, 64, 3)`` frames."""
+    (r0, r1), (c0, c1) = BRICK_ROWS, BALL_COLS
+    return (np.asarray(frames)[..., r0:r1, c0:c1, :].max(axis=-1) > BRICK_THRESHOLD).sum(axis=(-1, -2))
+
+
+def closed_loop_events(
+    sim: Simulator,
+    episodes: int = 100,
+    steps: int = 100,
+    seed: int = 0,
+    *,
+    sampling_steps: int | None = None,
+) -> dict[str, Any]:
+    """Play the same random actions from the same reset in real Breakout and the dream; compare their events.
+
+    The setting of :func:`dws_gym.evaluation.closed_loop_returns` (reset with ``seed``, ``K - 1`` real steps start
+    the dream, then ``steps`` lockstep steps of uniformly random actions drawn from ``seed``), with every frame kept.
+
+    Returns:
+        ``real`` / ``dream`` frames uint8 ``(E, T, 64, 64, 3)``, ``real_rewards`` / ``dream_rewards`` ``(E, T)``,
+        and ``table`` (:class:`~dws_gym.metrics.HeldOutTable`, one row per side).
+    """
+    from dws_gym.envs.real import make_real_env
+    from dws_gym.evaluation.closed_loop import lockstep_rollout
+
+    k = sim.context_frames
+    seq = np.random.default_rng(seed).integers(0, sim.num_actions, size=(episodes, k - 1 + steps))
+    real_env = make_real_env(sim.config.env_id, num_envs=episodes)
+    real_frames: list[np.ndarray] = []
+    dream_frames: list[np.ndarray] = []
+    try:
+        obs, _ = real_env.reset(seed=seed)
+        context = [np.asarray(obs).copy()]
+        for j in range(k - 1):
+            obs, *_ = real_env.step(seq[:, j])
+            context.append(np.asarray(obs).copy())
+        state = sim.init_state(np.stack(context, axis=1), seq[:, : k - 1])
+        run = lockstep_rollout(
+            sim, real_env, state, obs, lambda t, _o: seq[:, k - 1 + t], steps,
+            generator=torch.Generator(device=sim.device).manual_seed(seed), sampling_steps=sampling_steps,
+            on_step=lambda t, o, f: (real_frames.append(np.asarray(o).copy()), dream_frames.append(f.cpu().numpy())),
+        )  # fmt: skip
+    finally:
+        real_env.close()
+    out: dict[str, Any] = {"real": np.stack(real_frames, axis=1), "dream": np.stack(dream_frames, axis=1),
+                           "real_rewards": run["real_rewards"], "dream_rewards": run["dream_rewards"]}  # fmt: skip
+    rows = []
+    for side in ("real", "dream"):
+        frames, rewards = out[side], out[f"{side}_rewards"]
+        loss = np.diff(brick_pixels(frames), axis=1) < -1  # (E, T - 1): step t + 1 lost bricks
+        near = loss.copy()
+        near[:, 1:] |= loss[:, :-1]
+        near[:, :-1] |= loss[:, 1:]
+        paid = rewards[:, 1:] != 0
+        ball = ~np.isnan(ball_positions(frames)[..., 0])
+        first = np.where(ball.any(axis=1), ball.argmax(axis=1), steps)
+        rows.append({
+            "side": side, "mean return": float(rewards.sum(axis=1).mean()), "ball visible": float(ball.mean()),
+            "steps to first ball": float(first.mean()), "brick-loss events": int(loss.sum()),
+            "rewards": int(paid.sum()), "rewards within 1 step of a brick loss": int((paid & near).sum()),
+        })  # fmt: skip
+    out["table"] = HeldOutTable(columns=list(rows[0]), rows=rows,
+                                title=f"Closed-loop events: {episodes} games x {steps} steps, same random actions")
+    return out
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--simulator", required=True, help="Breakout simulator folder or Hub repo id")
@@ -166,11 +243,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:<i>")
     p.add_argument("--seed", type=int, default=0, help="seeds the windows and the sampling noise")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--closed-loop", type=int, default=0, metavar="E",
+                   help="also diagnose E closed-loop games (real vs dream events; 0 = skip)")
+    p.add_argument("--closed-loop-steps", type=int, default=100, help="steps per closed-loop game")
+    p.add_argument("--keep-below", type=float, default=None,
+                   help="override the simulator's stepping keep_below (U-Net / pixel backbones)")
     p.add_argument("--write-results", action="store_true", help="append a section to --results-file")
     p.add_argument("--results-file", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
     args = p.parse_args(argv)
     if args.clips < 1 or args.horizon < 1 or args.radius < 0:
         p.error("--clips and --horizon must be >= 1 and --radius >= 0")
+    if args.closed_loop < 0 or args.closed_loop_steps < 2:
+        p.error("--closed-loop must be >= 0 and --closed-loop-steps >= 2")
+    if args.keep_below is not None and not 0.0 <= args.keep_below < 1.0:
+        p.error(f"--keep-below must lie in [0, 1), got {args.keep_below}")
     return args
 
 
@@ -183,22 +269,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if "breakout" not in sim.config.env_id.lower() or tuple(sim.config.obs_shape) != (64, 64, 3):
         raise SystemExit(f"the ball tracker reads 64x64 Breakout frames; {args.simulator} simulates "
                          f"{sim.config.env_id} at {tuple(sim.config.obs_shape)}")  # fmt: skip
+    if args.keep_below is not None:
+        if not hasattr(sim.world_model.config, "keep_below"):
+            raise SystemExit(f"--keep-below: {args.simulator}'s backbone has no keep_below setting")
+        sim.world_model.config.keep_below = args.keep_below
     clips = held_out_windows(TrajectoryStore(args.data), sim.config.env_id, sim.context_frames, args.horizon,
                              args.clips, args.held_out_fraction, args.seed)  # fmt: skip
     generator = torch.Generator(device=sim.device).manual_seed(args.seed)
     result = ball_agreement(sim, clips, args.horizon, generator=generator, radius=args.radius,
                             batch_size=args.batch_size, steps=args.sampling_steps)  # fmt: skip
     table = result["table"].to_markdown(float_format="{:.3f}")
+    if args.closed_loop:
+        events = closed_loop_events(sim, args.closed_loop, args.closed_loop_steps, args.seed,
+                                    sampling_steps=args.sampling_steps)
+        result["closed_loop"] = events
+        table += "\n\n" + events["table"].to_markdown(float_format="{:.3f}")
     print(table)
     if args.write_results:
         date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         command = "python bench/ball_tracker.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
         steps = sim.config.sampling_steps if args.sampling_steps is None else args.sampling_steps
+        kb = getattr(sim.world_model.config, "keep_below", None)
         with open(args.results_file, "a", encoding="utf-8") as f:
             f.write(
                 f"\n## Breakout ball tracking: dreamed vs real ball ({date})\n\n"
                 f"Machine: {describe_machine()}  \nCommand: `{command}`  \n"
-                f"Simulator `{args.simulator}` ({steps} Euler steps), {args.clips} held-out windows of `{args.data}` "
+                f"Simulator `{args.simulator}` ({steps} Euler steps, keep_below {kb}), {args.clips} held-out windows of `{args.data}` "
                 f"(last {args.held_out_fraction:g} of the episodes), open loop under the logged actions. Only frames "
                 f"with a visible real ball count; a dreamed frame without a ball is a miss; `copy` keeps the last "
                 f"context frame's ball.\n\n{table}\n"

@@ -97,3 +97,24 @@ def test_cli_smoke_appends_results(store_path, tmp_path):
     text = results.read_text()
     assert text.startswith("# figures\n") and "## Breakout ball tracking" in text
     assert "Machine: " in text and "Command: `python bench/ball_tracker.py" in text
+
+
+def test_closed_loop_events_compare_real_and_dreamed_bricks_and_rewards(bench):
+    env = make_real_env("ALE/Breakout-v5", num_envs=1, num_threads=1)
+    try:
+        obs, _ = env.reset(seed=0)
+    finally:
+        env.close()
+    assert bench.brick_pixels(obs[0]) == 12 * 56  # six full brick rows of two pixel rows, inside the walls
+    sim = make_tiny_sim(0, context=3, perturb=False)  # copies its last context frame: the dream never changes
+    out = bench.closed_loop_events(sim, episodes=6, steps=60, seed=3)
+    assert out["real"].shape == out["dream"].shape == (6, 60, 64, 64, 3)
+    real, dream = out["table"].rows
+    assert real["side"] == "real" and dream["side"] == "dream"
+    assert dream["brick-loss events"] == 0
+    assert (dream["ball visible"] * 6) == pytest.approx(round(dream["ball visible"] * 6))  # all or none per game
+    # The real game pays exactly when bricks go (bricks drop one step at a time, their reward with them).
+    assert real["rewards"] == int((out["real_rewards"][:, 1:] != 0).sum())
+    assert real["rewards within 1 step of a brick loss"] == real["rewards"]
+    assert real["brick-loss events"] >= real["rewards"] - 1
+    assert real["mean return"] == pytest.approx(out["real_rewards"].sum(axis=1).mean())
