@@ -179,37 +179,25 @@ def closed_loop_events(
 ) -> dict[str, Any]:
     """Play the same random actions from the same reset in real Breakout and the dream; compare their events.
 
-    The setting of :func:`dws_gym.evaluation.closed_loop_returns` (reset with ``seed``, ``K - 1`` real steps start
-    the dream, then ``steps`` lockstep steps of uniformly random actions drawn from ``seed``), with every frame kept.
+    Runs :func:`dws_gym.evaluation.closed_loop_returns` (reset with ``seed``, ``K - 1`` real steps start the dream,
+    then ``steps`` lockstep steps of uniformly random actions drawn from ``seed``) and keeps every frame.
 
     Returns:
         ``real`` / ``dream`` frames uint8 ``(E, T, 64, 64, 3)``, ``real_rewards`` / ``dream_rewards`` ``(E, T)``,
         and ``table`` (:class:`~dws_gym.metrics.HeldOutTable`, one row per side).
     """
-    from dws_gym.envs.real import make_real_env
-    from dws_gym.evaluation.closed_loop import lockstep_rollout
+    from dws_gym.evaluation import closed_loop_returns
 
-    k = sim.context_frames
-    seq = np.random.default_rng(seed).integers(0, sim.num_actions, size=(episodes, k - 1 + steps))
-    real_env = make_real_env(sim.config.env_id, num_envs=episodes)
-    real_frames: list[np.ndarray] = []
-    dream_frames: list[np.ndarray] = []
-    try:
-        obs, _ = real_env.reset(seed=seed)
-        context = [np.asarray(obs).copy()]
-        for j in range(k - 1):
-            obs, *_ = real_env.step(seq[:, j])
-            context.append(np.asarray(obs).copy())
-        state = sim.init_state(np.stack(context, axis=1), seq[:, : k - 1])
-        run = lockstep_rollout(
-            sim, real_env, state, obs, lambda t, _o: seq[:, k - 1 + t], steps,
-            generator=torch.Generator(device=sim.device).manual_seed(seed), sampling_steps=sampling_steps,
-            on_step=lambda t, o, f: (real_frames.append(np.asarray(o).copy()), dream_frames.append(f.cpu().numpy())),
-        )  # fmt: skip
-    finally:
-        real_env.close()
-    out: dict[str, Any] = {"real": np.stack(real_frames, axis=1), "dream": np.stack(dream_frames, axis=1),
-                           "real_rewards": run["real_rewards"], "dream_rewards": run["dream_rewards"]}  # fmt: skip
+    kept: dict[str, list[np.ndarray]] = {"real": [], "dream": []}
+
+    def keep(_t: int, real: np.ndarray, dream: torch.Tensor) -> None:
+        kept["real"].append(np.asarray(real).copy())
+        kept["dream"].append(dream.cpu().numpy())
+
+    result = closed_loop_returns(sim, episodes=episodes, steps=steps, seed=seed, sampling_steps=sampling_steps,
+                                 reference=False, on_step=keep)  # fmt: skip
+    out: dict[str, Any] = {"real": np.stack(kept["real"], axis=1), "dream": np.stack(kept["dream"], axis=1),
+                           "real_rewards": result.real_rewards, "dream_rewards": result.dream_rewards}  # fmt: skip
     rows = []
     for side in ("real", "dream"):
         frames, rewards = out[side], out[f"{side}_rewards"]

@@ -154,6 +154,8 @@ class ClosedLoopResult:
         reference_correlation: Per-episode correlation of ``real_returns`` and ``reference_returns``: how much of
             an episode's return its actions decide in this game. A stochastic game caps the correlation any
             simulator can reach at about this value (NaN when undefined or not measured).
+        real_rewards, dream_rewards: float64 ``(E, T)``: every step's reward on each side, uncut (for diagnosis;
+            not serialised by :meth:`to_dict`).
     """
 
     env_id: str
@@ -170,6 +172,8 @@ class ClosedLoopResult:
     sampling_steps: int | None = None
     reference_returns: np.ndarray | None = None
     reference_correlation: float = float("nan")
+    real_rewards: np.ndarray | None = None
+    dream_rewards: np.ndarray | None = None
 
     @property
     def episodes(self) -> int:
@@ -262,6 +266,7 @@ def closed_loop_returns(
     actions: ArrayLike | None = None,
     env_kwargs: Mapping[str, Any] | None = None,
     reference: bool = True,
+    on_step: Callable[[int, np.ndarray, torch.Tensor], None] | None = None,
 ) -> ClosedLoopResult:
     """Run the same action sequences in the real env and in the dream from the same real start; compare returns.
 
@@ -286,6 +291,7 @@ def closed_loop_returns(
         env_kwargs: Passed to :func:`dws_gym.envs.real.make_real_env` (e.g. ``num_threads``).
         reference: Also play the sequences in a second real env reset with ``seed + 1`` and report how well two
             real runs of the same actions agree (``reference_correlation``; cheap next to the dream).
+        on_step: Passed to :func:`lockstep_rollout`: sees every compared step's real observation and dreamed frame.
 
     Returns:
         :class:`ClosedLoopResult` (the correlation is NaN, with the reason, when either side's returns do not vary).
@@ -323,7 +329,7 @@ def closed_loop_returns(
             context.append(np.asarray(obs).copy())
         state = sim.init_state(np.stack(context, axis=1), seq[:, : k - 1])
         run = lockstep_rollout(sim, real, state, obs, lambda t, _obs: seq[:, k - 1 + t], steps, generator=generator,
-                               sampling_steps=sampling_steps)  # fmt: skip
+                               sampling_steps=sampling_steps, on_step=on_step)  # fmt: skip
     finally:
         real.close()
     real_done = run["real_terminated"] | run["real_truncated"]
@@ -339,7 +345,7 @@ def closed_loop_returns(
         dream_returns=dream_returns, real_end_steps=first_end_step(real_done),
         dream_end_steps=first_end_step(run["dream_terminated"]), actions=seq.astype(np.int64), correlation=corr,
         correlation_note=note, sampling_steps=sampling_steps, reference_returns=ref_returns,
-        reference_correlation=float(ref_corr),
+        reference_correlation=float(ref_corr), real_rewards=run["real_rewards"], dream_rewards=run["dream_rewards"],
     )  # fmt: skip
 
 
