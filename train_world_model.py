@@ -16,8 +16,8 @@ copying the last frame) is printed, and the simulator folder is saved (and pushe
     python train_world_model.py --data data/breakout-tracker --total-steps 2400 --warmup-steps 100 --batch-size 32 \
         --learning-rate 1e-3 --eval-clips 128 --output-dir runs/breakout-unet   # --resume continues a stopped run
     python train_world_model.py --data data/breakout-tracker --init-from runs/breakout-unet/simulator \
-        --context-noise 0.2 --horizon 6 --total-steps 1000 --warmup-steps 50 --batch-size 32 --learning-rate 5e-4 \
-        --eval-clips 128 --keep-below 0.07 --output-dir runs/breakout-unet-cn
+        --unet.context-noise 0.2 --horizon 6 --total-steps 1000 --warmup-steps 50 --batch-size 32 \
+        --learning-rate 5e-4 --eval-clips 128 --unet.keep-below 0.07 --output-dir runs/breakout-unet-cn
     torchrun --nproc-per-node 2 train_world_model.py ...       # multi-GPU / multi-process (DDP)
 """
 
@@ -26,13 +26,43 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import tyro
+
+from dws_gym.flags import build_config, config_flags
+from dws_gym.models.flow import FlowConfig
+from dws_gym.models.unet import UNetConfig
+
+# The backbones' flags are their configs' fields (help from the configs' docstrings); what the data or the top-level
+# flags decide is derived, not a flag. The recipe defaults of this script differ from the configs' in context noise.
+UNetFlags = config_flags(
+    UNetConfig, name="UNetFlags",
+    derived=("frame_size", "channels", "context_frames", "num_actions", "action_text_dim", "format_version"),
+    defaults={"context_noise": 0.1}, choices={"action_mode": Literal["frame", "none"]},
+)
+FlowFlags = config_flags(
+    FlowConfig, name="FlowFlags",
+    derived=("frame_size", "channels", "context_frames", "space", "action_space", "num_actions", "action_dim",
+             "action_text_dim", "base_model", "wan_config", "vae_config", "format_version"),
+    defaults={"context_noise": 0.1},
+    choices={"action_mode": Literal["frame", "global", "none"], "parametrization": Literal["residual", "v"],
+             "t_sampling": Literal["uniform", "logit_normal"]},
+    help={"working_resolution": "pre-trained path: frames are resized to this square size before the VAE "
+                                "(default 256)",
+          "prompt": "pre-trained path: the static prompt the cross-attention reads (default: describes the game)"},
+)
+# Settings a pre-trained Wan takes from the flow flags; its sizes come from its own config.
+# (Its parametrization is `v` and its DWS width 256, `from_pretrained_wan`'s defaults, not the small backbone's.)
+PRETRAINED_SETTINGS = ("action_mode", "motion_c", "motion_tau", "motion_delta", "sampling_steps", "context_noise",
+                       "gradient_checkpointing", "t_sampling", "logit_mean", "logit_std", "sample_shift", "kv_cache",
+                       "prompt_max_length")
+# Top-level flags a checkpoint must resume under (the groups' are checked against the weights, see resume_conflicts).
+RUN_SHAPING = ("backbone", "pretrained", "train_mode", "context_frames", "action_text")
 
 
 @dataclass
@@ -55,10 +85,6 @@ class Args:
     """log real-vs-predicted rollout videos to TensorBoard at evaluation (needs moviepy<2; skipped if missing)"""
     save_model: bool = True
     """save the simulator folder at the end"""
-    upload_model: bool = False
-    """alias of --push-to-hub with the repo `{hf_entity}/{env}-dws`"""
-    hf_entity: str = ""
-    """the user or org name of the model repository from the Hugging Face Hub"""
     push_to_hub: str | None = None
     """Hub repo id to upload the finished simulator to (e.g. `user/breakout-dws`)"""
 
@@ -72,65 +98,30 @@ class Args:
     held_out_fraction: float = 0.1
     """fraction of episodes (the newest) held out for evaluation"""
 
-    # model
+    # model (the backbone's own settings are the nested --unet.* / --flow.* groups below)
     backbone: Literal["unet", "flow"] = "unet"
-    """model family: a pixel U-Net built from diffusers blocks (`unet`, the Breakout default) or a rectified-flow Wan
-    transformer (`flow`, also the path for a pre-trained Wan2.1)"""
+    """model family: a pixel U-Net built from diffusers blocks (`unet`, the Breakout default, set with --unet.*) or a
+    rectified-flow Wan transformer (`flow`, also the path for a pre-trained Wan2.1, set with --flow.*)"""
     init_from: str | None = None
     """start from the world-model weights of this simulator folder (or its `world_model/` folder) instead of a
     fresh model: fine-tune a shipped simulator on new data or with a new recipe (the model flags must match it;
     the reward head is trained anew; ignored by --resume, whose checkpoint holds the weights)"""
     pretrained: str | None = None
-    """a diffusers Wan2.1 repo id or local folder; None trains the small pixel-space backbone from scratch"""
-    working_resolution: int = 256
-    """pre-trained path: frames are resized to this size before the VAE"""
-    prompt: str | None = None
-    """pre-trained path: static prompt for the cross-attention (default: describes the game)"""
+    """a diffusers Wan2.1 repo id or local folder (with --backbone flow); None trains a backbone from scratch"""
     train_mode: Literal["full", "module"] = "full"
     """`full` fine-tunes everything; `module` freezes the backbone and trains only the DWS module and action embedder"""
     context_frames: int = 4
-    """K: context frames each step conditions on"""
+    """K: context frames each step conditions on (the model's, the reward head's and the data windows')"""
     horizon: int = 4
     """H: target frames per training clip (each with its own noise level)"""
-    patch_size: int = 8
-    """pixel backbone: spatial patch size"""
-    num_heads: int = 6
-    """pixel backbone: attention heads"""
-    head_dim: int = 32
-    """pixel backbone: width of each head (width = num_heads * head_dim)"""
-    num_layers: int = 3
-    """pixel backbone: transformer blocks"""
-    ffn_dim: int = 768
-    """pixel backbone: feed-forward width"""
-    unet_widths: tuple[int, int, int] = (48, 96, 128)
-    """unet: channels of its three levels (1/2, 1/4, 1/8 of the frame size)"""
-    changed_share: float = 0.4
-    """unet: share of each frame's loss on the pixels that changed around it (0 = off)"""
-    t_one_prob: float = 0.75
-    """unet: share of training targets at noise level 1, the one-step sampling path"""
-    unroll: bool = True
-    """unet: predict later targets of a clip from the model's own earlier predictions"""
-    t_one_hypotheses: int = 1
-    """unet: train each noise-level-1 target from the best of this many noise draws (implicit maximum likelihood), so
-    one-step samples pick one possible future (a sharp ball) instead of averaging them (a faint smear); 1 = off"""
-    action_conditioning: Literal["frame", "global", "none"] = "frame"
-    """frame = DWS per-frame module; global = the action trajectory pooled into one embedding; none = action-free"""
     action_text: bool = False
     """embed actions from language templates with a pre-trained text encoder (needs the `text` extra)"""
-    motion_c: float = 4.0
-    """motion-reinforced loss strength c (1 = the plain loss)"""
-    motion_tau: float = 0.2
-    """motion-reinforced loss temperature tau"""
-    motion_delta: float = 0.05
-    """motion-reinforced loss: frames whose largest change is below delta get small weights"""
-    context_noise: float = 0.1
-    """largest noise level of context-frame augmentation: context frames become (1 - s) x + s eps with
-    s ~ U(0, context-noise) while targets stay clean (fights drift in long rollouts; 0 = off)"""
-    sampling_steps: int | None = None
-    """Euler steps per generated frame (default: 1 for unet, 4 for flow)"""
-    keep_below: float = 0.0
-    """stepping only: keep the previous frame's pixel where the predicted change is below this ([0, 1] units), so
-    faint speckles do not pile up over long dreams (0 = off; may change on --resume)"""
+    unet: UNetFlags = field(default_factory=UNetFlags)
+    """the pixel U-Net (--backbone unet); `keep_below` and `sampling_steps` are stepping settings that may change on
+    --resume"""
+    flow: FlowFlags = field(default_factory=FlowFlags)
+    """the rectified-flow Wan transformer (--backbone flow); with --pretrained only its training and sampling
+    settings apply (the sizes come from the pre-trained config)"""
 
     # optimisation
     total_steps: int = 400
@@ -145,8 +136,6 @@ class Args:
     """AdamW weight decay"""
     max_grad_norm: float = 1.0
     """gradient clipping"""
-    gradient_checkpointing: bool = False
-    """recompute blocks in backward to save memory"""
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     """training precision: `auto` = bf16 autocast where the hardware has native bf16 (CUDA; CPUs with AMX or
     AVX512-BF16), fp32 elsewhere"""
@@ -195,11 +184,6 @@ class Args:
     """show progress bars"""
 
 
-MODEL_FLAGS = ("backbone", "pretrained", "working_resolution", "train_mode", "context_frames", "patch_size",
-               "num_heads", "head_dim", "num_layers", "ffn_dim", "unet_widths", "action_conditioning", "action_text")
-"""Args fields that shape the world model: a checkpoint resumes only under the values it was trained with."""
-
-
 def game_prompt(env_id: str) -> str:
     game = env_id.split("/")[-1].split("-")[0]
     return f"A video of the game {game}, played by an agent, seen from a fixed camera, pixel-art graphics."
@@ -230,74 +214,79 @@ def init_world_model(model: torch.nn.Module, source: str | os.PathLike) -> None:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise SystemExit(f"--init-from: the weights in {folder} do not fit the model these flags build (pass the "
-                         f"--backbone / --unet-widths / --context-frames it was trained with): {str(e)[:400]}") from e
+                         f"--backbone / --unet.widths / --context-frames it was trained with): {str(e)[:400]}") from e
     print(f"initialised the world model from {folder}")
 
 
+def backbone_flags(args: Args) -> Any:
+    """The flag group of the chosen backbone (``args.unet`` or ``args.flow``)."""
+    return args.unet if args.backbone == "unet" else args.flow
+
+
 def build_model(args: Args, meanings: list[str], device: torch.device, frame_size: int = 64, channels: int = 3):
-    """The world model for these args: pixel-space from scratch, or a pre-trained Wan with the DWS module."""
+    """The world model for these args: a U-Net or a pixel-space flow model from scratch, or a pre-trained Wan."""
     from dws_gym.models.actions import TextActionEncoder, action_texts
-    from dws_gym.models.flow import FlowConfig, FlowWorldModel
+    from dws_gym.models.flow import FlowWorldModel
 
     game = args.env_id.split("/")[-1].split("-")[0].lower()
-    if args.backbone == "unet":
-        from dws_gym.models.unet import UNetConfig, UNetWorldModel
-
-        if args.pretrained is not None:
-            raise SystemExit("--pretrained loads a Wan2.1 video model: pass --backbone flow with it.")
-        if args.action_conditioning == "global":
-            raise SystemExit("--action-conditioning global is a Wan ablation; the unet takes frame or none.")
-        text = TextActionEncoder().encode(action_texts(meanings, game=game)) if args.action_text else None
-        config = UNetConfig(
-            frame_size=frame_size, channels=channels, context_frames=args.context_frames, widths=args.unet_widths,
-            num_actions=len(meanings), action_text_dim=None if text is None else int(text.shape[1]),
-            action_mode=args.action_conditioning, t_one_prob=args.t_one_prob, unroll=args.unroll,
-            t_one_hypotheses=args.t_one_hypotheses,
-            motion_c=args.motion_c, motion_tau=args.motion_tau, motion_delta=args.motion_delta,
-            changed_share=args.changed_share, context_noise=args.context_noise, sampling_steps=args.sampling_steps or 1, keep_below=args.keep_below,
-        )
-        return UNetWorldModel(config, action_text_embeddings=text).to(device)
+    if args.backbone == "unet" and args.pretrained is not None:
+        raise SystemExit("--pretrained loads a Wan2.1 video model: pass --backbone flow with it.")
     if args.pretrained is not None:
+        flow = args.flow
         return FlowWorldModel.from_pretrained_wan(
             args.pretrained,
-            working_resolution=args.working_resolution,
-            prompt=args.prompt or game_prompt(args.env_id),
+            working_resolution=flow.working_resolution or 256,
+            prompt=flow.prompt or game_prompt(args.env_id),
             action_texts=action_texts(meanings, game=game),
             context_frames=args.context_frames,
             frame_size=frame_size,
             device=device,
-            action_mode=args.action_conditioning,
-            motion_c=args.motion_c,
-            motion_tau=args.motion_tau,
-            motion_delta=args.motion_delta,
-            sampling_steps=args.sampling_steps or 4,
-            context_noise=args.context_noise,
-            gradient_checkpointing=args.gradient_checkpointing,
+            **{k: getattr(flow, k) for k in PRETRAINED_SETTINGS},
         )
-    text = None
-    if args.action_text:
-        text = TextActionEncoder().encode(action_texts(meanings, game=game))
-    config = FlowConfig(
-        frame_size=frame_size,
-        channels=channels,
-        context_frames=args.context_frames,
-        patch_size=args.patch_size,
-        num_heads=args.num_heads,
-        head_dim=args.head_dim,
-        num_layers=args.num_layers,
-        ffn_dim=args.ffn_dim,
-        num_actions=len(meanings),
-        action_text_dim=None if text is None else int(text.shape[1]),
-        action_mode=args.action_conditioning,
-        motion_c=args.motion_c,
-        motion_tau=args.motion_tau,
-        motion_delta=args.motion_delta,
-        context_noise=args.context_noise,
-        sampling_steps=args.sampling_steps or 4,
-        keep_below=args.keep_below,
-        gradient_checkpointing=args.gradient_checkpointing,
-    )
-    return FlowWorldModel(config, action_text_embeddings=text).to(device)
+    text = TextActionEncoder().encode(action_texts(meanings, game=game)) if args.action_text else None
+    derived = dict(frame_size=frame_size, channels=channels, context_frames=args.context_frames,
+                   num_actions=len(meanings), action_text_dim=None if text is None else int(text.shape[1]))
+    if args.backbone == "unet":
+        from dws_gym.models.unet import UNetWorldModel
+
+        return UNetWorldModel(build_config(UNetConfig, args.unet, **derived), action_text_embeddings=text).to(device)
+    return FlowWorldModel(build_config(FlowConfig, args.flow, **derived), action_text_embeddings=text).to(device)
+
+
+def flat_args(args: Args) -> dict[str, Any]:
+    """The args as one level of ``name`` / ``group.name`` keys (TensorBoard's hyperparameter table)."""
+    out: dict[str, Any] = {}
+    for k, v in asdict(args).items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{name}": value for name, value in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
+def resume_conflicts(saved: dict[str, Any], args: Args) -> tuple[list[str], list[str]]:
+    """Flags whose values differ from those a checkpoint was trained with: ``(run-shaping, backbone-group)``.
+
+    The run-shaping top-level flags (:data:`RUN_SHAPING`) must match. Of the backbone's group, the ones that shape
+    the weights show up when the checkpoint does not load; the others (training and stepping settings such as
+    ``keep_below``) may change on ``--resume``. Each entry is a ``--flag value`` with the saved value. Checkpoints
+    written before the groups existed (flat args) have no group to compare.
+    """
+    def flag(name: str, value: Any) -> str:
+        text = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        return f"--{name.replace('_', '-')} {text}"
+
+    run = [flag(k, saved[k]) for k in RUN_SHAPING if k in saved and saved[k] != getattr(args, k)]
+    group = backbone_flags(args)
+    saved_group = saved.get(args.backbone)
+    changed = []
+    if isinstance(saved_group, dict):
+        for f in fields(group):
+            now = getattr(group, f.name)
+            old = saved_group.get(f.name, now)
+            if (list(old) if isinstance(old, (list, tuple)) else old) != (list(now) if isinstance(now, tuple) else now):
+                changed.append(flag(f"{args.backbone}.{f.name}", old))
+    return run, changed
 
 
 class _LossModule(torch.nn.Module):
@@ -355,9 +344,9 @@ if __name__ == "__main__":
             import wandb
 
             wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                       config=vars(args), name=run_name, save_code=True)
+                       config=asdict(args), name=run_name, save_code=True)
         writer = SummaryWriter(f"runs/{run_name}")
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in flat_args(args).items()))
 
     # ---------------------------------------------------------------- data
     store = TrajectoryStore(args.data, create=True)
@@ -418,20 +407,19 @@ if __name__ == "__main__":
     sps_before = None  # their throughput, reported when this invocation trains no world-model step
     if args.resume:
         ckpt = load_checkpoint(out_dir / "checkpoint", map_location=device)
-        saved = ckpt.get("args", {})
-        changed = [k for k in MODEL_FLAGS if k in saved and saved[k] != getattr(args, k)]
-        if changed:
-            def flag(k: str) -> str:
-                v = saved[k]
-                return f"--{k.replace('_', '-')} " + (" ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v))
-
-            flags = " ".join(flag(k) for k in changed)
-            raise SystemExit(f"--resume: {out_dir} was trained with a different model ({flags}); pass those flags "
-                             "to resume it, or pick a new --output-dir.")
+        run_changed, group_changed = resume_conflicts(ckpt.get("args", {}), args)
+        if run_changed:
+            raise SystemExit(f"--resume: {out_dir} was trained with a different run ({' '.join(run_changed)}); pass "
+                             "those flags to resume it, or pick a new --output-dir.")
         try:
             model.load_state_dict(ckpt["model"])
         except RuntimeError as e:
-            raise SystemExit(f"--resume: the checkpoint in {out_dir} does not fit this model: {str(e)[:500]}") from e
+            hint = (f"; it was trained with {' '.join(group_changed)}: pass those flags to resume it, or pick a new "
+                    "--output-dir" if group_changed else "")
+            raise SystemExit(f"--resume: the checkpoint in {out_dir} does not fit this model{hint}. "
+                             f"{str(e)[:500]}") from e
+        if group_changed:
+            print(f"--resume: continuing with settings changed from the checkpoint's ({' '.join(group_changed)})")
         optimizer.load_state_dict(ckpt["optimizer"])
         restore_rng(ckpt["rng"][min(dist.rank, len(ckpt["rng"]) - 1)], generator, np_rng)
         start_step = int(ckpt["step"])
@@ -614,10 +602,8 @@ if __name__ == "__main__":
             folder = sim.save_pretrained(out_dir / "simulator")
             (out_dir / "held_out_table.md").write_text(table + "\n")
             print(f"simulator saved to {folder}")
-        repo = args.push_to_hub or (f"{args.hf_entity}/{args.env_id.split('/')[-1].lower()}-dws"
-                                    if args.upload_model and args.hf_entity else None)
-        if repo:
-            print(f"pushed to {sim.push_to_hub(repo)}")
+        if args.push_to_hub:
+            print(f"pushed to {sim.push_to_hub(args.push_to_hub)}")
         print(json.dumps({"train_samples_per_second": round(train_sps, 2), "train_seconds": round(train_seconds, 1)}))
         writer.close()
     cleanup_distributed(dist)

@@ -33,16 +33,16 @@ SUITES: dict[str, dict[str, list[str]]] = {
     # The DWS module and loss, on the default backbone ("global" pools the actions: a Wan-only ablation, so it
     # trains the Wan transformer).
     "dws": {
-        "frame, c=default": ["--action-conditioning", "frame"],
-        "global, c=default": ["--action-conditioning", "global", "--backbone", "flow"],
-        "none, c=default": ["--action-conditioning", "none"],
-        "frame, c=1 (plain loss)": ["--action-conditioning", "frame", "--motion-c", "1"],
+        "frame, c=default": ["--unet.action-mode", "frame"],
+        "global, c=default": ["--backbone", "flow", "--flow.action-mode", "global"],
+        "none, c=default": ["--unet.action-mode", "none"],
+        "frame, c=1 (plain loss)": ["--unet.action-mode", "frame", "--unet.motion-c", "1"],
     },
     # What made the Breakout default move the ball: its loss share on changed pixels, unrolled training, the backbone.
     "recipe": {
         "unet (default)": [],
-        "unet, changed_share 0": ["--changed-share", "0"],
-        "unet, no unroll": ["--no-unroll"],
+        "unet, changed_share 0": ["--unet.changed-share", "0"],
+        "unet, no unroll": ["--unet.no-unroll"],
         "wan (flow), patch 8": ["--backbone", "flow"],
     },
 }

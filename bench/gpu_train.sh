@@ -19,7 +19,7 @@ mkdir -p "$DEST"
 if [ "${DWS_GPU_SMOKE:-0}" = "1" ]; then
   COLLECT=${DWS_COLLECT_STEPS:-600}; BATCH=${DWS_BATCH:-2}; MAX_STEPS=${DWS_MAX_STEPS:-3}
   EVAL_CLIPS=${DWS_EVAL_CLIPS:-2}; CLOSED=${DWS_CLOSED_LOOP:-2}; ENVS=2
-  SIZE=(--unet-widths 8 16 16 --reward-steps 4 --reward-batch-size 8 --num-start-states 4 --warmup-steps 1)
+  SIZE=(--unet.widths 8 16 16 --reward-steps 4 --reward-batch-size 8 --num-start-states 4 --warmup-steps 1)
   EVAL_SIZE=(--clips "$EVAL_CLIPS" --closed-loop-episodes "$CLOSED" --closed-loop-steps 5 --horizon 3)
 else
   COLLECT=${DWS_COLLECT_STEPS:-200000}; BATCH=${DWS_BATCH:-256}; MAX_STEPS=${DWS_MAX_STEPS:-100000}

@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ("--collect-steps 300 --unet-widths 8 16 16 --patch-size 4 --num-heads 2 --head-dim 48 --num-layers 1 --ffn-dim 64 "
-        "--context-frames 3 --horizon 2 --batch-size 2 --reward-steps 2 --reward-batch-size 8 --eval-clips 2 "
-        "--eval-horizon 5 --num-start-states 2 --sampling-steps 1 --warmup-steps 1")
+TINY = ("--collect-steps 300 --unet.widths 8 16 16 --flow.patch-size 4 --flow.num-heads 2 --flow.head-dim 48 "
+        "--flow.num-layers 1 --flow.ffn-dim 64 --context-frames 3 --horizon 2 --batch-size 2 --reward-steps 2 "
+        "--reward-batch-size 8 --eval-clips 2 --eval-horizon 5 --num-start-states 2 --flow.sampling-steps 1 "
+        "--warmup-steps 1")
 
 
 def test_two_variants_side_by_side_give_one_table(tmp_path):

@@ -15,11 +15,11 @@ from dws_gym.simulator import Simulator
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train_world_model.py"
 # The default backbone (unet) at tiny widths; FLOW switches to the Wan transformer at tiny sizes.
-TINY = ["--unet-widths", "8", "16", "16", "--context-frames", "3", "--horizon", "2", "--batch-size", "2",
+TINY = ["--unet.widths", "8", "16", "16", "--context-frames", "3", "--horizon", "2", "--batch-size", "2",
         "--reward-steps", "4", "--reward-batch-size", "8", "--eval-clips", "2", "--eval-horizon", "3",
         "--num-start-states", "4", "--no-progress", "--no-capture-video", "--warmup-steps", "1", "--log-every", "1"]
-FLOW = ["--backbone", "flow", "--patch-size", "4", "--num-heads", "2", "--head-dim", "48", "--num-layers", "1",
-        "--ffn-dim", "64", "--sampling-steps", "1"]
+FLOW = ["--backbone", "flow", "--flow.patch-size", "4", "--flow.num-heads", "2", "--flow.head-dim", "48",
+        "--flow.num-layers", "1", "--flow.ffn-dim", "64", "--flow.sampling-steps", "1"]
 
 
 def run(args, cwd, env_extra=None, launcher=None):
@@ -163,12 +163,18 @@ def test_resume_with_other_model_flags_names_them_and_keeps_the_checkpoint(train
     shutil.copytree(cwd / "run", run_dir)
     state = run_dir / "checkpoint" / "training_state.pt"
     before = state.read_bytes()
-    tiny = [a if a != "16" else "24" for a in TINY]  # --unet-widths 8 16 16 -> 8 24 24
+    tiny = [a if a != "16" else "24" for a in TINY]  # --unet.widths 8 16 16 -> 8 24 24
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, str(SCRIPT), "--data", str(cwd / "store"), "--total-steps", "3",
                            "--output-dir", str(run_dir), "--resume"] + tiny, cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "--unet-widths 8 16 16" in proc.stderr + proc.stdout
+    assert proc.returncode != 0 and "it was trained with --unet.widths 8 16 16" in proc.stderr + proc.stdout
+    assert state.read_bytes() == before
+    # A run-shaping (top-level) flag is named before any weight is compared.
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--data", str(cwd / "store"), "--total-steps", "3",
+                           "--output-dir", str(run_dir), "--resume"] + TINY + ["--context-frames", "4"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "different run (--context-frames 3)" in proc.stderr + proc.stdout
     assert state.read_bytes() == before
 
 
@@ -225,14 +231,14 @@ def test_init_from_starts_at_the_given_simulator_and_rejects_another_shape(train
     monkeypatch.setitem(sys.modules, "train_world_model", script)  # dataclasses look their module up there
     spec.loader.exec_module(script)
     source = Simulator.from_pretrained(cwd / "run" / "simulator")
-    args = script.Args(unet_widths=(8, 16, 16), context_frames=3)
+    args = script.Args(unet=script.UNetFlags(widths=(8, 16, 16)), context_frames=3)
     fresh = script.build_model(args, list(source.config.action_meanings), torch.device("cpu"))
     assert any(not torch.equal(a, b) for a, b in zip(fresh.state_dict().values(),
                                                       source.world_model.state_dict().values()))
     script.init_world_model(fresh, cwd / "run" / "simulator")
     for name, value in source.world_model.state_dict().items():
         assert torch.equal(fresh.state_dict()[name], value), name
-    wider = script.build_model(script.Args(unet_widths=(8, 16, 24), context_frames=3),
+    wider = script.build_model(script.Args(unet=script.UNetFlags(widths=(8, 16, 24)), context_frames=3),
                                list(source.config.action_meanings), torch.device("cpu"))
     with pytest.raises(SystemExit, match="do not fit the model these flags build"):
         script.init_world_model(wider, cwd / "run" / "simulator")
@@ -246,7 +252,7 @@ def test_init_from_starts_at_the_given_simulator_and_rejects_another_shape(train
         script.init_world_model(fresh, damaged)
 
     # The script: a fine-tune of that simulator runs and its card lists the command with --init-from.
-    run(["--data", str(cwd / "store"), "--total-steps", "1", "--output-dir", "tuned", "--context-noise", "0.2",
+    run(["--data", str(cwd / "store"), "--total-steps", "1", "--output-dir", "tuned", "--unet.context-noise", "0.2",
          "--init-from", str(cwd / "run" / "simulator")] + TINY, tmp_path)
     tuned = Simulator.from_pretrained(tmp_path / "tuned" / "simulator")
     assert tuned.world_model.config.context_noise == pytest.approx(0.2)
