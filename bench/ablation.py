@@ -19,13 +19,17 @@ real one, the number frame metrics miss (a model that freezes the ball passes th
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
+import tyro
+
+from dws_gym.flags import usage_error
 from dws_gym.jobs import Job, run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,8 +83,7 @@ def ball_shares(simulator: Path, data: str, clips: int) -> dict[str, float]:
     """Share of held-out frames whose dreamed (and copied) ball lies within 4 px of the real one, h = 1..5 / 1..15."""
     import torch
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    from ball_tracker import ball_agreement
+    from ball_tracker import ball_agreement  # bench/ is on the path of a script run from it
 
     from dws_gym.data import TrajectoryStore
     from dws_gym.evaluation import held_out_windows
@@ -98,32 +101,47 @@ def ball_shares(simulator: Path, data: str, clips: int) -> dict[str, float]:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="trajectory store shared by every variant")
-    p.add_argument("--env-id", default="ALE/Breakout-v5")
-    p.add_argument("--total-steps", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--out", default="runs/ablation")
-    p.add_argument("--suite", choices=list(SUITES), default="dws", help="which set of variants (default: dws)")
-    p.add_argument("--variants", nargs="*", default=None, help="subset of: " + "; ".join(VARIANTS))
-    p.add_argument("--ball-clips", type=int, default=64, help="held-out windows for the ball tracker (0: skip)")
-    p.add_argument("--extra", default="", help="more train_world_model.py flags, one string")
-    p.add_argument("--jobs", type=int, default=1, help="variants trained at the same time")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per variant (default: all, or 1 with --jobs > 1)")
-    p.add_argument("--resume", action="store_true",
-                   help="keep variants that already finished under --out and continue the others from their checkpoints")
-    p.add_argument("--write-results", action="store_true")
-    p.add_argument("--results-file", default=str(Path(__file__).with_name("RESULTS.md")))
-    args = p.parse_args()
+@dataclass
+class Args:
+    data: str
+    """trajectory store shared by every variant"""
+    env_id: str = "ALE/Breakout-v5"
+    """real env the variants imitate"""
+    total_steps: int = 2000
+    """world-model steps per variant"""
+    seed: int = 1
+    """seed of every variant"""
+    out: str = "runs/ablation"
+    """variants go to {out}/{variant}"""
+    suite: Literal["dws", "recipe"] = "dws"
+    """which set of variants"""
+    variants: Annotated[tuple[str, ...] | None, tyro.conf.arg(
+        help="a subset of the variants by name (default: the suite's): " + "; ".join(VARIANTS))] = None
+    ball_clips: int = 64
+    """held-out windows for the ball tracker (0: skip)"""
+    extra: str = ""
+    """more train_world_model.py flags as one string, joined with = (--extra="--batch-size 4")"""
+    jobs: int = 1
+    """variants trained at the same time"""
+    threads: int | None = None
+    """torch threads per variant (default: all, or 1 with --jobs > 1)"""
+    resume: bool = False
+    """keep variants that already finished under --out and continue the others from their checkpoints"""
+    write_results: bool = False
+    """append the comparison to --results-file"""
+    results_file: str = str(Path(__file__).with_name("RESULTS.md"))
+    """the results file"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = tyro.cli(Args, args=argv, description=__doc__)
     if args.variants is None:
-        args.variants = list(SUITES[args.suite])
+        args.variants = tuple(SUITES[args.suite])
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
-        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}")
-
+        usage_error(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}")
     if args.jobs < 1:
-        raise SystemExit("--jobs must be >= 1")
+        usage_error("--jobs must be >= 1")
     outs = {name: Path(args.out) / name.replace(" ", "").replace(",", "_").replace("(", "").replace(")", "")
             for name in args.variants}
 

@@ -28,21 +28,22 @@ stepping threshold to see what it does to these.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-
-from dws_gym.hardware import describe_machine
+import tyro
 
 from dws_gym.data import TrajectoryStore
 from dws_gym.evaluation import held_out_windows, open_loop_rollout
+from dws_gym.flags import usage_error
+from dws_gym.hardware import describe_machine
 from dws_gym.metrics import HeldOutTable
 from dws_gym.simulator import Simulator
 
@@ -218,33 +219,50 @@ def closed_loop_events(
     return out
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--simulator", required=True, help="Breakout simulator folder or Hub repo id")
-    p.add_argument("--data", required=True, help="trajectory store with ALE/Breakout-v5 episodes")
-    p.add_argument("--clips", type=int, default=128, help="held-out windows (drawn with replacement if needed)")
-    p.add_argument("--horizon", type=int, default=15, help="open-loop steps per window")
-    p.add_argument("--held-out-fraction", type=float, default=0.1, help="as in python -m dws_gym.evaluation")
-    p.add_argument("--radius", type=float, default=AGREE_RADIUS, help="agreement distance in pixels")
-    p.add_argument("--sampling-steps", type=int, default=None, help="Euler steps per frame (default: sim's)")
-    p.add_argument("--batch-size", type=int, default=64, help="windows per simulator call")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:<i>")
-    p.add_argument("--seed", type=int, default=0, help="seeds the windows and the sampling noise")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--closed-loop", type=int, default=0, metavar="E",
-                   help="also diagnose E closed-loop games (real vs dream events; 0 = skip)")
-    p.add_argument("--closed-loop-steps", type=int, default=100, help="steps per closed-loop game")
-    p.add_argument("--keep-below", type=float, default=None,
-                   help="override the simulator's stepping keep_below (U-Net / pixel backbones)")
-    p.add_argument("--write-results", action="store_true", help="append a section to --results-file")
-    p.add_argument("--results-file", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
-    args = p.parse_args(argv)
+@dataclass
+class Args:
+    simulator: str
+    """Breakout simulator folder or Hub repo id"""
+    data: str
+    """trajectory store with ALE/Breakout-v5 episodes"""
+    clips: int = 128
+    """held-out windows (drawn with replacement if needed)"""
+    horizon: int = 15
+    """open-loop steps per window"""
+    held_out_fraction: float = 0.1
+    """as in python -m dws_gym.evaluation"""
+    radius: float = AGREE_RADIUS
+    """agreement distance in pixels"""
+    sampling_steps: int | None = None
+    """Euler steps per frame (default: the simulator's)"""
+    batch_size: int = 64
+    """windows per simulator call"""
+    device: str = "cpu"
+    """cpu | cuda | cuda:<i>"""
+    seed: int = 0
+    """seeds the windows and the sampling noise"""
+    threads: int | None = None
+    """torch CPU threads"""
+    closed_loop: int = 0
+    """also diagnose this many closed-loop games (real vs dream events; 0 = skip)"""
+    closed_loop_steps: int = 100
+    """steps per closed-loop game"""
+    keep_below: float | None = None
+    """override the simulator's stepping keep_below (U-Net / pixel backbones)"""
+    write_results: bool = False
+    """append a section to --results-file"""
+    results_file: Path = Path(__file__).resolve().parent / "RESULTS.md"
+    """the results file"""
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Args:
+    args = tyro.cli(Args, args=argv, description=__doc__)
     if args.clips < 1 or args.horizon < 1 or args.radius < 0:
-        p.error("--clips and --horizon must be >= 1 and --radius >= 0")
+        usage_error("--clips and --horizon must be >= 1 and --radius >= 0")
     if args.closed_loop < 0 or args.closed_loop_steps < 2:
-        p.error("--closed-loop must be >= 0 and --closed-loop-steps >= 2")
+        usage_error("--closed-loop must be >= 0 and --closed-loop-steps >= 2")
     if args.keep_below is not None and not 0.0 <= args.keep_below < 1.0:
-        p.error(f"--keep-below must lie in [0, 1), got {args.keep_below}")
+        usage_error(f"--keep-below must lie in [0, 1), got {args.keep_below}")
     return args
 
 

@@ -44,7 +44,6 @@ as "simulated").
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import datetime as dt
@@ -57,13 +56,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+import tyro
 
 from dws_gym.envs.dream import DreamVectorEnv, resolve_device
 from dws_gym.envs.real import make_real_env, parse_env_id
+from dws_gym.flags import usage_error
 from dws_gym.hardware import cpu_model, describe_machine, proc_status_bytes, resolve_precision
 from dws_gym.models.flow import FlowConfig, FlowWorldModel
 from dws_gym.models.reward import RewardConfig, RewardHead
@@ -75,7 +76,6 @@ __all__ = ["Row", "Variant", "build_default_simulator", "count_step_flops", "for
 
 MiB = 1024**2
 DEFAULT_ENV_ID = "ALE/Breakout-v5"
-DTYPES = ("fp32", "bf16", "auto")
 BACKBONES = ("unet", "flow")
 H100_H200_BF16_TFLOPS = 989.0
 
@@ -354,7 +354,7 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, (MemoryError, torch.cuda.OutOfMemoryError)) or "out of memory" in str(err).lower()
 
 
-def measure_dream(sim: Simulator, num_envs: int, variant: Variant, args: argparse.Namespace, device: torch.device,
+def measure_dream(sim: Simulator, num_envs: int, variant: Variant, args: Args, device: torch.device,
                   memory: _PeakMemory, compiler: Compiler | None = None) -> Row:
     """Time one ``num_envs`` x variant of the dream env; OOM (and a failed compile) is reported in ``Row.note``."""
     row = Row(num_envs, precision=sim.precision.name, compiled=variant.compiled, requested=variant.dtype)
@@ -416,7 +416,7 @@ def measure_dream(sim: Simulator, num_envs: int, variant: Variant, args: argpars
     return row
 
 
-def measure_real(env_id: str, num_envs: int, args: argparse.Namespace) -> float:
+def measure_real(env_id: str, num_envs: int, args: Args) -> float:
     """Transitions/s of the real vector env (random actions, NEXT_STEP autoreset, the same step count)."""
     kwargs: dict[str, Any] = {}
     if parse_env_id(env_id)[0] == "ale":
@@ -501,62 +501,84 @@ def write_results_section(path: Path, title: str, command: str, details: Sequenc
 
 
 # ================================================================================================== main
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--simulator", default=None, help="saved simulator folder (default: fresh default architecture)")
-    p.add_argument("--backbone", choices=BACKBONES, default="unet", help="backbone of the fresh simulator")
-    p.add_argument("--tiny", action="store_true", help="a tiny fresh simulator instead of the default one (tests)")
-    p.add_argument("--num-envs", type=int, nargs="+", default=[1, 4, 16, 64, 256, 1024, 4096])
-    p.add_argument("--steps", type=int, default=20, help="dream / real steps timed per num_envs")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (compilation happens here)")
-    p.add_argument("--time-budget", type=float, default=60.0,
-                   help="stop timing a row after this many seconds (at least one step is timed)")
-    p.add_argument("--real-min-seconds", type=float, default=1.0, help="time the real env at least this long")
-    p.add_argument("--max-seconds-per-step", type=float, default=30.0,
-                   help="stop growing num_envs once one dream step takes longer")
-    p.add_argument("--sampling-steps", type=int, default=None, help="Euler steps per env step (default: sim's)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:<i>")
-    p.add_argument("--dtype", nargs="+", choices=DTYPES, default=["fp32", "auto"],
-                   help="precisions to time, each a row per num_envs (auto: bf16 where the hardware has it)")
-    p.add_argument("--bf16-mode", choices=["cast", "autocast"], default="cast",
-                   help="bf16: the simulator's cast weights (default) or float32 weights under torch.autocast")
-    p.add_argument("--compile", nargs="?", const="on", default="off", choices=["off", "on", "both"],
-                   help="torch.compile the world model's network call: on (--compile), both (eager and compiled "
-                        "rows) or off")
-    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager: trace only)")
-    p.add_argument("--compile-mode", default=None, help="torch.compile mode (e.g. max-autotune-no-cudagraphs)")
-    p.add_argument("--compile-dynamic", action="store_true",
-                   help="compile for any batch size at once (restarts make partial batches) instead of recompiling "
-                        "once a second batch size shows up")
-    p.add_argument("--output", choices=["numpy", "torch"], default="numpy", help="DreamVectorEnv output type")
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help=f"peak dense TFLOP/s for the %% of peak column (default on CUDA: {H100_H200_BF16_TFLOPS:g}, "
-                        "H100 / H200 SXM bf16; none on the CPU unless given)")
-    p.add_argument("--synthesize", type=int, default=None, metavar="N",
-                   help="estimate how long N transitions take here, from every timed row")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--ale-threads", type=int, default=os.cpu_count() or 1, help="ALE emulator threads")
-    p.add_argument("--real-env-id", default=None, help="real env to compare with (default: the simulator's)")
-    p.add_argument("--no-real", action="store_true", help="skip the real env")
-    p.add_argument("--real-max-envs", type=int, default=None,
-                   help="time the real env at min(num_envs, this) envs: building thousands of emulators takes "
-                        "minutes while the threads saturate long before (the table says when it was capped)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--note", default="", help="free text for the results section (e.g. shared CPU)")
-    p.add_argument("--write-results", action="store_true", help="append a section to --results-file")
-    p.add_argument("--results-file", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
-    args = p.parse_args(argv)
+@dataclass
+class Args:
+    simulator: str | None = None
+    """saved simulator folder (default: a fresh simulator of the default architecture)"""
+    backbone: Literal["unet", "flow"] = "unet"
+    """backbone of the fresh simulator"""
+    tiny: bool = False
+    """a tiny fresh simulator instead of the default one (tests)"""
+    num_envs: tuple[int, ...] = (1, 4, 16, 64, 256, 1024, 4096)
+    """env counts, a row each"""
+    steps: int = 20
+    """dream / real steps timed per num_envs"""
+    warmup: int = 2
+    """untimed steps before timing (compilation happens here)"""
+    time_budget: float = 60.0
+    """stop timing a row after this many seconds (at least one step is timed)"""
+    real_min_seconds: float = 1.0
+    """time the real env at least this long"""
+    max_seconds_per_step: float = 30.0
+    """stop growing num_envs once one dream step takes longer"""
+    sampling_steps: int | None = None
+    """Euler steps per env step (default: the simulator's)"""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:<i>"""
+    dtype: tuple[Literal["fp32", "bf16", "auto"], ...] = ("fp32", "auto")
+    """precisions to time, each a row per num_envs (auto: bf16 where the hardware has it)"""
+    bf16_mode: Literal["cast", "autocast"] = "cast"
+    """bf16: the simulator's cast weights (default) or float32 weights under torch.autocast"""
+    compile: Literal["off", "on", "both"] = "off"
+    """torch.compile the world model's network call: on, both (eager and compiled rows) or off"""
+    compile_backend: str = "inductor"
+    """torch.compile backend (eager: trace only)"""
+    compile_mode: str | None = None
+    """torch.compile mode (e.g. max-autotune-no-cudagraphs)"""
+    compile_dynamic: bool = False
+    """compile for any batch size at once (restarts make partial batches) instead of recompiling once a second
+    batch size shows up"""
+    output: Literal["numpy", "torch"] = "numpy"
+    """DreamVectorEnv output type"""
+    peak_tflops: float | None = None
+    """peak dense TFLOP/s for the % of peak column (default on CUDA: the H100 / H200 SXM bf16 peak; none on the CPU
+    unless given)"""
+    synthesize: int | None = None
+    """estimate how long this many transitions take here, from every timed row"""
+    threads: int | None = None
+    """torch CPU threads"""
+    ale_threads: int = os.cpu_count() or 1
+    """ALE emulator threads"""
+    real_env_id: str | None = None
+    """real env to compare with (default: the simulator's)"""
+    real: bool = True
+    """time the real env in the same run (--no-real skips it)"""
+    real_max_envs: int | None = None
+    """time the real env at min(num_envs, this) envs: building thousands of emulators takes minutes while the
+    threads saturate long before (the table says when it was capped)"""
+    seed: int = 0
+    """seeds the start states and the sampling noise"""
+    note: str = ""
+    """free text for the results section (e.g. shared CPU)"""
+    write_results: bool = False
+    """append a section to --results-file"""
+    results_file: Path = Path(__file__).resolve().parent / "RESULTS.md"
+    """the results file"""
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Args:
+    args = tyro.cli(Args, args=argv, description=__doc__)
     if any(n < 1 for n in args.num_envs):
-        p.error(f"--num-envs must be positive integers, got {args.num_envs}")
+        usage_error(f"--num-envs must be positive integers, got {list(args.num_envs)}")
     if args.steps < 2 or args.warmup < 0:
-        p.error("--steps must be >= 2 and --warmup >= 0")
+        usage_error("--steps must be >= 2 and --warmup >= 0")
     if args.simulator is not None and args.tiny:
-        p.error("--tiny builds a fresh simulator; do not combine it with --simulator")
+        usage_error("--tiny builds a fresh simulator; do not combine it with --simulator")
     if args.real_max_envs is not None and args.real_max_envs < 1:
-        p.error(f"--real-max-envs must be positive, got {args.real_max_envs}")
+        usage_error(f"--real-max-envs must be positive, got {args.real_max_envs}")
     if args.synthesize is not None and args.synthesize < 1:
-        p.error(f"--synthesize must be a positive number of transitions, got {args.synthesize}")
-    args.dtype = list(dict.fromkeys(args.dtype))
+        usage_error(f"--synthesize must be a positive number of transitions, got {args.synthesize}")
+    args.dtype = tuple(dict.fromkeys(args.dtype))
     return args
 
 
@@ -607,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
             these.append(row)
             print(f"num_envs {n} {row.precision}{' compiled' if row.compiled else ''}: dream {row.dream_tps:,.1f}/s, "
                   f"{_si(row.flops_per_transition, 'FLOP')}/transition {row.note}", file=sys.stderr)
-        if not args.no_real and any(r.dream_tps > 0 for r in these):
+        if args.real and any(r.dream_tps > 0 for r in these):
             m = min(n, args.real_max_envs or n)
             if m not in real_cache:
                 real_cache[m] = measure_real(real_id, m, args)
@@ -630,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     if args.write_results:
         given = sys.argv[1:] if argv is None else list(argv)
         command = "python bench/dream_env.py " + " ".join(shlex.quote(a) for a in given)
-        real_line = ("real env not measured" if args.no_real else
+        real_line = ("real env not measured" if not args.real else
                      f"real env: `make_real_env({real_id!r}, num_envs, num_threads={args.ale_threads})`, random "
                      f"actions, at least {args.real_min_seconds:g} s per num_envs, in the same run"
                      + (f" (at most {args.real_max_envs} envs)" if args.real_max_envs else ""))

@@ -4,7 +4,7 @@ Runs ``ppo_dws.py`` once per arm (``--imagination none / uniform / prioritized``
 budget, each run in its own folder ``{--out}/{arm}_s{seed}``, then reads every run's TensorBoard events and compares
 the arms on the real env:
 
-* a plot (``--plot [PATH]``, needs matplotlib; default ``docs/ppo_comparison.png``): mean ± std over seeds of
+* a plot (``--plot``, needs matplotlib; ``--plot-path``, default ``docs/ppo_comparison.png``): mean ± std over seeds of
   ``eval/episodic_return`` against real env steps, one line per arm;
 * a table, printed and (``--write-results``) appended to bench/RESULTS.md with machine, command and date: per arm the
   final eval return, the area under the eval curve, wall time per run, imagined transitions per run, and the mean gap
@@ -37,17 +37,19 @@ starts afresh. Each run's console output goes to ``{run folder}/stdout.log``.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import os
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import tyro
 
+from dws_gym.flags import usage_error
 from dws_gym.jobs import Job, run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,33 +272,48 @@ def finished(folder: Path, total_timesteps: int) -> bool:
         return False
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="--imagination modes compared")
-    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    p.add_argument("--total-timesteps", type=int, default=100_000, help="real env steps per run (every arm)")
-    p.add_argument("--env-id", default="ALE/Breakout-v5")
-    p.add_argument("--simulator", default=None, help="simulator folder or Hub id (default: ppo_dws.py's, shipped)")
-    p.add_argument("--out", default="runs/ppo-comparison", help="runs go to {out}/{arm}_s{seed}")
-    p.add_argument("--extra", default="", help="more ppo_dws.py flags, one string")
-    p.add_argument("--jobs", type=int, default=1, help="runs at the same time")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per run (default: all, or 1 with --jobs > 1)")
-    p.add_argument("--resume", action="store_true",
-                   help="keep runs that already finished under --out and continue the others from their checkpoints")
-    p.add_argument("--plot", nargs="?", const=DEFAULT_PLOT, default=None, metavar="PATH",
-                   help=f"write the return curves as a PNG (default path {DEFAULT_PLOT}; needs matplotlib)")
-    p.add_argument("--write-results", action="store_true")
-    p.add_argument("--results-file", default=str(Path(__file__).with_name("RESULTS.md")))
-    args = p.parse_args(argv)
+@dataclass
+class Args:
+    arms: tuple[Literal["none", "uniform", "prioritized"], ...] = ARMS
+    """--imagination modes compared"""
+    seeds: tuple[int, ...] = (1, 2, 3)
+    """seeds per arm"""
+    total_timesteps: int = 100_000
+    """real env steps per run (every arm)"""
+    env_id: str = "ALE/Breakout-v5"
+    """real env"""
+    simulator: str | None = None
+    """simulator folder or Hub id (default: ppo_dws.py's, the shipped one)"""
+    out: str = "runs/ppo-comparison"
+    """runs go to {out}/{arm}_s{seed}"""
+    extra: str = ""
+    """more ppo_dws.py flags as one string, joined with = (--extra="--num-envs 4 --eval-every 5000")"""
+    jobs: int = 1
+    """runs at the same time"""
+    threads: int | None = None
+    """torch threads per run (default: all, or 1 with --jobs > 1)"""
+    resume: bool = False
+    """keep runs that already finished under --out and continue the others from their checkpoints"""
+    plot: bool = False
+    """write the return curves as a PNG to --plot-path (needs matplotlib)"""
+    plot_path: str = DEFAULT_PLOT
+    """where --plot writes"""
+    write_results: bool = False
+    """append the table to --results-file"""
+    results_file: str = str(Path(__file__).with_name("RESULTS.md"))
+    """the results file"""
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Args:
+    args = tyro.cli(Args, args=argv, description=__doc__)
     if args.jobs < 1:
-        p.error("--jobs must be >= 1")
+        usage_error("--jobs must be >= 1")
     if args.plot and not have_matplotlib():
-        p.error("--plot needs matplotlib: pip install matplotlib")
+        usage_error("--plot needs matplotlib: pip install matplotlib")
     return args
 
 
-def run_all(args: argparse.Namespace) -> list[str]:
+def run_all(args: Args) -> list[str]:
     """Run every (arm, seed) not yet finished, ``--jobs`` at a time; return the runs that failed."""
 
     def jobs():
@@ -331,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     print(table)
     if args.plot:
         title = f"{args.env_id}: PPO by imagination, mean ± std over seeds {' '.join(map(str, args.seeds))}"
-        print(f"plot: {plot_comparison(results, args.plot, title)}")
+        print(f"plot: {plot_comparison(results, args.plot_path, title)}")
     if failed:
         raise SystemExit(f"runs failed: {', '.join(failed)} (see their stdout.log); nothing written to "
                          f"{args.results_file}. Rerun with --resume.")
@@ -352,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
                 "transitions: counted from the logs (imagined rollouts logged × num_dream_envs × horizon); "
                 "imagined − real reward: mean over iterations of charts/imagined_reward_mean − "
                 "charts/real_reward_mean (sign-clipped rewards for Atari)."
-                + (f" Plot: `{args.plot}`." if args.plot else "") + f"\n\n{table}\n"
+                + (f" Plot: `{args.plot_path}`." if args.plot else "") + f"\n\n{table}\n"
             )
         print(f"appended to {args.results_file}", file=sys.stderr)
     return results

@@ -19,15 +19,16 @@ Variants:
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import tyro
 
 from dws_gym.data import split_episodes
 from dws_gym.data.store import TrajectoryStore
@@ -57,22 +58,38 @@ def score(head: RewardHead, data, batch_size: int = 256) -> dict[str, tuple[floa
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="trajectory store (e.g. from python -m dws_gym.collect)")
-    p.add_argument("--env-id", default=None, help="use only this env id's episodes (default: the first episode's)")
-    p.add_argument("--steps", type=int, default=1000, help="optimiser steps per variant")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (train_world_model.py's default)")
-    p.add_argument("--context-frames", type=int, default=4)
-    p.add_argument("--held-out-fraction", type=float, default=0.1)
-    p.add_argument("--fractions", type=float, nargs="*", default=[0.15], help="oversampling shares to compare")
-    p.add_argument("--no-weighted", action="store_true", help="skip the loss-weighted baseline")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--write-results", action="store_true")
-    p.add_argument("--results-file", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
-    args = p.parse_args()
+@dataclass
+class Args:
+    data: str
+    """trajectory store (e.g. from python -m dws_gym.collect)"""
+    env_id: str | None = None
+    """use only this env id's episodes (default: the first episode's)"""
+    steps: int = 1000
+    """optimiser steps per variant"""
+    batch_size: int = 64
+    """transitions per step"""
+    lr: float = 1e-3
+    """AdamW learning rate (train_world_model.py's default)"""
+    context_frames: int = 4
+    """frames each transition stacks"""
+    held_out_fraction: float = 0.1
+    """fraction of episodes (the newest) scored, not trained on"""
+    fractions: tuple[float, ...] = (0.15,)
+    """oversampling shares to compare"""
+    weighted: bool = True
+    """also train the loss-weighted baseline (--no-weighted skips it)"""
+    seed: int = 1
+    """seed of every variant"""
+    threads: int | None = None
+    """torch CPU threads"""
+    write_results: bool = False
+    """append the table to --results-file"""
+    results_file: Path = Path(__file__).resolve().parent / "RESULTS.md"
+    """the results file"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = tyro.cli(Args, args=argv, description=__doc__)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -92,7 +109,7 @@ def main() -> None:
     print(f"{len(train)} training / {len(held)} held-out transitions of {env_id}; rare share {rare_share:.2%}",
           file=sys.stderr)
 
-    variants: list[tuple[str, float]] = [] if args.no_weighted else [("weighted (clip 10)", 0.0)]
+    variants: list[tuple[str, float]] = [] if not args.weighted else [("weighted (clip 10)", 0.0)]
     variants += [(f"oversample {f:g}", f) for f in args.fractions]
     rows = []
     for name, fraction in variants:

@@ -15,7 +15,6 @@ those files only), so reads come from disk; --warm keeps the cache. The data is 
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -24,11 +23,14 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tyro
 
 from dws_gym.data import TrajectoryStore
+from dws_gym.flags import usage_error
 from dws_gym.hardware import describe_machine, proc_status_bytes
 
 MiB = 1024**2
@@ -44,9 +46,9 @@ def disk_bytes(root: Path) -> int:
     return total
 
 
-def build(args: argparse.Namespace) -> dict:
+def build(args: Args) -> dict:
     """Write synthetic episodes until the store holds at least ``args.frames`` frames."""
-    store = TrajectoryStore(args.root, create=True, durable=not args.no_fsync)
+    store = TrajectoryStore(args.root, create=True, durable=args.fsync)
     rng = np.random.default_rng(args.seed)
     size = args.size
     written = store.num_frames
@@ -72,7 +74,7 @@ def build(args: argparse.Namespace) -> dict:
     return {"build_s": build_s, "build_mb_s": new_bytes / MiB / max(build_s, 1e-9), "built_frames": new_bytes}
 
 
-def sample(args: argparse.Namespace) -> dict:
+def sample(args: Args) -> dict:
     """Open the store and sample clips; runs in a fresh process (see main)."""
     anon_start = proc_status_bytes("RssAnon")
     t0 = time.perf_counter()
@@ -129,7 +131,7 @@ HEADER = (
 )
 
 
-def row(args: argparse.Namespace, b: dict, s: dict, disk: int, date: str) -> str:
+def row(args: Args, b: dict, s: dict, disk: int, date: str) -> str:
     build = f"{b['build_s']:.0f} ({b['build_mb_s']:.0f})" if b.get("built_frames") else "reused"
     anon = " / ".join(f"{s[k] / MiB:.0f}" for k in ("anon_start", "anon_open", "anon_peak", "anon_end"))
     return (
@@ -140,33 +142,53 @@ def row(args: argparse.Namespace, b: dict, s: dict, disk: int, date: str) -> str
     )
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", type=Path, default=Path("/tmp/dws_store_bench"), help="store folder (made if missing)")
-    p.add_argument("--frames", type=int, default=1_000_000, help="build until the store holds this many frames")
-    p.add_argument("--size", type=int, default=64, help="frame height = width")
-    p.add_argument("--min-len", type=int, default=150, help="shortest episode (steps)")
-    p.add_argument("--max-len", type=int, default=250, help="longest episode (steps)")
-    p.add_argument("--clips", type=int, default=10_000, help="clip windows to sample")
-    p.add_argument("--context", type=int, default=4, help="context frames K")
-    p.add_argument("--horizon", type=int, default=16, help="target frames H")
-    p.add_argument("--batch", type=int, default=250, help="clips per sample() call")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--reuse", action="store_true", help="keep an existing store at --root and only top it up")
-    p.add_argument("--keep", action="store_true", help="do not delete the store afterwards")
-    p.add_argument("--no-fsync", action="store_true", help="write without fsync (faster, not crash-safe)")
-    p.add_argument("--warm", action="store_true", help="sample with the page cache warm (default: evicted)")
-    p.add_argument("--write-results", action="store_true", help="append the row to --results-file")
-    p.add_argument("--results-file", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
-    p.add_argument("--sample-only", action="store_true", help=argparse.SUPPRESS)  # the measuring child process
-    args = p.parse_args()
+@dataclass
+class Args:
+    root: Path = Path("/tmp/dws_store_bench")
+    """store folder (made if missing)"""
+    frames: int = 1_000_000
+    """build until the store holds this many frames"""
+    size: int = 64
+    """frame height = width"""
+    min_len: int = 150
+    """shortest episode (steps)"""
+    max_len: int = 250
+    """longest episode (steps)"""
+    clips: int = 10_000
+    """clip windows to sample"""
+    context: int = 4
+    """context frames K"""
+    horizon: int = 16
+    """target frames H"""
+    batch: int = 250
+    """clips per sample() call"""
+    seed: int = 0
+    """seeds the episodes and the windows"""
+    reuse: bool = False
+    """keep an existing store at --root and only top it up"""
+    keep: bool = False
+    """do not delete the store afterwards"""
+    fsync: bool = True
+    """write durably (--no-fsync: faster, not crash-safe)"""
+    warm: bool = False
+    """sample with the page cache warm (default: evicted)"""
+    write_results: bool = False
+    """append the row to --results-file"""
+    results_file: Path = Path(__file__).resolve().parent / "RESULTS.md"
+    """the results file"""
+    sample_only: bool = False
+    """internal: run only the sampling measurement (the bench's child process)"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = tyro.cli(Args, args=argv, description=__doc__)
 
     if args.sample_only:
         print(json.dumps(sample(args)))
         return
     if args.root.exists() and not args.reuse:
         if not (args.root / "store.json").exists():
-            p.error(f"{args.root} exists and is not a trajectory store; pick another --root")
+            usage_error(f"{args.root} exists and is not a trajectory store; pick another --root")
         shutil.rmtree(args.root)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     try:

@@ -10,14 +10,15 @@ random frames (throughput does not depend on pixel values).
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import tyro
 
 from dws_gym.models.flow import FlowConfig, FlowWorldModel
 from dws_gym.hardware import describe_machine
@@ -31,7 +32,7 @@ def describe_default() -> str:
             f"{params / 1e6:.2f}M parameters)")
 
 
-def measure(mode: str, args: argparse.Namespace, frames: torch.Tensor, actions: torch.Tensor) -> float:
+def measure(mode: str, args: Args, frames: torch.Tensor, actions: torch.Tensor) -> float:
     torch.manual_seed(0)
     cfg = FlowConfig(num_actions=4, action_mode=mode, context_frames=args.context)
     model = FlowWorldModel(cfg).to(args.device).train()
@@ -60,19 +61,32 @@ def measure(mode: str, args: argparse.Namespace, frames: torch.Tensor, actions: 
     return args.steps * args.batch_size / (time.perf_counter() - t)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--context", type=int, default=4)
-    p.add_argument("--horizon", type=int, default=4, help="target frames per clip (train_world_model.py's default)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--bf16", action="store_true")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--data", default=None, help="trajectory store of real clips (optional)")
-    p.add_argument("--write-results", action="store_true")
-    p.add_argument("--results-file", default=str(Path(__file__).with_name("RESULTS.md")))
-    args = p.parse_args()
+@dataclass
+class Args:
+    batch_size: int = 8
+    """clips per training step"""
+    steps: int = 5
+    """timed steps per variant"""
+    context: int = 4
+    """context frames K"""
+    horizon: int = 4
+    """target frames per clip (train_world_model.py's default)"""
+    device: str = "cpu"
+    """cpu | cuda | cuda:<i>"""
+    bf16: bool = False
+    """train under bf16 autocast"""
+    threads: int | None = None
+    """torch CPU threads"""
+    data: str | None = None
+    """trajectory store of real clips (default: random frames)"""
+    write_results: bool = False
+    """append the rows to --results-file"""
+    results_file: str = str(Path(__file__).with_name("RESULTS.md"))
+    """the results file"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = tyro.cli(Args, args=argv, description=__doc__)
     if args.threads:
         torch.set_num_threads(args.threads)
     k, h = args.context, args.horizon

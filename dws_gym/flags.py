@@ -5,15 +5,17 @@ fields as its own flags: the copies drift (names, defaults, help) and every new 
 :func:`config_flags` makes a dataclass with the config's user-settable fields, their defaults and the help text of
 the config's ``Attributes:`` docstring, for tyro to nest under a prefix (``--unet.widths``); the fields a script
 derives from its data (frame size, number of actions, ...) are left out, and :func:`build_config` puts them back.
+:func:`usage_error` ends a command line on a value its types cannot rule out, as argparse would.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 C = TypeVar("C")
 
@@ -98,3 +100,9 @@ def build_config(config_cls: type[C], flags: Any, **derived: Any) -> C:
     if clash:
         raise ValueError(f"build_config({config_cls.__name__}): {sorted(clash)} are flags, not derived fields")
     return config_cls(**values, **derived)
+
+
+def usage_error(message: str) -> NoReturn:
+    """Stop a command line the way argparse does on bad input: ``error: message`` on stderr, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)

@@ -14,17 +14,19 @@ synthesized transitions).
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import shlex
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import tyro
 
+from dws_gym.flags import usage_error
 from dws_gym.jobs import Job, run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,23 +82,38 @@ def table(results: dict[str, list[dict[str, Any]]], env_id: str | None) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, help="the real trajectory store")
-    p.add_argument("--synthetic-dataset", required=True, help="offline/augment.py's store for the 'w/ wm' arms")
-    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    p.add_argument("--total-steps", type=int, default=100_000, help="gradient steps of every run")
-    p.add_argument("--out", default="runs/table2", help="runs go to {out}/{arm}_s{seed}")
-    p.add_argument("--extra", default="", help="more flags for both scripts, one string (e.g. '--eval-episodes 20')")
-    p.add_argument("--jobs", type=int, default=1, help="runs at the same time")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: all, 1 with --jobs > 1)")
-    p.add_argument("--resume", action="store_true", help="keep finished runs, continue the others from checkpoints")
-    p.add_argument("--write-results", action="store_true")
-    p.add_argument("--results-file", default=str(ROOT / "bench" / "RESULTS.md"))
-    args = p.parse_args(argv)
+@dataclass
+class Args:
+    dataset: str
+    """the real trajectory store"""
+    synthetic_dataset: str
+    """offline/augment.py's store for the 'w/ wm' arms"""
+    arms: tuple[Literal["CQL", "CQL w/ wm", "IQL", "IQL w/ wm"], ...] = tuple(ARMS)
+    """arms compared"""
+    seeds: tuple[int, ...] = (1, 2, 3)
+    """seeds per arm"""
+    total_steps: int = 100_000
+    """gradient steps of every run"""
+    out: str = "runs/table2"
+    """runs go to {out}/{arm}_s{seed}"""
+    extra: str = ""
+    """more flags for both scripts as one string, joined with = (--extra="--eval-episodes 20")"""
+    jobs: int = 1
+    """runs at the same time"""
+    threads: int | None = None
+    """torch threads per run (default: all, 1 with --jobs > 1)"""
+    resume: bool = False
+    """keep finished runs, continue the others from checkpoints"""
+    write_results: bool = False
+    """append the table to --results-file"""
+    results_file: str = str(ROOT / "bench" / "RESULTS.md")
+    """the results file"""
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Args:
+    args = tyro.cli(Args, args=argv, description=__doc__)
     if args.jobs < 1:
-        p.error("--jobs must be >= 1")
+        usage_error("--jobs must be >= 1")
     return args
 
 

@@ -18,7 +18,7 @@ def test_two_variants_side_by_side_give_one_table(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     cmd = [sys.executable, str(ROOT / "bench" / "ablation.py"), "--data", str(tmp_path / "store"),
            "--total-steps", "2", "--out", str(tmp_path / "runs"), "--jobs", "2",
-           "--variants", "frame, c=default", "none, c=default", "--extra", TINY,
+           "--variants", "frame, c=default", "none, c=default", f"--extra={TINY}",
            "--ball-clips", "4", "--write-results", "--results-file", str(results)]
     # Both variants share one store: collect it first so the two runs do not both collect into it.
     subprocess.run([sys.executable, "-m", "dws_gym.collect", "--env-id", "ALE/Breakout-v5", "--steps", "300",

@@ -103,13 +103,13 @@ def test_real_env_cap_is_reported(bench):
 
 @pytest.mark.parametrize("bad, message", [
     (["--num-envs", "0"], r"--num-envs must be positive integers, got \[0\]"),
-    (["--dtype", "fp16"], r"argument --dtype: invalid choice: 'fp16'"),
+    (["--dtype", "fp16"], r"invalid choice 'fp16' for argument '--dtype'"),
     (["--synthesize", "0"], r"--synthesize must be a positive number of transitions, got 0"),
-    (["--compile", "maybe"], r"argument --compile: invalid choice: 'maybe'"),
+    (["--compile", "maybe"], r"invalid choice 'maybe' for argument '--compile'"),
     (["--steps", "1"], r"--steps must be >= 2"),
 ])
 def test_bad_arguments_are_rejected(bench, bad, message, capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(["--tiny", *bad])
-    assert exc.value.code == 2  # an argparse usage error: the message is on stderr
-    assert re.search(r"error: " + message, capsys.readouterr().err)
+    assert exc.value.code == 2  # a usage error: the message is on stderr
+    assert re.search(message, capsys.readouterr().err)

@@ -111,7 +111,7 @@ def test_tiny_comparison_end_to_end_and_resume(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, str(ROOT / "bench" / "ppo_comparison.py"), "--total-timesteps", "64", "--seeds", "1",
            "--arms", "none", "uniform", "--simulator", str(sim), "--out", str(tmp_path / "runs"), "--jobs", "2",
-           "--threads", "1", "--extra", "--num-envs 2 --num-steps 16 --num-dream-envs 2 --horizon 2 --eval-every 32 "
+           "--threads", "1", "--extra=--num-envs 2 --num-steps 16 --num-dream-envs 2 --horizon 2 --eval-every 32 "
            "--eval-episodes 1 --eval-max-steps 20 --no-cuda", "--results-file", str(results)]
     proc = subprocess.run([*cmd, "--write-results"], env=env, capture_output=True, text=True, timeout=80)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
