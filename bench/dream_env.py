@@ -13,7 +13,7 @@ Precision: ``--dtype fp32 auto`` (the default) times both; ``auto`` is bf16 wher
 (``Simulator.set_precision``: weights cast to bf16); ``--bf16-mode autocast`` instead keeps float32 weights and runs
 each step under ``torch.autocast`` (for comparing the two). Every run prints the CPU model and the path that ran.
 
-``--compile`` (``on``; ``both`` for eager and compiled rows) wraps the world model's network call in
+``--compile on`` (``both`` for eager and compiled rows) wraps the world model's network call in
 ``torch.compile``: ``predict_x0`` of the U-Net, ``_network`` (the transformer call) of the flow backbone. Compilation
 happens in the warm-up steps, which are not timed.
 
