@@ -200,10 +200,8 @@ def test_t_one_hypotheses_train_each_t_one_target_from_its_best_noise_draw():
     changed = changed_pixels(x[:, 1:4])
     t = torch.tensor([1.0, 0.3, 1.0])
     eps = torch.randn(target.shape, generator=torch.Generator().manual_seed(5))
-    out, (rows, samples) = model._best_t_one_noise(context, window, target, t, eps, None, changed,
-                                                    torch.Generator().manual_seed(9))
+    out = model._best_t_one_noise(context, window, target, t, eps, None, changed, torch.Generator().manual_seed(9))
     assert torch.equal(out[1], eps[1])  # t < 1 keeps its noise: the input already carries the target
-    assert rows.tolist() == [0, 2]
     # Replay the draws: the chosen noise is the argmin of the training loss over the original draw and m - 1 more.
     more = torch.randn((2, m - 1, *eps.shape[1:]), generator=torch.Generator().manual_seed(9))
     for row, i in ((0, 0), (2, 1)):
@@ -212,9 +210,6 @@ def test_t_one_hypotheses_train_each_t_one_target_from_its_best_noise_draw():
                               cands, target[[row]].expand(m, -1, -1, -1), changed[[row]].expand(m, -1, -1))
         assert torch.equal(out[row], cands[int(scores.argmin())])
         assert scores.min() < scores[0]  # with 6 draws of a noise-dependent model, a better one than the first
-        # The unroll continues from the first (random) draw's prediction: what one stepping call makes.
-        first = model.predict_x0(context[[row]], window[[row]], eps[[row]], torch.ones(1), validate=False).float()
-        assert torch.allclose(samples[i], first[0], atol=1e-5)
     with pytest.raises(ValueError, match="t_one_hypotheses must be an int >= 1"):
         UNetConfig(**TINY, t_one_hypotheses=0)
 

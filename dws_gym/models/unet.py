@@ -28,8 +28,7 @@ Loss. The motion-reinforced weights (``c``, ``tau``, ``delta``) per pixel, and o
 frame's loss on the pixels that changed around it (:func:`~dws_gym.models.motion.changed_share_mean`), because the
 ball is too small for per-pixel weights of a few times 1 to matter. Training clips of ``H`` targets are unrolled:
 target ``j`` is predicted from a context whose newest frames are the model's own (detached) predictions of targets
-``< j`` (``unroll=True``; with ``t_one_hypotheses > 1``, from a random draw's prediction, not the picked one), so
-it learns to continue from what it dreams, as it must at stepping time. The real
+``< j`` (``unroll=True``), so it learns to continue from what it dreams, as it must at stepping time. The real
 context frames can be corrupted with a little noise (``context_noise``, as GameNGen and Diffusion Forcing do) while
 the targets stay clean, so the model learns to clean its context rather than copy its errors forward.
 """
@@ -350,10 +349,8 @@ class UNetWorldModel(nn.Module):
             changed = changed_pixels(x[:, k + j - 2: k + j + 1], threshold=cfg.change_threshold,
                                      dilate=cfg.change_dilate)
             w_j = None if weights is None else weights[:, k + j]
-            stepped = None  # (rows, their one-step samples) where the trained prediction is not what stepping makes
             if cfg.t_one_hypotheses > 1:
-                eps, stepped = self._best_t_one_noise(context, actions[:, j: j + k], target, t, eps, w_j, changed,
-                                                      generator)
+                eps = self._best_t_one_noise(context, actions[:, j: j + k], target, t, eps, w_j, changed, generator)
             tt = t.view(b, 1, 1, 1)
             x_t = (1.0 - tt) * target + tt * eps
             x0_hat = self.predict_x0(context, actions[:, j: j + k], x_t, t).float()
@@ -367,14 +364,7 @@ class UNetWorldModel(nn.Module):
             mses.append((plain.detach() * ok).sum())
             copies.append(((x[:, k + j - 1] - target).pow(2).flatten(1).mean(dim=1) * ok).sum())
             counts.append(ok.sum())
-            if cfg.unroll:
-                nxt = x0_hat.detach().clamp(-1.0, 1.0)
-                if stepped is not None:  # continue from a random draw, as stepping does, not from the picked one
-                    nxt = nxt.clone()
-                    nxt[stepped[0]] = stepped[1].to(nxt.dtype).clamp(-1.0, 1.0)
-                window.append(nxt)
-            else:
-                window.append(target)
+            window.append(x0_hat.detach().clamp(-1.0, 1.0) if cfg.unroll else target)
         n = torch.stack(counts).sum().clamp_min(1.0)
         loss = torch.stack(losses).sum() / n
         logs = {"loss": float(loss.detach()), "mse": float(torch.stack(mses).sum() / n),
@@ -384,21 +374,16 @@ class UNetWorldModel(nn.Module):
     @torch.no_grad()
     def _best_t_one_noise(self, context: torch.Tensor, window: torch.Tensor, target: torch.Tensor, t: torch.Tensor,
                           eps: torch.Tensor, weights: torch.Tensor | None, changed: torch.Tensor,
-                          generator: torch.Generator | None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+                          generator: torch.Generator | None) -> torch.Tensor:
         """``eps`` with each ``t = 1`` row replaced by the best of ``t_one_hypotheses`` draws (IMLE; see the config).
 
         "Best" is the frame loss the training step uses (motion weights and the changed-pixel share), so the ball
         decides among draws even though it is a few pixels of the frame. Rows at ``t < 1`` keep their noise: their
         input already carries the target.
-
-        Also returns ``(rows, samples)``: the ``t = 1`` rows and the prediction from their first draw, which is
-        random (not picked), i.e. what a one-step stepping call makes. An unrolled clip continues from these, so
-        the model learns to continue from its own samples, artefacts included, rather than from the draw nearest
-        the real frame, which stepping never gets.
         """
         rows = (t >= 1.0).nonzero().flatten()
         if rows.numel() == 0:
-            return eps, (rows, target[:0])
+            return eps
         m = self.config.t_one_hypotheses
         n = rows.numel()
         draws = torch.randn((n, m - 1, *eps.shape[1:]), generator=generator).to(eps.device)
@@ -413,7 +398,7 @@ class UNetWorldModel(nn.Module):
         best = score.view(n, m).argmin(dim=1)
         out = eps.clone()
         out[rows] = draws[torch.arange(n, device=eps.device), best]
-        return out, (rows, pred.view(n, m, *pred.shape[1:])[:, 0])
+        return out
 
     # ---------------------------------------------------------------------------------------------- stepping
     def sampling_schedule(self, steps: int) -> list[float]:
