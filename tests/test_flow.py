@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from tiny_sim import make_tiny_wan_folder
 
 from dws_gym.models.flow import (
     FLOW_CONFIG_NAME,
@@ -432,31 +433,7 @@ def test_text_action_embeddings_are_required_when_configured():
 @pytest.fixture(scope="module")
 def tiny_wan_folder(tmp_path_factory):
     """A Wan2.1-layout folder with a tiny transformer, VAE, UMT5 text encoder and a word-level tokenizer."""
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
-
-    root = tmp_path_factory.mktemp("tiny_wan")
-    torch.manual_seed(0)
-    WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
-        text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2,
-    ).save_pretrained(root / "transformer")  # fmt: skip
-    AutoencoderKLWan(
-        base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
-        latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 2.0, 0.5, 1.0],
-    ).save_pretrained(root / "vae")  # fmt: skip
-    UMT5EncoderModel(UMT5Config(vocab_size=32, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).save_pretrained(
-        root / "text_encoder"
-    )
-    words = "the a game of breakout agent moves paddle left right does nothing".split()
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>", eos_token="</s>"
-    ).save_pretrained(root / "tokenizer")
-    return root
+    return make_tiny_wan_folder(tmp_path_factory.mktemp("tiny_wan"))
 
 
 def _load_tiny_wan(folder, **kwargs) -> FlowWorldModel:

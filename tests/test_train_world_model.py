@@ -257,3 +257,27 @@ def test_init_from_starts_at_the_given_simulator_and_rejects_another_shape(train
     tuned = Simulator.from_pretrained(tmp_path / "tuned" / "simulator")
     assert tuned.world_model.config.context_noise == pytest.approx(0.2)
     assert "--init-from" in (tmp_path / "tuned" / "simulator" / "README.md").read_text()
+
+
+def test_pretrained_path_takes_its_settings_from_the_flow_flags(tmp_path, monkeypatch):
+    """--pretrained: the flow group's training / sampling settings reach the Wan model; its sizes come from Wan."""
+    import importlib.util
+
+    from tiny_sim import make_tiny_wan_folder
+
+    spec = importlib.util.spec_from_file_location("train_world_model", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "train_world_model", script)
+    spec.loader.exec_module(script)
+    folder = make_tiny_wan_folder(tmp_path / "wan")
+    flow = script.FlowFlags(working_resolution=32, prompt_max_length=8, sample_shift=3.0, sampling_steps=2,
+                            context_noise=0.05, motion_c=2.0, num_layers=7)
+    args = script.Args(backbone="flow", pretrained=str(folder), context_frames=2, flow=flow)
+    model = script.build_model(args, ["NOOP", "FIRE", "RIGHT", "LEFT"], torch.device("cpu"), frame_size=32)
+    cfg = model.config
+    assert (cfg.space, cfg.working_resolution, cfg.prompt_max_length, cfg.context_frames) == ("latent", 32, 8, 2)
+    assert (cfg.sample_shift, cfg.sampling_steps, cfg.context_noise, cfg.motion_c) == (3.0, 2, 0.05, 2.0)
+    assert cfg.parametrization == "v" and cfg.wan_config["num_layers"] == 2  # Wan's own, not --flow.num-layers 7
+    assert cfg.prompt.startswith("A video of the game Breakout")
+    with pytest.raises(SystemExit, match="pass --backbone flow with it"):
+        script.build_model(script.Args(pretrained=str(folder)), ["NOOP"], torch.device("cpu"))

@@ -46,3 +46,31 @@ def make_tiny_sim(
     config = SimulatorConfig(env_id=env_id, action_meanings=BREAKOUT, context_frames=context,
                              sampling_steps=sampling_steps)
     return Simulator(config, model, head, frames, actions)
+
+
+def make_tiny_wan_folder(root):
+    """Write a Wan2.1-layout folder under ``root`` (tiny transformer, VAE, UMT5 text encoder, word-level tokenizer)."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(0)
+    WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+        text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2,
+    ).save_pretrained(root / "transformer")  # fmt: skip
+    AutoencoderKLWan(
+        base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+        latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 2.0, 0.5, 1.0],
+    ).save_pretrained(root / "vae")  # fmt: skip
+    UMT5EncoderModel(UMT5Config(vocab_size=32, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).save_pretrained(
+        root / "text_encoder"
+    )
+    words = "the a game of breakout agent moves paddle left right does nothing".split()
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>", eos_token="</s>"
+    ).save_pretrained(root / "tokenizer")
+    return root
