@@ -151,6 +151,15 @@ class Args:
     reward_prior_correction: bool = True
     """predict rewards and terminations with the data's class prior, not the oversampled batches' (logit offsets
     log p_data / p_train, see dws_gym.models.reward_training.prior_correction)"""
+    reward_dream_share: float = 0.0
+    """share of each reward-head batch whose next frame the world model dreamed, open loop from real training
+    windows under the real actions and labelled with the real rewards and terminations: the head learns how the
+    simulator draws events (a fainter breaking brick, artefacts that are no event), as it sees them when stepping
+    (dws_gym.models.reward_training.DreamedTransitions); 0 trains on real frames only"""
+    reward_dream_windows: int = 2048
+    """real windows dreamed for --reward-dream-share"""
+    reward_dream_horizon: int = 8
+    """dreamed steps per window for --reward-dream-share (labels drift as a dream leaves the real game)"""
     retrain_reward_head: bool = False
     """with --resume: train the reward head again even if the checkpoint holds a finished one"""
 
@@ -309,7 +318,13 @@ if __name__ == "__main__":
     from dws_gym.evaluation import evaluate_held_out, sample_eval_clips
     from dws_gym.models.conditioning import freeze_base
     from dws_gym.models.reward import RewardConfig, RewardHead
-    from dws_gym.models.reward_training import fit_reward_head, prior_correction, reward_head_batches
+    from dws_gym.models.reward_training import (
+        DreamedTransitions,
+        fit_reward_head,
+        mixed_batches,
+        prior_correction,
+        reward_head_batches,
+    )
     from dws_gym.simulator import Simulator, SimulatorConfig
     from dws_gym.training import (
         cleanup_distributed,
@@ -327,6 +342,11 @@ if __name__ == "__main__":
     args = tyro.cli(Args)
     if not 0 <= args.reward_rare_fraction < 1:
         raise SystemExit(f"--reward-rare-fraction must be in [0, 1), got {args.reward_rare_fraction}.")
+    if not 0 <= args.reward_dream_share < 1:
+        raise SystemExit(f"--reward-dream-share must be in [0, 1), got {args.reward_dream_share}.")
+    if args.reward_dream_windows < 1 or args.reward_dream_horizon < 1:
+        raise SystemExit("--reward-dream-windows and --reward-dream-horizon must be positive, got "
+                         f"{args.reward_dream_windows} and {args.reward_dream_horizon}.")
     if args.retrain_reward_head and not args.resume:
         raise SystemExit("--retrain-reward-head retrains the head of a finished run; pass it with --resume.")
     device = pick_device(args.cuda)
@@ -545,6 +565,19 @@ if __name__ == "__main__":
                 print("warning: the training data has no non-zero reward or no termination; the reward head "
                       "cannot learn to predict them")
             sample_fn, class_w, pos_w = reward_head_batches(transitions, args.reward_rare_fraction)
+            if args.reward_dream_share > 0:
+                model.eval()
+                dream_clips = store.clips(args.context_frames, args.reward_dream_horizon, episode_ids=train_ids)
+                t_dream = time.time()
+                with precision.autocast(device):
+                    dreamed = DreamedTransitions(model, dream_clips, args.reward_dream_windows, np_rng,
+                                                 generator=torch.Generator(device).manual_seed(args.seed),
+                                                 progress=args.progress)
+                dream_fn, _, _ = reward_head_batches(dreamed, args.reward_rare_fraction)
+                sample_fn = mixed_batches(sample_fn, dream_fn, args.reward_dream_share)
+                print(f"reward head: {len(dreamed)} dreamed transitions from {args.reward_dream_windows} training "
+                      f"windows ({time.time() - t_dream:.0f} s), {args.reward_dream_share:.0%} of each batch",
+                      flush=True)
             fit_reward_head(reward_head, sample_fn, steps=args.reward_steps, lr=args.reward_learning_rate,
                             batch_size=args.reward_batch_size, generator=np_rng, progress=args.progress,
                             class_weights=class_w, pos_weight=pos_w)

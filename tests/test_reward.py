@@ -27,11 +27,14 @@ from dws_gym.models.reward import (
     twohot_expectation,
 )
 from dws_gym.models.reward_training import (
+    DreamedTransitions,
     RareEventSampler,
     balance_weights_from_data,
     fit_reward_head,
+    mixed_batches,
     reward_head_batches,
 )
+from dws_gym.models.unet import UNetConfig, UNetWorldModel
 
 SMALL = dict(context_frames=2, frame_shape=(32, 32, 3), num_actions=4, dim=32, depth=1, num_heads=2)
 
@@ -374,6 +377,84 @@ def test_reward_head_batches_picks_one_remedy_for_rare_events(tmp_path):
     assert max(class_w) > 1.0 and pos_w > 1.0  # rare classes weighted up
     with pytest.raises(ValueError, match="rare_fraction"):
         reward_head_batches(data, float("nan"))
+
+
+def _tiny_unet(context: int = 2, seed: int = 0) -> UNetWorldModel:
+    """An 8x8 pixel U-Net pushed off its residual start, so its dreamed frames differ from the real ones."""
+    torch.manual_seed(seed)
+    model = UNetWorldModel(UNetConfig(widths=(8, 16, 16), groups=4, cond_dim=8, cond_hidden_dim=16,
+                                      context_frames=context, frame_size=8, num_actions=4))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def _dreamed(clips, seed: int = 0, **kw) -> DreamedTransitions:
+    return DreamedTransitions(_tiny_unet(), clips, 12, np.random.default_rng(seed),
+                              generator=torch.Generator().manual_seed(seed), progress=False, **kw)
+
+
+def test_dreamed_transitions_carry_the_real_labels_of_the_steps_they_dream(tmp_path):
+    _store_with_rare_events(tmp_path)
+    store = TrajectoryStore(tmp_path / "store")
+    clips = store.clips(2, 3)
+    data = _dreamed(clips)
+    k, horizon = 2, 3
+    real = clips.get_batch(data.windows)
+    rec = clips.step_records(data.windows)
+    batch = data.get_batch(np.arange(len(data)))
+    w, h = np.nonzero(rec["mask"][:, k:])  # every dreamed step whose real frame exists, in window order
+    assert len(data) == len(w) and batch["obs"].shape == (len(w), k, 8, 8, 3)
+    np.testing.assert_array_equal(batch["dream_step"], h + 1)
+    for key, rkey in (("reward", "rewards"), ("terminated", "terminated"), ("action", "actions")):
+        np.testing.assert_array_equal(batch[key], rec[rkey][w, k - 1 + h])  # step K-1+h leads to frame K+h
+    first = h == 0  # the first dreamed frame conditions on real frames only
+    np.testing.assert_array_equal(batch["obs"][first], real["frames"][w[first], :k])
+    later = h == horizon - 1  # the last one on dreamed frames, which are not the real ones
+    np.testing.assert_array_equal(batch["obs"][later][:, -1], data.frames[w[later], k + horizon - 2])
+    assert (data.frames[:, k:] != real["frames"][:, k:]).any()
+    # Half the windows were drawn among those with a reward or a game over in their dreamed steps.
+    rare_windows = ((rec["rewards"][:, k - 1:] != 0) | rec["terminated"][:, k - 1:]).any(axis=1)
+    assert rare_windows.sum() >= 6
+    again = _dreamed(clips)
+    np.testing.assert_array_equal(again.frames, data.frames)  # the generators alone decide the dream
+    records = data.step_records()
+    np.testing.assert_array_equal(records["reward"], batch["reward"])
+    assert len(RareEventSampler(data, 0.5).rare_indices) == int(((batch["reward"] != 0) | batch["terminated"]).sum())
+
+
+def test_dreamed_transitions_reject_a_mismatched_model_or_bad_sizes(tmp_path):
+    _store_with_rare_events(tmp_path)
+    store = TrajectoryStore(tmp_path / "store")
+    with pytest.raises(ValueError, match="ClipDataset with context=2"):
+        DreamedTransitions(_tiny_unet(context=2), store.clips(3, 2), 4, np.random.default_rng(0), progress=False)
+    for kw, msg in (({"num_windows": 0}, "num_windows"), ({"rare_window_fraction": 1.5}, "rare_window_fraction")):
+        args = {"num_windows": 4, **kw}
+        with pytest.raises(ValueError, match=msg):
+            DreamedTransitions(_tiny_unet(), store.clips(2, 2), args.pop("num_windows"), np.random.default_rng(0),
+                               progress=False, **args)
+
+
+def test_mixed_batches_put_the_share_last_and_match_next_frames(tmp_path):
+    real = _store_with_rare_events(tmp_path)  # frame-stacked: next_obs (n, 2, 8, 8, 3)
+    dreamed = _dreamed(TrajectoryStore(tmp_path / "store").clips(2, 3))
+    sample = mixed_batches(real.sample, dreamed.sample, 0.25)
+    batch = sample(8, np.random.default_rng(0))
+    assert batch["next_obs"].shape == (8, 8, 8, 3) and batch["obs"].shape == (8, 2, 8, 8, 3)
+    assert {"obs", "action", "reward", "terminated", "next_obs"} <= set(batch) and "dream_step" not in batch
+    rng = np.random.default_rng(0)  # the real part is drawn first, then the dreamed share
+    head_part = real.sample(6, rng)
+    np.testing.assert_array_equal(batch["next_obs"][:6], head_part["next_obs"][:, -1])
+    np.testing.assert_array_equal(batch["next_obs"][6:], dreamed.sample(2, rng)["next_obs"])
+    assert mixed_batches(real.sample, dreamed.sample, 1.0)(4, np.random.default_rng(1))["next_obs"].shape[0] == 4
+    assert mixed_batches(real.sample, dreamed.sample, 0.0)(4, np.random.default_rng(1))["next_obs"].ndim == 5
+    with pytest.raises(ValueError, match="second_share"):
+        mixed_batches(real.sample, dreamed.sample, float("nan"))
+    head = RewardHead(RewardConfig(context_frames=2, frame_shape=(8, 8, 3), num_actions=4, dim=16, depth=1,
+                                   num_heads=2))
+    logs = fit_reward_head(head, sample, steps=2, batch_size=8, generator=np.random.default_rng(0), progress=False)
+    assert len(logs) == 2 and all(math.isfinite(log["loss"]) for log in logs)
 
 
 def test_prior_correction_undoes_the_oversampled_prior():

@@ -545,6 +545,14 @@ def test_step_records_match_batches_without_frames(tmp_path):
     for k, v in records.items():
         np.testing.assert_array_equal(v, batch[k])
     np.testing.assert_array_equal(tr.step_records([3, 1])["reward"], batch["reward"][[3, 1]])
+    clips = store.clips(2, 3)  # windows past an episode's end: zeroed steps, mask False
+    records = clips.step_records()
+    batch = clips.get_batch(np.arange(len(clips)))
+    assert set(records) == {"actions", "rewards", "terminated", "truncated", "life_lost", "mask"}
+    assert not records["mask"].all() and records["terminated"].any()
+    for k, v in records.items():
+        np.testing.assert_array_equal(v, batch[k])
+    np.testing.assert_array_equal(clips.step_records([4, 0])["rewards"], batch["rewards"][[4, 0]])
 
 
 def test_keep_unknown_final_exposes_the_last_step(tmp_path):

@@ -129,16 +129,23 @@ class ClipDataset:
         pos = np.searchsorted(self._offsets, idx, side="right") - 1
         return self._eps.ids[pos], (idx - self._offsets[pos]) * self.stride
 
-    def get_batch(self, indices: Any) -> dict[str, np.ndarray]:
-        """Stack the windows ``indices`` (any int array-like) into a dict of batched arrays (see class doc)."""
-        eps = self._eps
+    def _windows(self, indices: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(episode positions, starts, frame positions (n, L), mask (n, L))`` of the windows ``indices``."""
         idx = _check_indices(indices, len(self))
         pos = np.searchsorted(self._offsets, idx, side="right") - 1
         start = (idx - self._offsets[pos]) * self.stride
-        nframes = eps.frames[pos]
         fpos = start[:, None] + np.arange(self.length)[None, :]
-        mask = fpos < nframes[:, None]
-        frames = eps.gather_frames(pos, np.minimum(fpos, nframes[:, None] - 1))
+        return pos, start, fpos, fpos < self._eps.frames[pos][:, None]
+
+    def step_records(self, indices: Any = None) -> dict[str, np.ndarray]:
+        """The per-step records of the windows ``indices`` (all when ``None``) without reading any frame.
+
+        Returns ``actions``, ``rewards``, ``terminated``, ``truncated``, ``life_lost`` ``(n, L - 1)`` (zero where
+        the step is not real) and ``mask`` ``(n, L)``, as :meth:`get_batch` has them: statistics over every window,
+        e.g. to pick windows in which a reward falls, cost no disk reads.
+        """
+        eps = self._eps
+        pos, _, fpos, mask = self._windows(np.arange(len(self)) if indices is None else indices)
         step_valid = mask[:, 1:]  # step j is real iff its next frame is
         flat = np.where(step_valid, eps.step_offsets[pos][:, None] + fpos[:, :-1], 0)
 
@@ -148,13 +155,22 @@ class ClipDataset:
             return out
 
         return {
-            "frames": frames,
             "actions": steps(eps.actions),
             "rewards": steps(eps.rewards),
             "terminated": steps(eps.terminated),
             "truncated": steps(eps.truncated),
             "life_lost": steps(eps.life_lost),
             "mask": mask,
+        }
+
+    def get_batch(self, indices: Any) -> dict[str, np.ndarray]:
+        """Stack the windows ``indices`` (any int array-like) into a dict of batched arrays (see class doc)."""
+        eps = self._eps
+        pos, start, fpos, mask = self._windows(indices)
+        frames = eps.gather_frames(pos, np.minimum(fpos, eps.frames[pos][:, None] - 1))
+        return {
+            "frames": frames,
+            **self.step_records(indices),
             "episode_id": eps.ids[pos],
             "start": start,
         }

@@ -5,6 +5,11 @@ picks one): clipped inverse-frequency loss weights from the whole dataset (:func
 :class:`RareEventSampler` batches in which a fixed share are rare transitions, trained unweighted and corrected
 afterwards for the prior shift they cause (:func:`prior_correction`, stored as the head's logit offsets).
 :func:`fit_reward_head` trains a :class:`~dws_gym.models.reward.RewardHead` with AdamW on either.
+
+In a dream the head scores frames the world model drew, not real ones: a brick that breaks is drawn fainter, and
+long dreams gather artefacts a head trained only on real frames may read as events. :class:`DreamedTransitions`
+holds transitions whose next frames the world model dreamed open loop from real windows under the real actions,
+labelled with the real rewards and terminations; :func:`mixed_batches` puts a share of them in every batch.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from dws_gym.models.reward import (
 )
 
 __all__ = [
+    "DreamedTransitions",
     "RareEventSampler",
     "balance_weights_from_data",
     "fit_reward_head",
+    "mixed_batches",
     "prior_correction",
     "reward_head_batches",
 ]
@@ -102,6 +109,152 @@ class RareEventSampler:
     def __call__(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One batch of ``n`` transitions, as the dataset's ``get_batch`` returns it (for :func:`fit_reward_head`)."""
         return self.dataset.get_batch(self.indices(n, rng))
+
+
+class DreamedTransitions:
+    """Transitions whose next frames a world model dreamed, labelled with the real rewards and terminations.
+
+    ``num_windows`` real windows of ``K`` context frames and ``T`` further steps are drawn from ``clips`` and
+    dreamed open loop: the world model generates frame ``K + h`` from the ``K`` frames before it (real ones first,
+    then its own) under the real action, as the simulator steps. Each dreamed frame becomes one transition, with
+    the reward and termination the real game gave for that step. Steps past an episode's end are left out.
+
+    The labels stay right as long as the dream follows the real game, which it does best at small ``h``: keep
+    ``T`` short (the default 8 is where the shipped Breakout ball still lies within 4 px of the real one in most
+    frames). A dreamed event one step off the real one is then a wrong label; the head learns the dream's typical
+    renderings of events and non-events, not its exact timing.
+
+    The object is a transition view (``len``, ``get_batch``, ``sample``, ``step_records``), so
+    :class:`RareEventSampler` and :func:`reward_head_batches` balance it as they balance real data.
+
+    Args:
+        world_model: a model with ``sample_next(frames, actions, action, generator=...)`` (uint8 frames in and
+            out) and ``config.context_frames`` equal to ``clips.context``, e.g. a
+            :class:`~dws_gym.models.unet.UNetWorldModel`. Call under the precision (autocast) you step with.
+        clips: a :class:`~dws_gym.data.views.ClipDataset` of the training episodes; its ``horizon`` is ``T``.
+        num_windows: windows to dream.
+        rng: draws the windows.
+        rare_window_fraction: share of the windows drawn among those with a non-zero reward or a termination in
+            their dreamed steps (if any), so the rare events are present at all; the rest are drawn uniformly.
+        generator: the sampling noise.
+        batch_size: windows per ``sample_next`` call (bounds activation memory).
+        progress: show a progress bar.
+    """
+
+    def __init__(
+        self,
+        world_model: Any,
+        clips: Any,
+        num_windows: int,
+        rng: np.random.Generator,
+        *,
+        rare_window_fraction: float = 0.5,
+        generator: torch.Generator | None = None,
+        batch_size: int = 64,
+        progress: bool = True,
+    ) -> None:
+        k, horizon = int(clips.context), int(clips.horizon)
+        if int(world_model.config.context_frames) != k:
+            raise ValueError(f"the world model conditions on {world_model.config.context_frames} frames but the "
+                             f"clips have {k} context frames; build the ClipDataset with context={world_model.config.context_frames}")
+        for name, v in (("num_windows", num_windows), ("batch_size", batch_size)):
+            if isinstance(v, bool) or int(v) != v or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not (math.isfinite(rare_window_fraction) and 0.0 <= rare_window_fraction <= 1.0):
+            raise ValueError(f"rare_window_fraction must be in [0, 1], got {rare_window_fraction!r}")
+        if len(clips) == 0:
+            raise ValueError("the clip dataset has no windows to dream from")
+        records = clips.step_records()  # no frame is read
+        dreamed = slice(k - 1, None)  # step j leads to frame j + 1: the dreamed frames K..L-1 come from steps K-1..
+        rare = ((records["rewards"][:, dreamed] != 0) | records["terminated"][:, dreamed]).any(axis=1)
+        rare_ids = np.flatnonzero(rare)
+        n_rare = int(round(rare_window_fraction * num_windows)) if len(rare_ids) else 0
+        chosen = np.concatenate([rare_ids[rng.integers(0, len(rare_ids), size=n_rare)] if n_rare else
+                                 np.zeros(0, np.int64), rng.integers(0, len(clips), size=int(num_windows) - n_rare)])
+        chosen.sort()  # neighbouring windows share disk pages
+
+        from tqdm.auto import tqdm
+
+        device = world_model.device
+        parts: list[np.ndarray] = []
+        for a in tqdm(range(0, len(chosen), batch_size), disable=not progress, desc="dreaming reward-head data"):
+            batch = clips.get_batch(chosen[a:a + batch_size])
+            frames = torch.from_numpy(batch["frames"]).to(device)
+            actions = torch.from_numpy(batch["actions"]).to(device, torch.int64)
+            with torch.no_grad():
+                for h in range(horizon):
+                    frames[:, k + h] = world_model.sample_next(frames[:, h:h + k], actions[:, h:h + k - 1],
+                                                               actions[:, h + k - 1], generator=generator)
+            parts.append(frames.cpu().numpy())
+        self.context, self.horizon = k, horizon
+        self.windows = chosen
+        """Indices (into ``clips``) of the dreamed windows, sorted."""
+        self.frames = np.concatenate(parts)
+        """uint8 ``(num_windows, K + T, H, W, C)``: real context frames, then dreamed ones."""
+        chosen_records = {key: v[chosen] for key, v in records.items()}
+        self.actions = chosen_records["actions"]
+        valid = chosen_records["mask"][:, k:]  # (num_windows, T): dreamed step h is kept iff its real frame exists
+        self._window, self._h = np.nonzero(valid)
+        self._records = {key: chosen_records[key][:, dreamed][self._window, self._h]
+                         for key in ("actions", "rewards", "terminated", "truncated", "life_lost")}
+
+    def __len__(self) -> int:
+        return len(self._window)
+
+    def step_records(self, indices: Any = None) -> dict[str, np.ndarray]:
+        """``action``, ``reward``, ``terminated``, ``truncated``, ``life_lost`` of the dreamed transitions (the
+        real game's records of the same steps)."""
+        sel = slice(None) if indices is None else np.asarray(indices, dtype=np.int64)
+        return {"action": self._records["actions"][sel], "reward": self._records["rewards"][sel],
+                "terminated": self._records["terminated"][sel], "truncated": self._records["truncated"][sel],
+                "life_lost": self._records["life_lost"][sel]}
+
+    def get_batch(self, indices: Any) -> dict[str, np.ndarray]:
+        """``obs`` ``(n, K, H, W, C)`` (the frames the dream conditioned on), ``next_obs`` ``(n, H, W, C)`` (the
+        dreamed frame), ``action``, ``reward``, ``terminated``, ``truncated``, ``life_lost`` and ``dream_step``
+        (``h``, 1-based: how many dreamed frames led to this one, itself included)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"indices must lie in [0, {len(self)}), got range [{idx.min()}, {idx.max()}]")
+        w, h = self._window[idx], self._h[idx]
+        obs = self.frames[w[:, None], h[:, None] + np.arange(self.context)[None, :]]
+        return {"obs": obs, "next_obs": self.frames[w, h + self.context], **self.step_records(idx),
+                "dream_step": h + 1}
+
+    def sample(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """``n`` dreamed transitions drawn uniformly with replacement."""
+        return self.get_batch(rng.integers(0, len(self), size=int(n)))
+
+
+def mixed_batches(
+    first: Callable[[int, np.random.Generator], Mapping[str, Any]],
+    second: Callable[[int, np.random.Generator], Mapping[str, Any]],
+    second_share: float,
+) -> Callable[[int, np.random.Generator], dict[str, np.ndarray]]:
+    """A batch source drawing ``round(second_share * n)`` of each batch from ``second`` and the rest from ``first``.
+
+    Both return dicts of arrays batched on their first axis (e.g. a real :class:`RareEventSampler` and one over
+    :class:`DreamedTransitions`); the mixed batch keeps the keys both have, ``obs``, ``action``, ``reward``,
+    ``terminated`` and ``next_obs`` among them.
+    """
+    if not (math.isfinite(second_share) and 0.0 <= second_share <= 1.0):
+        raise ValueError(f"second_share must be in [0, 1], got {second_share!r}")
+
+    def sample(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        m = int(round(second_share * n))
+        a = first(int(n) - m, rng) if m < n else None
+        b = second(m, rng) if m > 0 else None
+        if a is None or b is None:
+            return dict(a if b is None else b)
+        out = {}
+        for key in (k for k in a if k in b):
+            x, y = np.asarray(a[key]), np.asarray(b[key])
+            if key == "next_obs" and x.ndim != y.ndim:  # a frame-stacked next_obs next to a single frame: its newest
+                x, y = (x[:, -1], y) if x.ndim == 5 else (x, y[:, -1])
+            out[key] = np.concatenate([x, y])
+        return out
+
+    return sample
 
 
 def prior_correction(records: Mapping[str, np.ndarray], rare_fraction: float) -> tuple[tuple[float, float, float],
