@@ -319,11 +319,10 @@ if __name__ == "__main__":
     from dws_gym.models.conditioning import freeze_base
     from dws_gym.models.reward import RewardConfig, RewardHead
     from dws_gym.models.reward_training import (
-        DreamedTransitions,
         fit_reward_head,
-        mixed_batches,
         prior_correction,
         reward_head_batches,
+        with_dreams,
     )
     from dws_gym.simulator import Simulator, SimulatorConfig
     from dws_gym.training import (
@@ -570,11 +569,11 @@ if __name__ == "__main__":
                 dream_clips = store.clips(args.context_frames, args.reward_dream_horizon, episode_ids=train_ids)
                 t_dream = time.time()
                 with precision.autocast(device):
-                    dreamed = DreamedTransitions(model, dream_clips, args.reward_dream_windows, np_rng,
-                                                 generator=torch.Generator(device).manual_seed(args.seed),
-                                                 progress=args.progress)
-                dream_fn, _, _ = reward_head_batches(dreamed, args.reward_rare_fraction)
-                sample_fn = mixed_batches(sample_fn, dream_fn, args.reward_dream_share)
+                    sample_fn, dreamed = with_dreams(sample_fn, model, dream_clips, args.reward_dream_share,
+                                                     args.reward_dream_windows, np_rng,
+                                                     rare_fraction=args.reward_rare_fraction,
+                                                     generator=torch.Generator(device).manual_seed(args.seed),
+                                                     progress=args.progress)
                 print(f"reward head: {len(dreamed)} dreamed transitions from {args.reward_dream_windows} training "
                       f"windows ({time.time() - t_dream:.0f} s), {args.reward_dream_share:.0%} of each batch",
                       flush=True)

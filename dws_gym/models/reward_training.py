@@ -37,6 +37,7 @@ __all__ = [
     "mixed_batches",
     "prior_correction",
     "reward_head_batches",
+    "with_dreams",
 ]
 
 
@@ -255,6 +256,28 @@ def mixed_batches(
         return out
 
     return sample
+
+
+def with_dreams(
+    sample_fn: Callable[[int, np.random.Generator], Mapping[str, Any]],
+    world_model: Any,
+    clips: Any,
+    share: float,
+    num_windows: int,
+    rng: np.random.Generator,
+    *,
+    rare_fraction: float = 0.15,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> tuple[Callable[[int, np.random.Generator], dict[str, np.ndarray]], DreamedTransitions]:
+    """Dream ``num_windows`` windows of ``clips`` (:class:`DreamedTransitions`) and mix them into ``sample_fn``.
+
+    The dreamed part is balanced like real data (:func:`reward_head_batches` with ``rare_fraction``) and makes up
+    ``share`` of each batch (:func:`mixed_batches`). Returns the mixed batch source and the dreamed transitions.
+    """
+    dreamed = DreamedTransitions(world_model, clips, num_windows, rng, generator=generator, progress=progress)
+    dream_fn, _, _ = reward_head_batches(dreamed, rare_fraction)
+    return mixed_batches(sample_fn, dream_fn, share), dreamed
 
 
 def prior_correction(records: Mapping[str, np.ndarray], rare_fraction: float) -> tuple[tuple[float, float, float],

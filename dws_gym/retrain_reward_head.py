@@ -1,0 +1,171 @@
+"""Train a saved simulator's reward / termination head again, on real transitions and on the simulator's own dreams.
+
+    python -m dws_gym.retrain_reward_head --simulator dws_gym/assets/simulators/breakout --data data/breakout-tracker \
+        --dream-share 0.5 --out runs/breakout-dream-head
+    python -m dws_gym.retrain_reward_head --simulator user/repo --data data/breakout --keep-below 0.06 \
+        --out runs/breakout-kb06                 # a Hub simulator, stepping with another keep_below threshold
+
+A head trained on real frames only scores, in a dream, frames it never saw: the world model draws a breaking brick
+fainter, and long dreams gather artefacts that such a head may read as events. ``--dream-share`` puts a share of
+transitions whose next frame the simulator's world model dreamed (open loop from real training windows under the
+real actions, labelled with the real rewards; :class:`dws_gym.models.reward_training.DreamedTransitions`) in every
+batch, so the head learns how this simulator draws events.
+
+Only the training episodes are used: the last ``--held-out-fraction`` of the store's episodes of the simulator's
+env id stay out, as ``train_world_model.py`` and ``python -m dws_gym.evaluation`` split them. The world model is not
+changed (except its stepping threshold with ``--keep-below``). The command is appended to the simulator's recorded
+training commands; its recorded fidelity tables are dropped, since the head they scored is gone: re-score with
+``python -m dws_gym.evaluation --record``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import tyro
+
+from dws_gym.flags import usage_error
+
+__all__ = ["RetrainArgs", "cli", "main", "retrain_reward_head"]
+
+
+@dataclass
+class RetrainArgs:
+    """Train a saved simulator's reward head again (optionally on its own dreams) and save the simulator."""
+
+    simulator: str
+    """simulator folder or Hugging Face Hub repo id"""
+    data: str
+    """trajectory store holding episodes of the simulator's env id"""
+    out: str
+    """folder to write the simulator with its new head (may be the --simulator folder: it is replaced atomically)"""
+    dream_share: float = 0.5
+    """share of each batch whose next frame the world model dreamed (0: real frames only)"""
+    dream_windows: int = 2048
+    """real training windows dreamed"""
+    dream_horizon: int = 8
+    """dreamed steps per window (labels drift as a dream leaves the real game)"""
+    keep_below: float | None = None
+    """set the world model's stepping threshold (`keep_below`: a pixel that changes less stays as it was) before
+    dreaming, and save it: the head then learns the dreams it will score"""
+    steps: int = 1000
+    """optimiser steps"""
+    batch_size: int = 64
+    """transitions per step"""
+    learning_rate: float = 1e-3
+    """AdamW learning rate"""
+    rare_fraction: float = 0.15
+    """share of each batch (real and dreamed parts alike) drawn from transitions with a reward or a termination"""
+    prior_correction: bool = True
+    """predict with the real data's class prior, not the oversampled batches' (logit offsets)"""
+    held_out_fraction: float = 0.1
+    """the last fraction of the env id's episodes is left out (as train_world_model.py holds it out)"""
+    seed: int = 1
+    """seeds the windows, the batches, the dream's noise and the head's initialisation"""
+    device: str = "cpu"
+    """where the world model dreams and the head trains: cpu | cuda | cuda:<i>"""
+    progress: bool = True
+    """show progress bars"""
+
+
+def _check(args: RetrainArgs) -> None:
+    if not (math.isfinite(args.dream_share) and 0 <= args.dream_share < 1):
+        usage_error(f"--dream-share must be in [0, 1), got {args.dream_share}")
+    if not (math.isfinite(args.rare_fraction) and 0 <= args.rare_fraction < 1):
+        usage_error(f"--rare-fraction must be in [0, 1), got {args.rare_fraction}")
+    for name in ("dream_windows", "dream_horizon", "steps", "batch_size"):
+        if getattr(args, name) < 1:
+            usage_error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        usage_error(f"--learning-rate must be > 0, got {args.learning_rate}")
+    if args.keep_below is not None and not (math.isfinite(args.keep_below) and 0 <= args.keep_below < 1):
+        usage_error(f"--keep-below must be in [0, 1), got {args.keep_below}")
+
+
+def retrain_reward_head(args: RetrainArgs, command: str | None = None) -> Path:
+    """Do what ``args`` describes; returns the written simulator folder."""
+    from dws_gym.data import TrajectoryStore, split_episodes
+    from dws_gym.models.reward import RewardHead
+    from dws_gym.models.reward_training import fit_reward_head, prior_correction, reward_head_batches, with_dreams
+    from dws_gym.simulator import Simulator
+
+    sim = Simulator.from_pretrained(args.simulator, device=args.device)
+    if args.keep_below is not None:
+        if not hasattr(sim.world_model.config, "keep_below"):
+            usage_error(f"--keep-below: the {type(sim.world_model).__name__} of {args.simulator} has no keep_below "
+                        "threshold")
+        sim.world_model.config.keep_below = float(args.keep_below)
+    store = TrajectoryStore(args.data)
+    env_id = sim.config.env_id
+    ours = [i for i in store.episode_ids() if store.meta(i).env_id == env_id]
+    if not ours:
+        found = sorted({store.meta(i).env_id for i in store.episode_ids()})
+        raise SystemExit(f"{args.data} holds no {env_id} episodes (it has {found}); pass a store of the "
+                         "simulator's game.")
+    train_ids, _ = split_episodes(store, args.held_out_fraction, episode_ids=ours)
+    k = sim.context_frames
+    transitions = store.transitions(episode_ids=train_ids, frame_stack=k, keep_unknown_final=True)
+    if tuple(store.meta(train_ids[0]).obs_shape) != tuple(sim.config.obs_shape):
+        raise SystemExit(f"{args.data} holds {store.meta(train_ids[0]).obs_shape} frames but the simulator makes "
+                         f"{tuple(sim.config.obs_shape)}; pass a store collected at the simulator's frame size.")
+    rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+    sample_fn, class_w, pos_w = reward_head_batches(transitions, args.rare_fraction)
+    if args.dream_share > 0:
+        t0 = time.time()
+        sample_fn, dreamed = with_dreams(sample_fn, sim.world_model,
+                                         store.clips(k, args.dream_horizon, episode_ids=train_ids), args.dream_share,
+                                         args.dream_windows, rng, rare_fraction=args.rare_fraction,
+                                         generator=torch.Generator(sim.device).manual_seed(args.seed),
+                                         progress=args.progress)
+        print(f"{len(dreamed)} dreamed transitions from {args.dream_windows} training windows in "
+              f"{time.time() - t0:.0f} s", flush=True)
+    config = type(sim.reward_head.config).from_dict(sim.reward_head.config.to_dict())
+    config.reward_logit_offset, config.termination_logit_offset = None, 0.0
+    head = RewardHead(config).to(sim.device)
+    t0 = time.time()
+    logs = fit_reward_head(head, sample_fn, steps=args.steps, lr=args.learning_rate, batch_size=args.batch_size,
+                           generator=rng, progress=args.progress, class_weights=class_w, pos_weight=pos_w)
+    head.eval()
+    print(f"reward head: {args.steps} steps in {time.time() - t0:.0f} s, last loss {logs[-1]['loss']:.4f}",
+          flush=True)
+    if args.prior_correction and args.rare_fraction > 0:
+        offsets, t_offset = prior_correction(transitions.step_records(), args.rare_fraction)
+        head.config.reward_logit_offset, head.config.termination_logit_offset = offsets, t_offset
+    sim.reward_head = head
+    training = dict(sim.config.training or {})
+    command = command or "python -m dws_gym.retrain_reward_head " + " ".join(sys.argv[1:])
+    training["command"] = " && ".join(c for c in (training.get("command"), command) if c)
+    training["reward_head_data"] = (
+        f"{args.steps} steps on {len(train_ids)} training episodes of {args.data}"
+        + (f", {args.dream_share:.0%} of each batch dreamed by the world model ({args.dream_windows} windows x "
+           f"{args.dream_horizon} steps)" if args.dream_share > 0 else ", real frames only"))
+    sim.config.training = training
+    sim.config.metrics = {}  # the recorded tables scored the old head
+    folder = sim.to("cpu").save_pretrained(args.out)
+    print(f"simulator with the new head written to {folder}; score it with python -m dws_gym.evaluation "
+          f"--simulator {folder} --data {args.data} --record")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """CLI entry point."""
+    args = tyro.cli(RetrainArgs, args=argv)
+    _check(args)
+    command = "python -m dws_gym.retrain_reward_head " + " ".join(sys.argv[1:] if argv is None else argv)
+    return retrain_reward_head(args, command)
+
+
+def cli() -> None:
+    """Console-script entry point (exit status 0 on success)."""
+    main()
+
+
+if __name__ == "__main__":
+    cli()

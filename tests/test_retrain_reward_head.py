@@ -1,0 +1,74 @@
+"""python -m dws_gym.retrain_reward_head: a saved simulator's head trained again on real and dreamed transitions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny_sim import BREAKOUT, make_tiny_sim
+
+from dws_gym.data.store import TrajectoryStore
+from dws_gym.retrain_reward_head import main
+from dws_gym.simulator import Simulator
+
+SMALL = ["--steps", "2", "--batch-size", "8", "--dream-windows", "3", "--dream-horizon", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("retrain")
+    store = TrajectoryStore(root / "store", create=True)
+    rng = np.random.default_rng(0)
+    for e in range(4):  # the last one is held out
+        T = 20
+        rewards = np.zeros(T, np.float32)
+        rewards[[5, 12]] = 1.0
+        term = np.eye(T, dtype=bool)[-1]
+        store.add_episode(rng.integers(0, 256, (T + 1, 64, 64, 3), dtype=np.uint8), rng.integers(0, 4, T), rewards,
+                          term, np.zeros(T, bool), env_id="ALE/Breakout-v5", action_meanings=BREAKOUT)
+    sim = make_tiny_sim(0)
+    sim.config.training = {"command": "python train_world_model.py --data store"}
+    sim.config.metrics = {"table_markdown": "| h | ... |"}
+    sim.save_pretrained(root / "sim")
+    return root
+
+
+def test_new_head_on_dreams_keeps_the_world_model_and_extends_the_story(folders, tmp_path, capsys):
+    out = main(["--simulator", str(folders / "sim"), "--data", str(folders / "store"), "--out", str(tmp_path / "new"),
+                "--dream-share", "0.5", "--keep-below", "0.03"] + SMALL)
+    assert "dreamed transitions from 3 training windows" in capsys.readouterr().out
+    before, after = Simulator.from_pretrained(folders / "sim"), Simulator.from_pretrained(out)
+    for (name, a), b in zip(before.world_model.state_dict().items(), after.world_model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert any(not torch.equal(a, b) for a, b in zip(before.reward_head.state_dict().values(),
+                                                     after.reward_head.state_dict().values()))
+    command = after.config.training["command"]
+    assert command.startswith("python train_world_model.py --data store && python -m dws_gym.retrain_reward_head ")
+    assert "--dream-share 0.5" in command and "50% of each batch dreamed" in after.config.training["reward_head_data"]
+    assert after.world_model.config.keep_below == 0.03  # the threshold it dreamed with is the one it steps with
+    assert after.config.metrics == {}  # the old table scored the old head
+    assert after.reward_head.config.reward_logit_offset is not None  # prior correction of the oversampled batches
+    frame, reward, term, _ = after.step(after.init_state(after.start_frames[:2], after.start_actions[:2]),
+                                        np.array([0, 1]))
+    assert frame.shape == (2, 64, 64, 3) and reward.shape == (2,)
+
+
+@pytest.mark.parametrize("flags, message", [(["--dream-share", "1"], "--dream-share"),
+                                            (["--dream-windows", "0"], "--dream-windows"),
+                                            (["--keep-below", "1.5"], "--keep-below")])
+def test_bad_flags_stop_before_writing(folders, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--simulator", str(folders / "sim"), "--data", str(folders / "store"), "--out", str(tmp_path / "new")]
+             + SMALL + flags)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_store_of_another_game_is_named(folders, tmp_path):
+    other = TrajectoryStore(tmp_path / "other", create=True)
+    other.add_episode(np.zeros((6, 64, 64, 3), np.uint8), np.zeros(5, np.int64), np.zeros(5, np.float32),
+                      np.zeros(5, bool), np.zeros(5, bool), env_id="ALE/Pong-v5", action_meanings=BREAKOUT)
+    with pytest.raises(SystemExit, match="holds no ALE/Breakout-v5 episodes"):
+        main(["--simulator", str(folders / "sim"), "--data", str(tmp_path / "other"), "--out", str(tmp_path / "new")]
+             + SMALL)
+    assert not (tmp_path / "new").exists()
