@@ -314,7 +314,7 @@ if __name__ == "__main__":
     from tqdm.auto import tqdm
 
     from dws_gym.collect import CollectArgs, collect
-    from dws_gym.data import TrajectoryStore, split_episodes
+    from dws_gym.data import TrajectoryStore, env_episodes, split_episodes
     from dws_gym.evaluation import evaluate_held_out, sample_eval_clips
     from dws_gym.models.conditioning import freeze_base
     from dws_gym.models.reward import RewardConfig, RewardHead
@@ -377,10 +377,10 @@ if __name__ == "__main__":
         if dist.enabled:
             torch.distributed.barrier()
         store.refresh()
-    ours = [i for i in store.episode_ids() if store.meta(i).env_id == args.env_id]
-    if not ours:
-        found = sorted({store.meta(i).env_id for i in store.episode_ids()})
-        raise SystemExit(f"{args.data} holds no {args.env_id} episodes (it has {found}); pick another --data folder.")
+    try:
+        ours = env_episodes(store, args.env_id)
+    except ValueError as e:
+        raise SystemExit(f"{e}: pick another --data folder.") from None
     train_ids, held_ids = split_episodes(store, args.held_out_fraction, episode_ids=ours)
     meta = store.meta(train_ids[0])
     meanings = list(meta.action_meanings or [str(i) for i in range(meta.action_space["n"])])

@@ -90,7 +90,7 @@ def _check(args: RetrainArgs) -> None:
 
 def retrain_reward_head(args: RetrainArgs, command: str | None = None) -> Path:
     """Do what ``args`` describes; returns the written simulator folder."""
-    from dws_gym.data import TrajectoryStore, split_episodes
+    from dws_gym.data import TrajectoryStore, env_episodes, split_episodes
     from dws_gym.models.reward import RewardHead
     from dws_gym.models.reward_training import fit_reward_head, prior_correction, reward_head_batches, with_dreams
     from dws_gym.simulator import Simulator
@@ -102,12 +102,10 @@ def retrain_reward_head(args: RetrainArgs, command: str | None = None) -> Path:
                         "threshold")
         sim.world_model.config.keep_below = float(args.keep_below)
     store = TrajectoryStore(args.data)
-    env_id = sim.config.env_id
-    ours = [i for i in store.episode_ids() if store.meta(i).env_id == env_id]
-    if not ours:
-        found = sorted({store.meta(i).env_id for i in store.episode_ids()})
-        raise SystemExit(f"{args.data} holds no {env_id} episodes (it has {found}); pass a store of the "
-                         "simulator's game.")
+    try:
+        ours = env_episodes(store, sim.config.env_id)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     train_ids, _ = split_episodes(store, args.held_out_fraction, episode_ids=ours)
     k = sim.context_frames
     transitions = store.transitions(episode_ids=train_ids, frame_stack=k, keep_unknown_final=True)

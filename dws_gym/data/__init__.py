@@ -9,7 +9,7 @@ Example::
 """
 
 from dws_gym.data.importers import import_arrays
-from dws_gym.data.splits import split_episodes
+from dws_gym.data.splits import env_episodes, split_episodes
 from dws_gym.data.store import (
     SCHEMA_VERSION,
     CorruptEpisodeError,
@@ -28,5 +28,6 @@ __all__ = [
     "TransitionDataset",
     "describe_action_space",
     "import_arrays",
+    "env_episodes",
     "split_episodes",
 ]

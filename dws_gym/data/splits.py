@@ -16,7 +16,7 @@ from dws_gym.checks import check_positive_int
 if TYPE_CHECKING:
     from dws_gym.data.store import TrajectoryStore
 
-__all__ = ["split_episodes"]
+__all__ = ["env_episodes", "split_episodes"]
 
 
 def split_episodes(
@@ -63,3 +63,16 @@ def split_episodes(
             f"episodes (at least {n_held + 1}) or lower held_out_fraction / min_held_out"
         )
     return ids[: n - n_held], ids[n - n_held :]
+
+
+def env_episodes(store: TrajectoryStore, env_id: str) -> list[int]:
+    """The ids of the store's episodes of ``env_id``, ascending.
+
+    Raises:
+        ValueError: the store holds none (the message names the env ids it does hold).
+    """
+    ours = sorted(int(i) for i in store.episode_ids() if store.meta(i).env_id == env_id)
+    if not ours:
+        found = sorted({store.meta(i).env_id for i in store.episode_ids()})
+        raise ValueError(f"{store.root} holds no {env_id} episodes (it has {found}); pass a store of that game")
+    return ours

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 import torch
 
-from dws_gym.data import split_episodes
+from dws_gym.data import env_episodes, split_episodes
 from dws_gym.evaluation.acceptance import (
     ACCEPTANCE_HORIZON,
     _covers_acceptance,
@@ -458,10 +458,6 @@ def sample_eval_clips(
 def held_out_windows(store: TrajectoryStore, env_id: str, context: int, horizon: int, n: int,
                      held_out_fraction: float, seed: int) -> dict[str, np.ndarray]:
     """``n`` windows of ``context + horizon`` real frames from the held-out episodes of ``env_id`` in ``store``."""
-    ours = [i for i in store.episode_ids() if store.meta(i).env_id == env_id]
-    if not ours:
-        found = sorted({store.meta(i).env_id for i in store.episode_ids()})
-        raise ValueError(f"{store.root} holds no {env_id} episodes (it has {found}); pass a store of that game")
-    _, held = split_episodes(store, held_out_fraction, episode_ids=ours)
+    _, held = split_episodes(store, held_out_fraction, episode_ids=env_episodes(store, env_id))
     rng = np.random.default_rng(seed)
     return sample_eval_clips(store, held, context, horizon, n, rng, replace=True)

@@ -193,7 +193,6 @@ class DreamedTransitions:
         self.frames = np.concatenate(parts)
         """uint8 ``(num_windows, K + T, H, W, C)``: real context frames, then dreamed ones."""
         chosen_records = {key: v[chosen] for key, v in records.items()}
-        self.actions = chosen_records["actions"]
         valid = chosen_records["mask"][:, k:]  # (num_windows, T): dreamed step h is kept iff its real frame exists
         self._window, self._h = np.nonzero(valid)
         self._records = {key: chosen_records[key][:, dreamed][self._window, self._h]
