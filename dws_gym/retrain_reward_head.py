@@ -25,6 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,6 +67,15 @@ class RetrainArgs:
     """predict with the real data's class prior, not the oversampled batches' (logit offsets)"""
     held_out_fraction: float = 0.1
     """the last fraction of the env id's episodes is left out (as train_world_model.py holds it out)"""
+    train: bool = True
+    """train a new head (--no-train keeps the simulator's head: with --calibrate-windows, only its payment
+    threshold changes)"""
+    candidates: int = 1
+    """heads trained (seeds seed, seed + 1, ...) on the same dreams; the one with the best precision on the
+    calibration dreams at the real payment rate is kept (needs --calibrate-windows)"""
+    calibrate_windows: int = 0
+    """> 0: dream this many uniformly drawn training windows (--dream-horizon steps each, drawn apart from the
+    head's) and set the head's payment threshold so that it pays on them as often as the real game did (0: off)"""
     seed: int = 1
     """seeds the windows, the batches, the dream's noise and the head's initialisation"""
     device: str = "cpu"
@@ -79,11 +89,19 @@ def _check(args: RetrainArgs) -> None:
         usage_error(f"--dream-share must be in [0, 1), got {args.dream_share}")
     if not (math.isfinite(args.rare_fraction) and 0 <= args.rare_fraction < 1):
         usage_error(f"--rare-fraction must be in [0, 1), got {args.rare_fraction}")
-    for name in ("dream_windows", "dream_horizon", "steps", "batch_size"):
+    for name in ("dream_windows", "dream_horizon", "steps", "batch_size", "candidates"):
         if getattr(args, name) < 1:
             usage_error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
         usage_error(f"--learning-rate must be > 0, got {args.learning_rate}")
+    if args.calibrate_windows < 0:
+        usage_error(f"--calibrate-windows must be >= 0, got {args.calibrate_windows}")
+    if args.candidates > 1 and not args.calibrate_windows:
+        usage_error("--candidates > 1 picks the best head on the calibration dreams: pass --calibrate-windows too")
+    if args.candidates > 1 and not args.train:
+        usage_error("--candidates > 1 trains several heads; it cannot be combined with --no-train")
+    if not args.train and not args.calibrate_windows and args.keep_below is None:
+        usage_error("--no-train without --calibrate-windows or --keep-below would change nothing")
     if args.keep_below is not None and not (math.isfinite(args.keep_below) and 0 <= args.keep_below < 1):
         usage_error(f"--keep-below must be in [0, 1), got {args.keep_below}")
 
@@ -91,8 +109,7 @@ def _check(args: RetrainArgs) -> None:
 def retrain_reward_head(args: RetrainArgs, command: str | None = None) -> Path:
     """Do what ``args`` describes; returns the written simulator folder."""
     from dws_gym.data import TrajectoryStore, env_episodes, split_episodes
-    from dws_gym.models.reward import RewardHead
-    from dws_gym.models.reward_training import fit_reward_head, prior_correction, reward_head_batches, with_dreams
+    from dws_gym.models.reward_training import DreamedTransitions, calibrate_reward_rate
     from dws_gym.simulator import Simulator
 
     sim = Simulator.from_pretrained(args.simulator, device=args.device)
@@ -114,6 +131,66 @@ def retrain_reward_head(args: RetrainArgs, command: str | None = None) -> Path:
                          f"{tuple(sim.config.obs_shape)}; pass a store collected at the simulator's frame size.")
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
+    calibration_set = None
+    if args.calibrate_windows:
+        t0 = time.time()
+        cal_seed = args.seed + 10_000  # its own streams: the head's windows and batches are as without calibration
+        clips = store.clips(k, args.dream_horizon, episode_ids=train_ids)
+        calibration_set = DreamedTransitions(sim.world_model, clips, args.calibrate_windows,
+                                             np.random.default_rng(cal_seed),
+                                             rare_window_fraction=0.0,
+                                             generator=torch.Generator(sim.device).manual_seed(cal_seed),
+                                             progress=args.progress)
+        paid = int((calibration_set.step_records()["reward"] != 0).sum())
+        print(f"calibration: {len(calibration_set)} dreamed transitions of {args.calibrate_windows} uniformly drawn "
+              f"training windows ({paid} with a real reward) in {time.time() - t0:.0f} s", flush=True)
+        if paid == 0:
+            raise SystemExit(f"none of the {len(calibration_set)} calibration transitions has a reward; raise "
+                             "--calibrate-windows")
+    calibration = None
+    if args.train:
+        head, calibration = _train_heads(args, sim, store, train_ids, transitions, rng, calibration_set)
+    else:
+        head = sim.reward_head
+        if calibration_set is not None:
+            calibration = calibrate_reward_rate(head, calibration_set)
+            print(f"calibrated the simulator's head: {calibration.describe()}", flush=True)
+    sim.reward_head = head
+    training = dict(sim.config.training or {})
+    command = command or "python -m dws_gym.retrain_reward_head " + " ".join(sys.argv[1:])
+    training["command"] = " && ".join(c for c in (training.get("command"), command) if c)
+    if args.train:
+        training["reward_head_data"] = (
+            f"{args.steps} steps on {len(train_ids)} training episodes of {args.data}"
+            + (f", {args.dream_share:.0%} of each batch dreamed by the world model ({args.dream_windows} windows x "
+               f"{args.dream_horizon} steps)" if args.dream_share > 0 else ", real frames only")
+            + (f"; best of {args.candidates} seeds on the calibration dreams" if args.candidates > 1 else ""))
+    if calibration is not None:
+        training["reward_head_calibration"] = (
+            f"payment threshold set on dreams of {args.calibrate_windows} uniformly drawn training windows "
+            f"({args.dream_horizon} steps each) to the real payment rate: {calibration.describe()}")
+    sim.config.training = training
+    sim.config.metrics = {}  # the recorded tables scored the old head
+    folder = sim.to("cpu").save_pretrained(args.out)
+    print(f"simulator with the new head written to {folder}; score it with python -m dws_gym.evaluation "
+          f"--simulator {folder} --data {args.data} --record")
+    return folder
+
+
+def _train_heads(args: RetrainArgs, sim: Any, store: Any, train_ids: Any, transitions: Any, rng: np.random.Generator,
+                 calibration_set: Any) -> tuple[Any, Any]:
+    """Train ``args.candidates`` heads on the same (optionally dreamed) batches' source; return the kept head and
+    its calibration (``None`` without a calibration set)."""
+    from dws_gym.models.reward import RewardHead
+    from dws_gym.models.reward_training import (
+        calibrate_reward_rate,
+        fit_reward_head,
+        prior_correction,
+        reward_head_batches,
+        with_dreams,
+    )
+
+    k = sim.context_frames
     sample_fn, class_w, pos_w = reward_head_batches(transitions, args.rare_fraction)
     if args.dream_share > 0:
         t0 = time.time()
@@ -124,32 +201,33 @@ def retrain_reward_head(args: RetrainArgs, command: str | None = None) -> Path:
                                          progress=args.progress)
         print(f"{len(dreamed)} dreamed transitions from {args.dream_windows} training windows in "
               f"{time.time() - t0:.0f} s", flush=True)
-    config = type(sim.reward_head.config).from_dict(sim.reward_head.config.to_dict())
-    config.reward_logit_offset, config.termination_logit_offset = None, 0.0
-    head = RewardHead(config).to(sim.device)
-    t0 = time.time()
-    logs = fit_reward_head(head, sample_fn, steps=args.steps, lr=args.learning_rate, batch_size=args.batch_size,
-                           generator=rng, progress=args.progress, class_weights=class_w, pos_weight=pos_w)
-    head.eval()
-    print(f"reward head: {args.steps} steps in {time.time() - t0:.0f} s, last loss {logs[-1]['loss']:.4f}",
-          flush=True)
-    if args.prior_correction and args.rare_fraction > 0:
-        offsets, t_offset = prior_correction(transitions.step_records(), args.rare_fraction)
-        head.config.reward_logit_offset, head.config.termination_logit_offset = offsets, t_offset
-    sim.reward_head = head
-    training = dict(sim.config.training or {})
-    command = command or "python -m dws_gym.retrain_reward_head " + " ".join(sys.argv[1:])
-    training["command"] = " && ".join(c for c in (training.get("command"), command) if c)
-    training["reward_head_data"] = (
-        f"{args.steps} steps on {len(train_ids)} training episodes of {args.data}"
-        + (f", {args.dream_share:.0%} of each batch dreamed by the world model ({args.dream_windows} windows x "
-           f"{args.dream_horizon} steps)" if args.dream_share > 0 else ", real frames only"))
-    sim.config.training = training
-    sim.config.metrics = {}  # the recorded tables scored the old head
-    folder = sim.to("cpu").save_pretrained(args.out)
-    print(f"simulator with the new head written to {folder}; score it with python -m dws_gym.evaluation "
-          f"--simulator {folder} --data {args.data} --record")
-    return folder
+    best, best_cal, best_score = None, None, -math.inf
+    for i in range(args.candidates):
+        if i:  # candidate 0 continues the command's streams, so --candidates 1 is the plain run
+            torch.manual_seed(args.seed + i)
+            rng = np.random.default_rng(args.seed + i)
+        config = type(sim.reward_head.config).from_dict(sim.reward_head.config.to_dict())
+        config.reward_logit_offset, config.termination_logit_offset = None, 0.0
+        head = RewardHead(config).to(sim.device)
+        t0 = time.time()
+        logs = fit_reward_head(head, sample_fn, steps=args.steps, lr=args.learning_rate, batch_size=args.batch_size,
+                               generator=rng, progress=args.progress, class_weights=class_w, pos_weight=pos_w)
+        head.eval()
+        print(f"reward head (seed {args.seed + i}): {args.steps} steps in {time.time() - t0:.0f} s, last loss "
+              f"{logs[-1]['loss']:.4f}", flush=True)
+        if args.prior_correction and args.rare_fraction > 0:
+            offsets, t_offset = prior_correction(transitions.step_records(), args.rare_fraction)
+            head.config.reward_logit_offset, head.config.termination_logit_offset = offsets, t_offset
+        if calibration_set is None:
+            return head, None
+        cal = calibrate_reward_rate(head, calibration_set)
+        print(f"  calibrated: {cal.describe()}", flush=True)
+        score = cal.precision if math.isfinite(cal.precision) else -1.0
+        if score > best_score:
+            best, best_cal, best_score = head, cal, score
+    if args.candidates > 1:
+        print(f"kept the head with precision {best_score:.3f} at the real payment rate", flush=True)
+    return best, best_cal
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -53,9 +53,37 @@ def test_new_head_on_dreams_keeps_the_world_model_and_extends_the_story(folders,
     assert frame.shape == (2, 64, 64, 3) and reward.shape == (2,)
 
 
+def test_calibrating_the_shipped_head_changes_only_its_payment_threshold(folders, tmp_path, capsys):
+    out = main(["--simulator", str(folders / "sim"), "--data", str(folders / "store"), "--out", str(tmp_path / "cal"),
+                "--no-train", "--calibrate-windows", "16"] + SMALL)
+    printed = capsys.readouterr().out
+    assert "uniformly drawn training windows" in printed and "calibrated the simulator's head" in printed
+    before, after = Simulator.from_pretrained(folders / "sim"), Simulator.from_pretrained(out)
+    for (name, a), b in zip(before.reward_head.state_dict().items(), after.reward_head.state_dict().values()):
+        assert torch.equal(a, b), name  # the same head ...
+    old = before.reward_head.config.reward_logit_offset or (0.0, 0.0, 0.0)
+    new = after.reward_head.config.reward_logit_offset
+    assert new[0] == old[0] and new[2] == old[2] and new[1] != old[1]  # ... with another no-reward offset
+    training = after.config.training
+    assert "to the real payment rate" in training["reward_head_calibration"]
+    assert "--no-train --calibrate-windows 16" in training["command"] and "reward_head_data" not in training
+
+
+def test_candidates_keep_the_best_head_on_the_calibration_dreams(folders, tmp_path, capsys):
+    out = main(["--simulator", str(folders / "sim"), "--data", str(folders / "store"), "--out", str(tmp_path / "best"),
+                "--candidates", "2", "--calibrate-windows", "16"] + SMALL)
+    printed = capsys.readouterr().out
+    assert "reward head (seed 1)" in printed and "reward head (seed 2)" in printed and "kept the head" in printed
+    training = Simulator.from_pretrained(out).config.training
+    assert "best of 2 seeds" in training["reward_head_data"] and "precision" in training["reward_head_calibration"]
+
+
 @pytest.mark.parametrize("flags, message", [(["--dream-share", "1"], "--dream-share"),
                                             (["--dream-windows", "0"], "--dream-windows"),
-                                            (["--keep-below", "1.5"], "--keep-below")])
+                                            (["--keep-below", "1.5"], "--keep-below"),
+                                            (["--candidates", "2"], "--calibrate-windows"),
+                                            (["--calibrate-windows", "-1"], "--calibrate-windows"),
+                                            (["--no-train"], "would change nothing")])
 def test_bad_flags_stop_before_writing(folders, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
         main(["--simulator", str(folders / "sim"), "--data", str(folders / "store"), "--out", str(tmp_path / "new")]

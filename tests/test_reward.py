@@ -495,3 +495,59 @@ def test_logit_offsets_change_predictions_and_survive_save_load(tmp_path):
     assert again.config.reward_logit_offset == (0.0, 0.0, 50.0) and again.config.termination_logit_offset == -50.0
     with pytest.raises(ValueError, match="reward_logit_offset must be 3 finite floats"):
         RewardConfig(num_actions=4, reward_logit_offset=(0.0, 1.0))
+
+
+class _View:
+    """A transition view over one fixed batch (``len``, ``get_batch``, ``step_records``), as calibration reads it."""
+
+    def __init__(self, batch: dict[str, np.ndarray]) -> None:
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return len(self.batch["reward"])
+
+    def get_batch(self, idx) -> dict[str, np.ndarray]:
+        return {key: v[np.asarray(idx)] for key, v in self.batch.items()}
+
+    def step_records(self) -> dict[str, np.ndarray]:
+        return {"reward": self.batch["reward"], "terminated": self.batch["terminated"]}
+
+
+def test_calibration_makes_the_head_pay_at_the_real_rate():
+    from dws_gym.models.reward_training import calibrate_reward_rate, reward_margins
+
+    torch.manual_seed(0)
+    head = RewardHead(RewardConfig(**SMALL))
+    fit_reward_head(head, _toy_sample, steps=150, batch_size=32, lr=3e-3, generator=np.random.default_rng(0),
+                    progress=False)
+    view = _View(_toy_sample(300, np.random.default_rng(7)))
+    real = int((view.batch["reward"] != 0).sum())
+    head.config.reward_logit_offset = (-100.0, 0.0, 0.0)  # the toy has no -1 rewards
+    spread = float(np.abs(reward_margins(head, view)[0]).max()) + 1.0
+    for push in (spread, -spread):  # a head that pays on every transition, then one that pays on none
+        head.config.reward_logit_offset = (-100.0, max(-push, 0.0), max(push, 0.0))
+        cal = calibrate_reward_rate(head, view, batch_size=64)
+        assert cal.paid_before == (300 if push > 0 else 0)
+        assert cal.real_paid == real and cal.paid_after == real and cal.transitions == 300
+        assert (cal.shift > 0) == (push > 0)
+        assert head.config.reward_logit_offset[1] == pytest.approx(max(-push, 0.0) + cal.shift)  # where predict reads
+        reward, _ = head.predict(view.batch["obs"], view.batch["action"], view.batch["next_obs"][:, -1])
+        paid = reward.numpy() != 0
+        assert paid.sum() == real  # the calibrated head pays as often as the real game did
+        hits = int((paid & (reward.numpy() == view.batch["reward"])).sum())
+        assert cal.hits_after == hits >= 0.5 * real  # the head ranks the white blocks first
+        assert cal.precision == pytest.approx(cal.recall) == pytest.approx(hits / real)
+        margins, signs = reward_margins(head, view)
+        assert ((margins > 0) == paid).all() and set(np.unique(signs)) <= {-1.0, 1.0}
+    assert "pays on" in cal.describe() and "real: " in cal.describe()
+
+
+def test_calibration_rejects_what_it_cannot_match():
+    from dws_gym.models.reward_training import calibrate_reward_rate
+
+    batch = _toy_sample(20, np.random.default_rng(3))
+    quiet = dict(batch, reward=np.zeros(20, np.float32))
+    with pytest.raises(ValueError, match="has a reward"):
+        calibrate_reward_rate(RewardHead(RewardConfig(**SMALL)), _View(quiet))
+    with pytest.raises(ValueError, match="sign-mode head"):
+        calibrate_reward_rate(RewardHead(RewardConfig(mode="twohot", **SMALL)), _View(batch))

@@ -10,12 +10,15 @@ In a dream the head scores frames the world model drew, not real ones: a brick t
 long dreams gather artefacts a head trained only on real frames may read as events. :class:`DreamedTransitions`
 holds transitions whose next frames the world model dreamed open loop from real windows under the real actions,
 labelled with the real rewards and terminations; :func:`mixed_batches` puts a share of them in every batch.
+:func:`calibrate_reward_rate` then sets the head's payment threshold so that, on dreams of uniformly drawn training
+windows, it pays as often as the real game did.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,11 +35,14 @@ from dws_gym.models.reward import (
 __all__ = [
     "DreamedTransitions",
     "RareEventSampler",
+    "RateCalibration",
     "balance_weights_from_data",
+    "calibrate_reward_rate",
     "fit_reward_head",
     "mixed_batches",
     "prior_correction",
     "reward_head_batches",
+    "reward_margins",
     "with_dreams",
 ]
 
@@ -314,6 +320,103 @@ def prior_correction(records: Mapping[str, np.ndarray], rare_fraction: float) ->
 
     t_off = logit(p_data) - logit(p_train) if 0 < p_data < 1 and 0 < p_train < 1 else 0.0
     return (float(offsets[0]), float(offsets[1]), float(offsets[2])), float(t_off)
+
+
+@dataclass(frozen=True)
+class RateCalibration:
+    """What :func:`calibrate_reward_rate` did (counts over the calibration transitions).
+
+    Attributes:
+        shift: added to the no-reward class's logit offset (positive: the head pays less often).
+        transitions: calibration transitions scored.
+        real_paid: transitions with a non-zero real reward.
+        paid_before, paid_after: transitions the head paid on before and after the shift.
+        hits_after: paid transitions (after the shift) whose real reward has the same sign.
+    """
+
+    shift: float
+    transitions: int
+    real_paid: int
+    paid_before: int
+    paid_after: int
+    hits_after: int
+
+    @property
+    def precision(self) -> float:
+        """Share of the head's payments (after the shift) that the real game made too; NaN if it pays nothing."""
+        return self.hits_after / self.paid_after if self.paid_after else float("nan")
+
+    @property
+    def recall(self) -> float:
+        """Share of the real payments the head (after the shift) makes; NaN if the real game paid nothing."""
+        return self.hits_after / self.real_paid if self.real_paid else float("nan")
+
+    def describe(self) -> str:
+        return (f"no-reward logit offset {self.shift:+.3f}: pays on {self.paid_after} of {self.transitions} "
+                f"transitions (before: {self.paid_before}; real: {self.real_paid}), precision {self.precision:.3f}, "
+                f"recall {self.recall:.3f}")
+
+
+@torch.no_grad()
+def reward_margins(head: RewardHead, transitions: Any, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """How far the head is from paying on each transition, and with which sign.
+
+    Sign mode, logit offsets included: the margin is the best non-zero class logit minus the no-reward logit (the
+    head pays where it is > 0), the sign that of the better non-zero class (``-1`` or ``+1``).
+    """
+    if head.config.mode != "sign":
+        raise ValueError(f"reward margins need a sign-mode head, got mode {head.config.mode!r}")
+    head.eval()
+    offset = None if head.config.reward_logit_offset is None else torch.tensor(head.config.reward_logit_offset)
+    margins, signs = [], []
+    for a in range(0, len(transitions), batch_size):
+        batch = transitions.get_batch(np.arange(a, min(a + batch_size, len(transitions))))
+        next_obs = np.asarray(batch["next_obs"])
+        out = head(batch["obs"], batch["action"], next_obs[:, -1] if next_obs.ndim == 5 else next_obs)
+        logits = out.reward_logits.float().cpu()
+        if offset is not None:
+            logits = logits + offset
+        margins.append((torch.maximum(logits[:, 0], logits[:, 2]) - logits[:, 1]).numpy())
+        signs.append(torch.where(logits[:, 2] >= logits[:, 0], 1.0, -1.0).numpy())
+    if not margins:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    return np.concatenate(margins), np.concatenate(signs)
+
+
+def calibrate_reward_rate(head: RewardHead, transitions: Any, batch_size: int = 256) -> RateCalibration:
+    """Shift the head's no-reward logit offset so that it pays on as many of ``transitions`` as the real game did.
+
+    ``transitions`` should be drawn as the head will meet them, e.g. :class:`DreamedTransitions` of uniformly
+    drawn training windows (``rare_window_fraction=0``), labelled with the real rewards. A head trained on
+    oversampled batches, and corrected for that prior, can still pay too often or too rarely on the simulator's
+    frames (and 1,000 steps of training vary from seed to seed); matching the real rate pins the number of rewards
+    the dream pays to the data, and leaves the head's ranking of transitions to decide which ones. The shift sits
+    halfway between the margins of the last paid and the first unpaid transition. The head is changed in place
+    (``config.reward_logit_offset``), sign mode only.
+
+    Raises:
+        ValueError: a two-hot head, no transitions, or no real reward among them (nothing to match).
+    """
+    records = transitions.step_records()
+    real = np.sign(np.asarray(records["reward"], dtype=np.float64))
+    if len(real) == 0:
+        raise ValueError("calibrate_reward_rate needs transitions, got none")
+    n_real = int((real != 0).sum())
+    if n_real == 0:
+        raise ValueError(f"none of the {len(real)} calibration transitions has a reward: draw more windows")
+    margins, signs = reward_margins(head, transitions, batch_size)
+    before = int((margins > 0).sum())
+    order = np.sort(margins)[::-1]
+    upper = float(order[n_real - 1])
+    lower = float(order[n_real]) if n_real < len(order) else upper - 1.0
+    shift = 0.5 * (upper + lower)
+    offsets = list(head.config.reward_logit_offset or (0.0, 0.0, 0.0))
+    offsets[1] += shift
+    head.config.reward_logit_offset = tuple(float(o) for o in offsets)
+    paid = margins > shift
+    hits = int((paid & (signs == real)).sum())
+    return RateCalibration(shift=shift, transitions=len(real), real_paid=n_real, paid_before=before,
+                           paid_after=int(paid.sum()), hits_after=hits)
 
 
 def reward_head_batches(
