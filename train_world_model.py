@@ -159,7 +159,11 @@ class Args:
     reward_dream_windows: int = 2048
     """real windows dreamed for --reward-dream-share"""
     reward_dream_horizon: int = 8
-    """dreamed steps per window for --reward-dream-share (labels drift as a dream leaves the real game)"""
+    """dreamed steps per window for --reward-dream-share and --reward-calibrate-windows (labels drift as a dream
+    leaves the real game)"""
+    reward_calibrate_windows: int = 0
+    """> 0: dream this many uniformly drawn training windows and set the head's payment threshold so that it pays on
+    them as often as the real game did (dws_gym.models.reward_training.calibrate_reward_rate); 0: off"""
     retrain_reward_head: bool = False
     """with --resume: train the reward head again even if the checkpoint holds a finished one"""
 
@@ -319,6 +323,8 @@ if __name__ == "__main__":
     from dws_gym.models.conditioning import freeze_base
     from dws_gym.models.reward import RewardConfig, RewardHead
     from dws_gym.models.reward_training import (
+        DreamedTransitions,
+        calibrate_reward_rate,
         fit_reward_head,
         prior_correction,
         reward_head_batches,
@@ -343,6 +349,8 @@ if __name__ == "__main__":
         raise SystemExit(f"--reward-rare-fraction must be in [0, 1), got {args.reward_rare_fraction}.")
     if not 0 <= args.reward_dream_share < 1:
         raise SystemExit(f"--reward-dream-share must be in [0, 1), got {args.reward_dream_share}.")
+    if args.reward_calibrate_windows < 0:
+        raise SystemExit(f"--reward-calibrate-windows must be >= 0, got {args.reward_calibrate_windows}.")
     if args.reward_dream_windows < 1 or args.reward_dream_horizon < 1:
         raise SystemExit("--reward-dream-windows and --reward-dream-horizon must be positive, got "
                          f"{args.reward_dream_windows} and {args.reward_dream_horizon}.")
@@ -588,6 +596,21 @@ if __name__ == "__main__":
             reward_head.config.reward_logit_offset, reward_head.config.termination_logit_offset = offsets, t_offset
             print(f"reward head prior correction: reward logits {tuple(round(o, 3) for o in offsets)}, "
                   f"termination logit {t_offset:.3f}", flush=True)
+        calibration = None
+        if args.reward_calibrate_windows:
+            model.eval()
+            cal_seed = args.seed + 10_000  # its own streams, apart from the head's dreams
+            with precision.autocast(device):
+                cal_set = DreamedTransitions(
+                    model, store.clips(args.context_frames, args.reward_dream_horizon, episode_ids=train_ids),
+                    args.reward_calibrate_windows, np.random.default_rng(cal_seed), rare_window_fraction=0.0,
+                    generator=torch.Generator(device).manual_seed(cal_seed), progress=args.progress)
+            if (cal_set.step_records()["reward"] != 0).any():
+                calibration = calibrate_reward_rate(reward_head, cal_set)
+                print(f"reward head calibration: {calibration.describe()}", flush=True)
+            else:
+                print(f"warning: none of the {len(cal_set)} calibration transitions has a reward; the head is not "
+                      "calibrated (raise --reward-calibrate-windows)", flush=True)
 
         # ------------------------------------------------------------ simulator + held-out table
         sim_config = SimulatorConfig(
@@ -609,6 +632,10 @@ if __name__ == "__main__":
                 "command": " && ".join(commands),
             },
         )
+        if calibration is not None:
+            sim_config.training["reward_head_calibration"] = (
+                f"payment threshold set on dreams of {args.reward_calibrate_windows} uniformly drawn training windows "
+                f"({args.reward_dream_horizon} steps each) to the real payment rate: {calibration.describe()}")
         sim = Simulator(sim_config, model, reward_head, start_batch["frames"][:, : args.context_frames],
                         start_batch["actions"][:, : args.context_frames - 1])
         result = evaluate_held_out(sim, eval_batch, horizon=args.eval_horizon, generator=generator,

@@ -136,8 +136,9 @@ def test_retrain_reward_head_keeps_world_model_and_trains_a_new_head(trained, tm
     shutil.copytree(cwd / "run", run_dir)
     proc = run(["--data", str(cwd / "store"), "--total-steps", "2", "--output-dir", str(run_dir), "--resume",
                 "--retrain-reward-head", "--seed", "7", "--reward-dream-share", "0.5", "--reward-dream-windows", "3",
-                "--reward-dream-horizon", "2"] + TINY, tmp_path)
+                "--reward-dream-horizon", "2", "--reward-calibrate-windows", "32"] + TINY, tmp_path)
     assert "at step 2" in proc.stdout
+    assert "reward head calibration: no-reward logit offset" in proc.stdout
     assert "dreamed transitions from 3 training windows" in proc.stdout and "50% of each batch" in proc.stdout
     before = Simulator.from_pretrained(cwd / "run" / "simulator")
     after = Simulator.from_pretrained(run_dir / "simulator")
@@ -147,12 +148,14 @@ def test_retrain_reward_head_keeps_world_model_and_trains_a_new_head(trained, tm
                                                      after.reward_head.state_dict().values()))
     ckpt = torch.load(run_dir / "checkpoint" / "training_state.pt", weights_only=False)
     assert "reward_head" in ckpt and ckpt["step"] == 2
+    assert "to the real payment rate" in after.config.training["reward_head_calibration"]
 
 
 @pytest.mark.parametrize("flags, message", [(["--retrain-reward-head"], "--resume"),
                                             (["--reward-rare-fraction", "1.0"], "[0, 1)"),
                                             (["--reward-dream-share", "1.0"], "--reward-dream-share"),
-                                            (["--reward-dream-windows", "0"], "must be positive")])
+                                            (["--reward-dream-windows", "0"], "must be positive"),
+                                            (["--reward-calibrate-windows", "-1"], "--reward-calibrate-windows")])
 def test_reward_flags_are_checked_before_any_work(tmp_path, flags, message):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, str(SCRIPT), "--data", "store"] + flags, cwd=tmp_path,
