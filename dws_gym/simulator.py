@@ -620,7 +620,8 @@ class Simulator:
                 "the data below, with the DWS action module and motion-reinforced loss."
             )
         meanings = ", ".join(f"{i}: {m}" for i, m in enumerate(c.action_meanings))
-        training = "\n".join(f"- {k}: {v}" for k, v in c.training.items()) or "- (not recorded)"
+        training = "\n".join(f"- {k}: {v}" for k, v in c.training.items()
+                             if k != "known_limits") or "- (not recorded)"  # limits: under Limitations
         metrics = c.metrics.get("table_markdown") if isinstance(c.metrics, dict) else None
         if not metrics:
             metrics = "\n".join(f"- {k}: {v}" for k, v in c.metrics.items()) or "(not measured)"
