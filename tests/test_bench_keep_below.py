@@ -8,9 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_sim import BREAKOUT, make_tiny_sim
-
-from dws_gym.data.store import TrajectoryStore
+from tiny_sim import make_breakout_store, make_tiny_sim
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,14 +24,7 @@ def _bench():
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("keep_below")
-    store = TrajectoryStore(root / "store", create=True)
-    rng = np.random.default_rng(0)
-    for _ in range(4):  # the last one is held out
-        rewards = np.zeros(20, np.float32)
-        rewards[[5, 9, 12, 16]] = 1.0
-        store.add_episode(rng.integers(0, 256, (21, 64, 64, 3), dtype=np.uint8), rng.integers(0, 4, 20), rewards,
-                          np.eye(20, dtype=bool)[-1], np.zeros(20, bool), env_id="ALE/Breakout-v5",
-                          action_meanings=BREAKOUT)
+    make_breakout_store(root / "store", rewarded_steps=(5, 9, 12, 16))
     make_tiny_sim(0).save_pretrained(root / "sim")
     return root
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_sim import BREAKOUT, make_tiny_sim
+from tiny_sim import BREAKOUT, make_breakout_store, make_tiny_sim
 
 from dws_gym.data.store import TrajectoryStore
 from dws_gym.retrain_reward_head import main
@@ -17,15 +17,7 @@ SMALL = ["--steps", "2", "--batch-size", "8", "--dream-windows", "3", "--dream-h
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("retrain")
-    store = TrajectoryStore(root / "store", create=True)
-    rng = np.random.default_rng(0)
-    for e in range(4):  # the last one is held out
-        T = 20
-        rewards = np.zeros(T, np.float32)
-        rewards[[5, 12]] = 1.0
-        term = np.eye(T, dtype=bool)[-1]
-        store.add_episode(rng.integers(0, 256, (T + 1, 64, 64, 3), dtype=np.uint8), rng.integers(0, 4, T), rewards,
-                          term, np.zeros(T, bool), env_id="ALE/Breakout-v5", action_meanings=BREAKOUT)
+    make_breakout_store(root / "store")
     sim = make_tiny_sim(0)
     sim.config.training = {"command": "python train_world_model.py --data store"}
     sim.config.metrics = {"table_markdown": "| h | ... |"}

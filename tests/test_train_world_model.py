@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_sim import make_breakout_store
 
 from dws_gym.simulator import Simulator
 
@@ -136,9 +137,8 @@ def test_retrain_reward_head_keeps_world_model_and_trains_a_new_head(trained, tm
     shutil.copytree(cwd / "run", run_dir)
     proc = run(["--data", str(cwd / "store"), "--total-steps", "2", "--output-dir", str(run_dir), "--resume",
                 "--retrain-reward-head", "--seed", "7", "--reward-dream-share", "0.5", "--reward-dream-windows", "3",
-                "--reward-dream-horizon", "2", "--reward-calibrate-windows", "32"] + TINY, tmp_path)
+                "--reward-dream-horizon", "2"] + TINY, tmp_path)
     assert "at step 2" in proc.stdout
-    assert "reward head calibration: no-reward logit offset" in proc.stdout
     assert "dreamed transitions from 3 training windows" in proc.stdout and "50% of each batch" in proc.stdout
     before = Simulator.from_pretrained(cwd / "run" / "simulator")
     after = Simulator.from_pretrained(run_dir / "simulator")
@@ -148,7 +148,16 @@ def test_retrain_reward_head_keeps_world_model_and_trains_a_new_head(trained, tm
                                                      after.reward_head.state_dict().values()))
     ckpt = torch.load(run_dir / "checkpoint" / "training_state.pt", weights_only=False)
     assert "reward_head" in ckpt and ckpt["step"] == 2
-    assert "to the real payment rate" in after.config.training["reward_head_calibration"]
+
+
+def test_a_run_can_end_with_the_head_calibrated_to_the_real_payment_rate(tmp_path):
+    make_breakout_store(tmp_path / "store", rewarded_steps=(4, 8, 11, 15), episodes=6)
+    proc = run(["--data", str(tmp_path / "store"), "--total-steps", "1", "--output-dir", str(tmp_path / "run"),
+                "--reward-calibrate-windows", "64"] + TINY, tmp_path)
+    assert "reward head calibration: no-reward logit offset" in proc.stdout
+    sim = Simulator.from_pretrained(tmp_path / "run" / "simulator")
+    assert "to the real payment rate" in sim.config.training["reward_head_calibration"]
+    assert "--reward-calibrate-windows 64" in sim.config.training["command"]
 
 
 @pytest.mark.parametrize("flags, message", [(["--retrain-reward-head"], "--resume"),
