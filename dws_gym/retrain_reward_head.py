@@ -11,6 +11,15 @@ transitions whose next frame the simulator's world model dreamed (open loop from
 real actions, labelled with the real rewards; :class:`dws_gym.models.reward_training.DreamedTransitions`) in every
 batch, so the head learns how this simulator draws events.
 
+``--calibrate-windows N`` then sets the head's payment threshold: it dreams ``N`` uniformly drawn training windows
+and shifts the no-reward logit until the head pays on as many dreamed transitions as the real game paid on those steps
+(:func:`dws_gym.models.reward_training.calibrate_reward_rate`), so the dream pays at the real rate whichever way
+training landed; ``--candidates K`` trains ``K`` seeds and keeps the most precise at that rate, and ``--no-train``
+only calibrates the simulator's existing head:
+
+    python -m dws_gym.retrain_reward_head --simulator runs/breakout-dreamhead --data data/breakout-tracker \
+        --no-train --calibrate-windows 1024 --out runs/breakout-final
+
 Only the training episodes are used: the last ``--held-out-fraction`` of the store's episodes of the simulator's
 env id stay out, as ``train_world_model.py`` and ``python -m dws_gym.evaluation`` split them. The world model is not
 changed (except its stepping threshold with ``--keep-below``). The command is appended to the simulator's recorded
