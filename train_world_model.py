@@ -323,8 +323,8 @@ if __name__ == "__main__":
     from dws_gym.models.conditioning import freeze_base
     from dws_gym.models.reward import RewardConfig, RewardHead
     from dws_gym.models.reward_training import (
-        DreamedTransitions,
         calibrate_reward_rate,
+        calibration_dreams,
         fit_reward_head,
         prior_correction,
         reward_head_batches,
@@ -599,12 +599,10 @@ if __name__ == "__main__":
         calibration = None
         if args.reward_calibrate_windows:
             model.eval()
-            cal_seed = args.seed + 10_000  # its own streams, apart from the head's dreams
             with precision.autocast(device):
-                cal_set = DreamedTransitions(
+                cal_set = calibration_dreams(
                     model, store.clips(args.context_frames, args.reward_dream_horizon, episode_ids=train_ids),
-                    args.reward_calibrate_windows, np.random.default_rng(cal_seed), rare_window_fraction=0.0,
-                    generator=torch.Generator(device).manual_seed(cal_seed), progress=args.progress)
+                    args.reward_calibrate_windows, args.seed, progress=args.progress)
             if (cal_set.step_records()["reward"] != 0).any():
                 calibration = calibrate_reward_rate(reward_head, cal_set)
                 print(f"reward head calibration: {calibration.describe()}", flush=True)
@@ -633,9 +631,8 @@ if __name__ == "__main__":
             },
         )
         if calibration is not None:
-            sim_config.training["reward_head_calibration"] = (
-                f"payment threshold set on dreams of {args.reward_calibrate_windows} uniformly drawn training windows "
-                f"({args.reward_dream_horizon} steps each) to the real payment rate: {calibration.describe()}")
+            sim_config.training["reward_head_calibration"] = calibration.card_entry(args.reward_calibrate_windows,
+                                                                                     args.reward_dream_horizon)
         sim = Simulator(sim_config, model, reward_head, start_batch["frames"][:, : args.context_frames],
                         start_batch["actions"][:, : args.context_frames - 1])
         result = evaluate_held_out(sim, eval_batch, horizon=args.eval_horizon, generator=generator,

@@ -32,7 +32,7 @@ import tyro
 from dws_gym.data import TrajectoryStore, env_episodes, split_episodes
 from dws_gym.evaluation.closed_loop import closed_loop_returns
 from dws_gym.hardware import describe_machine
-from dws_gym.models.reward_training import DreamedTransitions, calibrate_reward_rate
+from dws_gym.models.reward_training import calibrate_reward_rate, calibration_dreams
 from dws_gym.simulator import Simulator
 
 
@@ -88,11 +88,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
         sim.reward_head.config.reward_logit_offset = saved
         row: dict[str, float] = {"keep_below": float(kb)}
         if args.calibrate_windows:
-            cal_set = DreamedTransitions(sim.world_model,
+            cal_set = calibration_dreams(sim.world_model,
                                          store.clips(sim.context_frames, args.horizon, episode_ids=train_ids),
-                                         args.calibrate_windows, np.random.default_rng(10_001),
-                                         rare_window_fraction=0.0, generator=torch.Generator().manual_seed(10_001),
-                                         progress=False)
+                                         args.calibrate_windows, seed=1, progress=False)
             cal = calibrate_reward_rate(sim.reward_head, cal_set)
             row.update(shift=cal.shift, paid_before=cal.paid_before, real_paid=cal.real_paid,
                        cal_precision=cal.precision)

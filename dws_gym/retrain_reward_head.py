@@ -118,7 +118,7 @@ def _check(args: RetrainArgs) -> None:
 def retrain_reward_head(args: RetrainArgs, command: str | None = None) -> Path:
     """Do what ``args`` describes; returns the written simulator folder."""
     from dws_gym.data import TrajectoryStore, env_episodes, split_episodes
-    from dws_gym.models.reward_training import DreamedTransitions, calibrate_reward_rate
+    from dws_gym.models.reward_training import calibrate_reward_rate, calibration_dreams
     from dws_gym.simulator import Simulator
 
     sim = Simulator.from_pretrained(args.simulator, device=args.device)
@@ -143,13 +143,8 @@ def retrain_reward_head(args: RetrainArgs, command: str | None = None) -> Path:
     calibration_set = None
     if args.calibrate_windows:
         t0 = time.time()
-        cal_seed = args.seed + 10_000  # its own streams: the head's windows and batches are as without calibration
-        clips = store.clips(k, args.dream_horizon, episode_ids=train_ids)
-        calibration_set = DreamedTransitions(sim.world_model, clips, args.calibrate_windows,
-                                             np.random.default_rng(cal_seed),
-                                             rare_window_fraction=0.0,
-                                             generator=torch.Generator(sim.device).manual_seed(cal_seed),
-                                             progress=args.progress)
+        calibration_set = calibration_dreams(sim.world_model, store.clips(k, args.dream_horizon, episode_ids=train_ids),
+                                             args.calibrate_windows, args.seed, progress=args.progress)
         paid = int((calibration_set.step_records()["reward"] != 0).sum())
         print(f"calibration: {len(calibration_set)} dreamed transitions of {args.calibrate_windows} uniformly drawn "
               f"training windows ({paid} with a real reward) in {time.time() - t0:.0f} s", flush=True)
@@ -175,9 +170,7 @@ def retrain_reward_head(args: RetrainArgs, command: str | None = None) -> Path:
                f"{args.dream_horizon} steps)" if args.dream_share > 0 else ", real frames only")
             + (f"; best of {args.candidates} seeds on the calibration dreams" if args.candidates > 1 else ""))
     if calibration is not None:
-        training["reward_head_calibration"] = (
-            f"payment threshold set on dreams of {args.calibrate_windows} uniformly drawn training windows "
-            f"({args.dream_horizon} steps each) to the real payment rate: {calibration.describe()}")
+        training["reward_head_calibration"] = calibration.card_entry(args.calibrate_windows, args.dream_horizon)
     sim.config.training = training
     sim.config.metrics = {}  # the recorded tables scored the old head
     folder = sim.to("cpu").save_pretrained(args.out)

@@ -38,6 +38,7 @@ __all__ = [
     "RateCalibration",
     "balance_weights_from_data",
     "calibrate_reward_rate",
+    "calibration_dreams",
     "fit_reward_head",
     "mixed_batches",
     "prior_correction",
@@ -355,6 +356,22 @@ class RateCalibration:
         return (f"no-reward logit offset {self.shift:+.3f}: pays on {self.paid_after} of {self.transitions} "
                 f"transitions (before: {self.paid_before}; real: {self.real_paid}), precision {self.precision:.3f}, "
                 f"recall {self.recall:.3f}")
+
+    def card_entry(self, num_windows: int, horizon: int) -> str:
+        """The line a simulator's card records under ``reward_head_calibration``."""
+        return (f"payment threshold set on dreams of {num_windows} uniformly drawn training windows ({horizon} steps "
+                f"each) to the real payment rate: {self.describe()}")
+
+
+def calibration_dreams(world_model: Any, clips: Any, num_windows: int, seed: int, *,
+                       progress: bool = True) -> DreamedTransitions:
+    """The transitions :func:`calibrate_reward_rate` matches the real rate on: ``num_windows`` windows of ``clips``
+    drawn uniformly (no oversampling of rewarded ones) and dreamed open loop, with their own random streams
+    (``seed + 10,000``) so that drawing them leaves a training run's windows and batches as they would be without."""
+    cal_seed = int(seed) + 10_000
+    return DreamedTransitions(world_model, clips, num_windows, np.random.default_rng(cal_seed),
+                              rare_window_fraction=0.0,
+                              generator=torch.Generator(world_model.device).manual_seed(cal_seed), progress=progress)
 
 
 @torch.no_grad()
