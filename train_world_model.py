@@ -104,8 +104,9 @@ class Args:
     rectified-flow Wan transformer (`flow`, also the path for a pre-trained Wan2.1, set with --flow.*)"""
     init_from: str | None = None
     """start from the world-model weights of this simulator folder (or its `world_model/` folder) instead of a
-    fresh model: fine-tune a shipped simulator on new data or with a new recipe (the model flags must match it;
-    the reward head is trained anew; ignored by --resume, whose checkpoint holds the weights)"""
+    fresh model: fine-tune a shipped simulator on new data, a new recipe or another game (the model flags must match
+    it; a game with another number of actions gets a fresh action table; the reward head is trained anew; ignored by
+    --resume, whose checkpoint holds the weights)"""
     pretrained: str | None = None
     """a diffusers Wan2.1 repo id or local folder (with --backbone flow); None trains a backbone from scratch"""
     train_mode: Literal["full", "module"] = "full"
@@ -206,7 +207,8 @@ def init_world_model(model: torch.nn.Module, source: str | os.PathLike) -> None:
     """Load the world-model weights of a simulator folder (or its ``world_model/`` folder) into ``model``.
 
     The training-only settings of ``model``'s config (loss, noise, unroll) stay as built from the flags; only weights
-    are taken, and every weight must fit.
+    are taken, and every weight must fit except a discrete action table whose row count differs (a simulator of
+    another game): that table keeps ``model``'s fresh initialisation.
     """
     from dws_gym.fileio import load_safetensors
     from dws_gym.models.flow import FLOW_WEIGHTS_NAME
@@ -223,12 +225,23 @@ def init_world_model(model: torch.nn.Module, source: str | os.PathLike) -> None:
         state, _ = load_safetensors(folder / names[0], "the world model to start from", fix="re-download or re-save it")
     except ValueError as e:
         raise SystemExit(f"--init-from: {e}") from e
+    # Another game's simulator is a valid start: every weight but the per-action table fits, and that table (one row
+    # per action of the source's game) starts fresh for this game's actions.
+    own = model.state_dict()
+    fresh_actions = {name: tuple(state[name].shape)[0] for name in own
+                     if name.endswith("action_embedder.table.weight") and name in state
+                     and state[name].shape != own[name].shape and state[name].shape[1:] == own[name].shape[1:]}
+    for name in fresh_actions:
+        state[name] = own[name]
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise SystemExit(f"--init-from: the weights in {folder} do not fit the model these flags build (pass the "
                          f"--backbone / --unet.widths / --context-frames it was trained with): {str(e)[:400]}") from e
     print(f"initialised the world model from {folder}")
+    for name, rows in fresh_actions.items():
+        print(f"  {name}: the source has {rows} actions and this game {own[name].shape[0]}, so the action table "
+              "starts fresh; every other weight is the source's")
 
 
 def backbone_flags(args: Args) -> Any:

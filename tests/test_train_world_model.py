@@ -260,6 +260,15 @@ def test_init_from_starts_at_the_given_simulator_and_rejects_another_shape(train
         script.init_world_model(wider, cwd / "run" / "simulator")
     with pytest.raises(SystemExit, match="no unet_model.safetensors or flow_model.safetensors"):
         script.init_world_model(fresh, tmp_path)
+    # Another game (18 actions, the source has 4): every weight but the action table comes from the source.
+    other_game = script.build_model(args, [f"A{i}" for i in range(18)], torch.device("cpu"))
+    table = "action_embedder.table.weight"
+    own_table = other_game.state_dict()[table].clone()
+    script.init_world_model(other_game, cwd / "run" / "simulator")
+    assert other_game.state_dict()[table].shape[0] == 18 and torch.equal(other_game.state_dict()[table], own_table)
+    for name, value in source.world_model.state_dict().items():
+        if name != table:
+            assert torch.equal(other_game.state_dict()[name], value), name
     damaged = tmp_path / "damaged"
     shutil.copytree(cwd / "run" / "simulator" / "world_model", damaged)
     weights = damaged / "unet_model.safetensors"
