@@ -44,6 +44,7 @@ in progress at the checkpoint restart, dreams are seeded per iteration.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -62,7 +63,7 @@ from dws_gym.envs.dream import DreamVectorEnv
 from dws_gym.envs.real import make_real_env, parse_env_id
 from dws_gym.envs.registration import simulator_for_real_env
 from dws_gym.imagination import PrioritizedStartStates
-from dws_gym.policy_eval import evaluate_policy
+from dws_gym.policy_eval import describe_levels, evaluate_on_levels, evaluate_policy
 from dws_gym.rl import (
     ReturnScaler,
     StartWindowRecorder,
@@ -178,6 +179,10 @@ class Args:
     """episodes per evaluation (0: no evaluation)"""
     eval_max_steps: int = 27_000
     """an evaluation episode is cut after this many steps"""
+    final_eval_episodes: int = 0
+    """when the run ends, play this many episodes on each named level range (Procgen: train levels 0-199 and unseen
+    levels >= 250; ALE: the real game) and record the returns in the saved policy's metadata (`evaluation`) and in
+    `{output_dir}/evaluation.json`: what a dataset collected with the policy reports as its behaviour policy's return"""
     checkpoint_minutes: float = 5.0
     """write a checkpoint (policy + training state) at most this many minutes apart"""
     max_minutes: float | None = None
@@ -293,6 +298,9 @@ if __name__ == "__main__":
     )).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     scaler = ReturnScaler(args.num_envs, args.gamma) if args.norm_reward else None
+    # the levels the policy trains on, recorded with it (a dataset it collects names them)
+    levels = ({"start_level": 0, "num_levels": args.procgen_num_levels,
+               "distribution_mode": args.procgen_distribution_mode} if procgen else None)
 
     # the simulator, the real-start buffer and the dreams
     buffer = dreams = stacker = recorder = None
@@ -323,9 +331,11 @@ if __name__ == "__main__":
             scaler.load_state_dict(ckpt["scaler"])
         print(f"resumed {out_dir} at global_step={global_step} (iteration {start_iteration})", flush=True)
 
-    def checkpoint(iteration: int) -> None:
+    def checkpoint(iteration: int, evaluation: dict | None = None) -> None:
         if args.save_model:
-            save_policy(agent, out_dir / "policy", extra={"global_step": global_step, "run_name": run_name})
+            extra = {"global_step": global_step, "run_name": run_name, "levels": levels}
+            save_policy(agent, out_dir / "policy", extra=extra if evaluation is None else {**extra, "evaluation":
+                                                                                            evaluation})
         save_checkpoint(out_dir / "checkpoint", {
             "args": asdict(args), "run_name": run_name, "global_step": global_step, "iteration": iteration,
             "model": agent.state_dict(), "optimizer": optimizer.state_dict(), "rng": global_rng_states(),
@@ -536,7 +546,17 @@ if __name__ == "__main__":
                   flush=True)
             break
 
-    checkpoint(iteration)
+    evaluation = None
+    if args.final_eval_episodes > 0:
+        ranges = evaluate_on_levels(agent, args.env_id, args.final_eval_episodes, frame_stack=args.frame_stack,
+                                    seed=args.seed + 200_000, max_steps=args.eval_max_steps,
+                                    distribution_mode=args.procgen_distribution_mode)
+        evaluation = {"global_step": global_step, "episodes": args.final_eval_episodes, "ranges": ranges}
+        for name, result in ranges.items():
+            writer.add_scalar(f"eval/final_return_{name}", result["return"], global_step)
+        (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+        print(f"PPO, {global_step} steps: {describe_levels(ranges)}", flush=True)
+    checkpoint(iteration, evaluation)
     print(f"finished at global_step={global_step}; policy and checkpoint in {out_dir}", flush=True)
     if args.upload_model and args.save_model:
         from huggingface_hub import HfApi

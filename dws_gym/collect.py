@@ -166,6 +166,16 @@ def collect(args: CollectArgs) -> CollectResult:
     probe.close()
     seed = fresh_seed(args.out, args.seed, args.num_envs)
     policy, frame_stack, policy_tag = load_behaviour_policy(args.policy, num_actions, seed, args.env_id)
+    # What each episode records of how it was made: the policy's own record (its training steps, levels and
+    # evaluated returns, when a training script saved them) and, for Procgen, the levels played.
+    provenance: dict[str, Any] = {"deterministic": args.deterministic}
+    if args.policy is not None and not args.policy.startswith("scripted:"):
+        record = dict(getattr(policy.config, "extra", {}) or {})
+        provenance["behaviour_policy"] = {"path": str(args.policy), **{
+            k: record[k] for k in ("algorithm", "global_step", "levels", "evaluation", "run_name") if k in record}}
+    if args.env_id.startswith("procgen"):
+        provenance["levels"] = {"start_level": args.start_level, "num_levels": args.num_levels,
+                                "distribution_mode": args.distribution_mode}
     if args.policy is not None and not args.policy.startswith("scripted:"):
         from dws_gym.agents import check_policy_matches
 
@@ -193,7 +203,7 @@ def collect(args: CollectArgs) -> CollectResult:
             action_space={"type": "discrete", "n": num_actions},
             policy=policy_tag,
             final_frame_known=final_known,
-            extra={"seed": seed, "num_envs": args.num_envs, "env_index": env_index, **(extra or {})},
+            extra={"seed": seed, "num_envs": args.num_envs, "env_index": env_index, **provenance, **(extra or {})},
         )
 
     obs, _ = envs.reset(seed=seed)

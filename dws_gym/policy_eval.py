@@ -14,7 +14,7 @@ from gymnasium.vector import AutoresetMode
 
 from dws_gym.envs.real import make_real_env, parse_env_id
 
-__all__ = ["PROCGEN_LEVELS", "evaluate_on_levels", "evaluate_policy", "level_ranges"]
+__all__ = ["PROCGEN_LEVELS", "describe_levels", "evaluate_on_levels", "evaluate_policy", "level_ranges"]
 
 PROCGEN_LEVELS: dict[str, dict[str, int]] = {
     "train": {"start_level": 0, "num_levels": 200},
@@ -90,3 +90,14 @@ def evaluate_on_levels(policy: Any, env_id: str, episodes: int, *, frame_stack: 
                      "return_std": float(np.std(returns)) if returns else float("nan"),
                      "length": float(np.mean(lengths)) if lengths else float("nan"), "episodes": len(returns)}
     return out
+
+
+RANGE_NAMES = {"train": "train levels 0-199", "test": "levels >= 250", "real": "the real game"}
+
+
+def describe_levels(result: dict[str, dict[str, float]]) -> str:
+    """One line for an :func:`evaluate_on_levels` result, e.g. ``mean return 7.40 +- 4.4 on train levels 0-199
+    (50 episodes), 5.10 +- 5.0 on levels >= 250 (50 episodes)``."""
+    parts = [f"{r['return']:.2f} +- {r['return_std']:.2f} on {RANGE_NAMES.get(name, name)} ({r['episodes']} episodes)"
+             for name, r in result.items()]
+    return "mean return " + ", ".join(parts)

@@ -280,3 +280,38 @@ def test_max_minutes_stops_after_an_iteration_with_an_evaluation_and_a_checkpoin
     state = load_checkpoint(out / "checkpoint")
     assert state["global_step"] == 64 and state["iteration"] == 1
     assert len(_scalars(out)["eval/episodic_return"]) == 1
+
+
+def test_a_procgen_behaviour_policy_records_its_levels_and_returns_and_its_dataset_names_them(tmp_path):
+    """The behaviour-policy path of the offline datasets: plain PPO on Procgen training levels, a final evaluation on
+    train levels 0-199 and unseen levels >= 250 stored with the policy, and a collection that records all of it."""
+    import json
+
+    from dws_gym.collect import CollectArgs, collect
+    from dws_gym.data import TrajectoryStore
+
+    out = tmp_path / "coinrun"
+    cmd = [sys.executable, str(SCRIPT), "--env-id", "procgen/coinrun", "--num-envs", "2", "--num-steps", "16",
+           "--num-minibatches", "2", "--update-epochs", "1", "--total-timesteps", "32", "--imagination", "none",
+           "--procgen-num-levels", "200", "--eval-episodes", "0", "--final-eval-episodes", "2",
+           "--eval-max-steps", "20", "--output-dir", str(out), "--no-cuda"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "PPO, 32 steps: mean return" in proc.stdout and "on levels >= 250 (2 episodes)" in proc.stdout
+    saved = json.loads((out / "evaluation.json").read_text())
+    assert saved["global_step"] == 32 and set(saved["ranges"]) == {"train", "test"}
+    assert all(r["episodes"] == 2 and r["length"] <= 20 for r in saved["ranges"].values())
+    extra = load_policy(out / "policy").config.extra
+    assert extra["evaluation"] == saved and extra["algorithm"] == "ppo_dws" and extra["imagination"] == "none"
+    assert extra["levels"] == {"start_level": 0, "num_levels": 200, "distribution_mode": "easy"}
+
+    collect(CollectArgs(env_id="procgen/coinrun", steps=40, out=str(tmp_path / "data"), num_envs=2,
+                        policy=str(out / "policy"), num_levels=200, progress=False))
+    store = TrajectoryStore(tmp_path / "data")
+    meta = store.meta(store.episode_ids()[0])
+    assert meta.policy == "policy:policy"
+    behaviour = meta.extra["behaviour_policy"]
+    assert behaviour["path"] == str(out / "policy") and behaviour["global_step"] == 32
+    assert behaviour["evaluation"] == saved and behaviour["levels"]["num_levels"] == 200
+    assert meta.extra["levels"] == {"start_level": 0, "num_levels": 200, "distribution_mode": "easy"}
+    assert meta.extra["deterministic"] is False
