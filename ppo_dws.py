@@ -63,7 +63,7 @@ from dws_gym.envs.dream import DreamVectorEnv
 from dws_gym.envs.real import make_real_env, parse_env_id
 from dws_gym.envs.registration import simulator_for_real_env
 from dws_gym.imagination import PrioritizedStartStates
-from dws_gym.policy_eval import describe_levels, evaluate_on_levels, evaluate_policy
+from dws_gym.policy_eval import PROCGEN_LEVELS, describe_levels, evaluate_on_levels, evaluate_policy, level_ranges
 from dws_gym.rl import (
     ReturnScaler,
     StartWindowRecorder,
@@ -301,6 +301,7 @@ if __name__ == "__main__":
     # the levels the policy trains on, recorded with it (a dataset it collects names them)
     levels = ({"start_level": 0, "num_levels": args.procgen_num_levels,
                "distribution_mode": args.procgen_distribution_mode} if procgen else None)
+    (out_dir / "evaluation.json").unlink(missing_ok=True)  # an earlier call's: it describes an earlier policy
 
     # the simulator, the real-start buffer and the dreams
     buffer = dreams = stacker = recorder = None
@@ -331,11 +332,13 @@ if __name__ == "__main__":
             scaler.load_state_dict(ckpt["scaler"])
         print(f"resumed {out_dir} at global_step={global_step} (iteration {start_iteration})", flush=True)
 
-    def checkpoint(iteration: int, evaluation: dict | None = None) -> None:
+    def save_agent(evaluation: dict | None = None) -> None:
+        extra = {"global_step": global_step, "run_name": run_name, "levels": levels}
+        save_policy(agent, out_dir / "policy", extra=extra if evaluation is None else {**extra, "evaluation": evaluation})
+
+    def checkpoint(iteration: int) -> None:
         if args.save_model:
-            extra = {"global_step": global_step, "run_name": run_name, "levels": levels}
-            save_policy(agent, out_dir / "policy", extra=extra if evaluation is None else {**extra, "evaluation":
-                                                                                            evaluation})
+            save_agent()
         save_checkpoint(out_dir / "checkpoint", {
             "args": asdict(args), "run_name": run_name, "global_step": global_step, "iteration": iteration,
             "model": agent.state_dict(), "optimizer": optimizer.state_dict(), "rng": global_rng_states(),
@@ -546,17 +549,26 @@ if __name__ == "__main__":
                   flush=True)
             break
 
-    evaluation = None
+    checkpoint(iteration)  # first: a kill during the final evaluation loses no training
     if args.final_eval_episodes > 0:
         ranges = evaluate_on_levels(agent, args.env_id, args.final_eval_episodes, frame_stack=args.frame_stack,
                                     seed=args.seed + 200_000, max_steps=args.eval_max_steps,
                                     distribution_mode=args.procgen_distribution_mode)
-        evaluation = {"global_step": global_step, "episodes": args.final_eval_episodes, "ranges": ranges}
+        # Levels >= 250 are unseen only when training kept to levels below them (num_levels 0 means every level).
+        unseen = not procgen or 0 < args.procgen_num_levels <= PROCGEN_LEVELS["test"]["start_level"]
+        evaluation = {"global_step": global_step, "episodes": args.final_eval_episodes, "ranges": ranges,
+                      "range_levels": level_ranges(args.env_id), "train_levels": levels, "test_levels_unseen": unseen}
         for name, result in ranges.items():
             writer.add_scalar(f"eval/final_return_{name}", result["return"], global_step)
+        if args.save_model:
+            save_agent(evaluation)
         (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
         print(f"PPO, {global_step} steps: {describe_levels(ranges)}", flush=True)
-    checkpoint(iteration, evaluation)
+        if not unseen:
+            trained_on = ("every level" if args.procgen_num_levels == 0
+                          else f"levels 0-{args.procgen_num_levels - 1}")
+            print(f"note: the policy trained on {trained_on}, so levels >= 250 are not unseen levels for it (train "
+                  "with --procgen-num-levels 200 for the split)", flush=True)
     print(f"finished at global_step={global_step}; policy and checkpoint in {out_dir}", flush=True)
     if args.upload_model and args.save_model:
         from huggingface_hub import HfApi

@@ -203,12 +203,31 @@ def game_prompt(env_id: str) -> str:
     return f"A video of the game {game}, played by an agent, seen from a fixed camera, pixel-art graphics."
 
 
-def init_world_model(model: torch.nn.Module, source: str | os.PathLike) -> None:
+GAME_TEXT_BUFFERS = ("action_embedder.text_embeddings", "prompt_embeds")
+"""Frozen buffers built from the game's own text (its action sentences and prompt): never taken from another game."""
+
+
+def _source_action_meanings(folder: Path) -> list[str] | None:
+    """The action meanings recorded in the simulator folder holding ``folder`` (None for a bare world-model folder)."""
+    for candidate in (folder / "simulator_config.json", folder.parent / "simulator_config.json"):
+        if candidate.is_file():
+            try:
+                return list(json.loads(candidate.read_text())["action_meanings"])
+            except (ValueError, KeyError, TypeError):
+                return None
+    return None
+
+
+def init_world_model(model: torch.nn.Module, source: str | os.PathLike, meanings: list[str] | None = None) -> None:
     """Load the world-model weights of a simulator folder (or its ``world_model/`` folder) into ``model``.
 
     The training-only settings of ``model``'s config (loss, noise, unroll) stay as built from the flags; only weights
-    are taken, and every weight must fit except a discrete action table whose row count differs (a simulator of
-    another game): that table keeps ``model``'s fresh initialisation.
+    are taken, and every weight must fit, with two exceptions that let a simulator of another game be the start:
+
+    * buffers built from the game's own text (action sentences, prompt) keep ``model``'s;
+    * a discrete action table keeps ``model``'s fresh initialisation when the source's game has another number of
+      actions, or other action meanings than ``meanings`` (this game's; the source's come from its
+      ``simulator_config.json``).
     """
     from dws_gym.fileio import load_safetensors
     from dws_gym.models.flow import FLOW_WEIGHTS_NAME
@@ -225,13 +244,20 @@ def init_world_model(model: torch.nn.Module, source: str | os.PathLike) -> None:
         state, _ = load_safetensors(folder / names[0], "the world model to start from", fix="re-download or re-save it")
     except ValueError as e:
         raise SystemExit(f"--init-from: {e}") from e
-    # Another game's simulator is a valid start: every weight but the per-action table fits, and that table (one row
-    # per action of the source's game) starts fresh for this game's actions.
     own = model.state_dict()
-    fresh_actions = {name: tuple(state[name].shape)[0] for name in own
-                     if name.endswith("action_embedder.table.weight") and name in state
-                     and state[name].shape != own[name].shape and state[name].shape[1:] == own[name].shape[1:]}
-    for name in fresh_actions:
+    source_meanings = _source_action_meanings(folder)
+    other_actions = meanings is not None and source_meanings is not None and source_meanings != list(meanings)
+    kept: dict[str, str] = {}
+    for name, value in own.items():
+        if name not in state:
+            continue
+        if name.endswith(GAME_TEXT_BUFFERS):
+            kept[name] = "built from this game's text"
+        elif name.endswith("action_embedder.table.weight") and state[name].shape[1:] == value.shape[1:] and (
+                state[name].shape != value.shape or other_actions):
+            kept[name] = (f"the source's game has other actions ({state[name].shape[0]}"
+                          f"{': ' + ', '.join(source_meanings) if source_meanings else ''}), so it starts fresh")
+    for name in kept:
         state[name] = own[name]
     try:
         model.load_state_dict(state)
@@ -239,9 +265,8 @@ def init_world_model(model: torch.nn.Module, source: str | os.PathLike) -> None:
         raise SystemExit(f"--init-from: the weights in {folder} do not fit the model these flags build (pass the "
                          f"--backbone / --unet.widths / --context-frames it was trained with): {str(e)[:400]}") from e
     print(f"initialised the world model from {folder}")
-    for name, rows in fresh_actions.items():
-        print(f"  {name}: the source has {rows} actions and this game {own[name].shape[0]}, so the action table "
-              "starts fresh; every other weight is the source's")
+    for name, why in kept.items():
+        print(f"  kept this model's {name}: {why}")
 
 
 def backbone_flags(args: Args) -> Any:
@@ -422,7 +447,7 @@ if __name__ == "__main__":
         raise SystemExit(f"frames of {args.data} are {height}x{width}; the world model needs square frames.")
     model = build_model(args, meanings, device, frame_size=height, channels=channels)
     if args.init_from is not None and not args.resume:
-        init_world_model(model, args.init_from)
+        init_world_model(model, args.init_from, meanings)
     if args.train_mode == "module" and args.backbone != "flow":
         raise SystemExit("--train-mode module freezes a pre-trained Wan backbone: use it with --backbone flow.")
     if args.train_mode == "module":

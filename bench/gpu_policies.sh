@@ -2,7 +2,7 @@
 # Train the Procgen behaviour policies of the offline datasets (CoinRun and Ninja, easy mode, levels 0-199) on a CUDA
 # machine with many host cores, in a fixed time per game, and leave each policy with its measured returns.
 #
-#   bash bench/gpu_policies.sh [MINUTES_PER_GAME]   # default 4: both games and their evaluations fit one 10-min call
+#   bash bench/gpu_policies.sh [MINUTES_PER_GAME]   # default 4, meant to fit both games in one 10-min call
 #   DWS_GPU_SMOKE=1 bash bench/gpu_policies.sh      # the same steps on the CPU at toy sizes (a test runs this)
 #
 # Each game runs `ppo_dws.py --imagination none` (plain PPO, CleanRL's Procgen settings: IMPALA-CNN, 64 envs x 256
@@ -15,8 +15,8 @@
 # <dest>/<game>/checkpoint exists (or DWS_RESUME_FROM names a folder holding <game>/checkpoint, e.g. an earlier
 # call's returned files), the run continues from it with --resume, so budgets add up across calls.
 #
-# Knobs (environment): DWS_GAMES ("coinrun ninja"), DWS_TOTAL_STEPS (25000000: the learning-rate schedule's length,
-# the published protocol; the time budget ends each call first), DWS_FINAL_EVAL (100 episodes per level range),
+# Knobs (environment): DWS_GAMES ("coinrun ninja"), DWS_TOTAL_STEPS (25000000, the published protocol; the time
+# budget ends each call first, and Procgen PPO keeps a constant learning rate), DWS_FINAL_EVAL (100 episodes per range),
 # DWS_SEED (1). Procgen needs the procgen-mirror wheel (and gym3, gym) in .whl/ beside those bench/gpu.sh lists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +47,7 @@ for game in $GAMES; do
   run="$DEST/$game"
   if [ ! -d "$run/checkpoint" ] && [ -n "${DWS_RESUME_FROM:-}" ] && [ -d "$DWS_RESUME_FROM/$game/checkpoint" ]; then
     mkdir -p "$run" && cp -r "$DWS_RESUME_FROM/$game/." "$run/"
+    chmod -R u+w "$run"  # returned device files are read-only; the run replaces its policy and checkpoint
   fi
   resume=()
   if [ -d "$run/checkpoint" ]; then resume=(--resume); fi
@@ -54,6 +55,6 @@ for game in $GAMES; do
   "$PY" ppo_dws.py --env-id "procgen/$game" --imagination none --procgen-num-levels 200 \
     --procgen-distribution-mode easy --total-timesteps "$TOTAL" --max-minutes "$MINUTES" --seed "${DWS_SEED:-1}" \
     --final-eval-episodes "$FINAL" --checkpoint-minutes 1 --output-dir "$run" "${SIZE[@]}" "${resume[@]}" 2>&1 \
-    | grep -v '^SPS:' | tee -a "$LOG"
+    | grep --line-buffered -v '^SPS:' | tee -a "$LOG"
   echo "$game: $(( $(date +%s) - start )) s" | tee -a "$LOG"
 done

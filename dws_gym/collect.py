@@ -171,7 +171,7 @@ def collect(args: CollectArgs) -> CollectResult:
     provenance: dict[str, Any] = {"deterministic": args.deterministic}
     if args.policy is not None and not args.policy.startswith("scripted:"):
         record = dict(getattr(policy.config, "extra", {}) or {})
-        provenance["behaviour_policy"] = {"path": str(args.policy), **{
+        provenance["behaviour_policy"] = {"path": str(Path(args.policy).resolve()), **{
             k: record[k] for k in ("algorithm", "global_step", "levels", "evaluation", "run_name") if k in record}}
     if args.env_id.startswith("procgen"):
         provenance["levels"] = {"start_level": args.start_level, "num_levels": args.num_levels,

@@ -34,9 +34,14 @@ def test_gpu_policies_script_trains_evaluates_and_resumes(tmp_path):
     log = (out / "gpu_policies.log").read_text()
     assert "on levels >= 250" in log and "host cores" in log
 
-    # A later call with the earlier call's files continues each run (budgets add up across device calls).
+    # A later call with the earlier call's files (read-only, as a device call returns them) continues each run:
+    # budgets add up across device calls.
     first = load_policy(out / "coinrun" / "policy").config.extra["global_step"]
     again = tmp_path / "again"
-    proc = _run(again, DWS_RESUME_FROM=str(out), DWS_GAMES="coinrun", DWS_TOTAL_STEPS="128")
+    subprocess.run(["chmod", "-R", "a-w", str(out)], check=True)
+    try:
+        proc = _run(again, DWS_RESUME_FROM=str(out), DWS_GAMES="coinrun", DWS_TOTAL_STEPS="128")
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(out)], check=True)
     assert "resumed" in proc.stdout
     assert load_policy(again / "coinrun" / "policy").config.extra["global_step"] > first

@@ -301,6 +301,7 @@ def test_a_procgen_behaviour_policy_records_its_levels_and_returns_and_its_datas
     saved = json.loads((out / "evaluation.json").read_text())
     assert saved["global_step"] == 32 and set(saved["ranges"]) == {"train", "test"}
     assert all(r["episodes"] == 2 and r["length"] <= 20 for r in saved["ranges"].values())
+    assert saved["test_levels_unseen"] is True and saved["range_levels"]["test"]["start_level"] == 250
     extra = load_policy(out / "policy").config.extra
     assert extra["evaluation"] == saved and extra["algorithm"] == "ppo_dws" and extra["imagination"] == "none"
     assert extra["levels"] == {"start_level": 0, "num_levels": 200, "distribution_mode": "easy"}

@@ -269,6 +269,26 @@ def test_init_from_starts_at_the_given_simulator_and_rejects_another_shape(train
     for name, value in source.world_model.state_dict().items():
         if name != table:
             assert torch.equal(other_game.state_dict()[name], value), name
+    # The same number of actions with other meanings is another game too; the same meanings take the source's table.
+    meanings = ["NOOP", "FIRE", "UP", "DOWN"]
+    same_count = script.build_model(args, meanings, torch.device("cpu"))
+    own_table = same_count.state_dict()[table].clone()
+    script.init_world_model(same_count, cwd / "run" / "simulator", meanings)
+    assert torch.equal(same_count.state_dict()[table], own_table)
+    same_game = script.build_model(args, list(source.config.action_meanings), torch.device("cpu"))
+    script.init_world_model(same_game, cwd / "run" / "simulator", list(source.config.action_meanings))
+    assert torch.equal(same_game.state_dict()[table], source.world_model.state_dict()[table])
+    # Action sentences are this game's: a text-conditioned source never lends them (same shape or not).
+    from dws_gym.models.unet import UNetConfig, UNetWorldModel
+
+    config = UNetConfig(widths=(8, 16, 16), context_frames=3, num_actions=4, action_text_dim=6)
+    text_source = UNetWorldModel(config, action_text_embeddings=torch.randn(4, 6))
+    text_source.save_pretrained(tmp_path / "text_source")
+    text_target = UNetWorldModel(config, action_text_embeddings=torch.randn(4, 6))
+    sentences = text_target.state_dict()["action_embedder.text_embeddings"].clone()
+    script.init_world_model(text_target, tmp_path / "text_source")
+    assert torch.equal(text_target.state_dict()["action_embedder.text_embeddings"], sentences)
+    assert torch.equal(text_target.state_dict()["action_position"], text_source.state_dict()["action_position"])
     damaged = tmp_path / "damaged"
     shutil.copytree(cwd / "run" / "simulator" / "world_model", damaged)
     weights = damaged / "unet_model.safetensors"
