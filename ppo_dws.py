@@ -555,7 +555,7 @@ if __name__ == "__main__":
                                     seed=args.seed + 200_000, max_steps=args.eval_max_steps,
                                     distribution_mode=args.procgen_distribution_mode)
         # Levels >= 250 are unseen only when training kept to levels below them (num_levels 0 means every level).
-        unseen = not procgen or 0 < args.procgen_num_levels <= PROCGEN_LEVELS["test"]["start_level"]
+        unseen = 0 < args.procgen_num_levels <= PROCGEN_LEVELS["test"]["start_level"] if procgen else None
         evaluation = {"global_step": global_step, "episodes": args.final_eval_episodes, "ranges": ranges,
                       "range_levels": level_ranges(args.env_id), "train_levels": levels, "test_levels_unseen": unseen}
         for name, result in ranges.items():
@@ -564,7 +564,7 @@ if __name__ == "__main__":
             save_agent(evaluation)
         (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
         print(f"PPO, {global_step} steps: {describe_levels(ranges)}", flush=True)
-        if not unseen:
+        if unseen is False:
             trained_on = ("every level" if args.procgen_num_levels == 0
                           else f"levels 0-{args.procgen_num_levels - 1}")
             print(f"note: the policy trained on {trained_on}, so levels >= 250 are not unseen levels for it (train "

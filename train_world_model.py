@@ -105,8 +105,8 @@ class Args:
     init_from: str | None = None
     """start from the world-model weights of this simulator folder (or its `world_model/` folder) instead of a
     fresh model: fine-tune a shipped simulator on new data, a new recipe or another game (the model flags must match
-    it; a game with another number of actions gets a fresh action table; the reward head is trained anew; ignored by
-    --resume, whose checkpoint holds the weights)"""
+    it; a game with other actions gets a fresh action table; the reward head is trained anew; ignored by --resume,
+    whose checkpoint holds the weights)"""
     pretrained: str | None = None
     """a diffusers Wan2.1 repo id or local folder (with --backbone flow); None trains a backbone from scratch"""
     train_mode: Literal["full", "module"] = "full"

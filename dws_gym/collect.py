@@ -166,23 +166,21 @@ def collect(args: CollectArgs) -> CollectResult:
     probe.close()
     seed = fresh_seed(args.out, args.seed, args.num_envs)
     policy, frame_stack, policy_tag = load_behaviour_policy(args.policy, num_actions, seed, args.env_id)
+    saved_policy = args.policy is not None and not args.policy.startswith("scripted:")
     # What each episode records of how it was made: the policy's own record (its training steps, levels and
     # evaluated returns, when a training script saved them) and, for Procgen, the levels played.
     provenance: dict[str, Any] = {"deterministic": args.deterministic}
-    if args.policy is not None and not args.policy.startswith("scripted:"):
+    if saved_policy:
         record = dict(getattr(policy.config, "extra", {}) or {})
         provenance["behaviour_policy"] = {"path": str(Path(args.policy).resolve()), **{
             k: record[k] for k in ("algorithm", "global_step", "levels", "evaluation", "run_name") if k in record}}
-    if args.env_id.startswith("procgen"):
-        provenance["levels"] = {"start_level": args.start_level, "num_levels": args.num_levels,
-                                "distribution_mode": args.distribution_mode}
-    if args.policy is not None and not args.policy.startswith("scripted:"):
+    if "num_levels" in env_kwargs:  # Procgen: the level range and mode built above
+        provenance["levels"] = dict(env_kwargs)
+    envs = make_real_env(args.env_id, args.num_envs, frame_stack=frame_stack, **env_kwargs)
+    if saved_policy:
         from dws_gym.agents import check_policy_matches
 
-        envs = make_real_env(args.env_id, args.num_envs, frame_stack=frame_stack, **env_kwargs)
         check_policy_matches(policy, envs.single_observation_space, envs.single_action_space)
-    else:
-        envs = make_real_env(args.env_id, args.num_envs, frame_stack=frame_stack, **env_kwargs)
     mode = AutoresetMode(envs.metadata["autoreset_mode"])
     store = TrajectoryStore(args.out, create=True)
     generator = torch.Generator().manual_seed(seed)

@@ -92,12 +92,18 @@ def evaluate_on_levels(policy: Any, env_id: str, episodes: int, *, frame_stack: 
     return out
 
 
-RANGE_NAMES = {"train": "train levels 0-199", "test": "levels >= 250", "real": "the real game"}
+def _range_name(name: str) -> str:
+    """How a level range reads in a sentence: ``train levels 0-199``, ``levels >= 250``, ``the real game``."""
+    levels = PROCGEN_LEVELS.get(name)
+    if levels is None:
+        return "the real game" if name == "real" else name
+    first, count = levels["start_level"], levels["num_levels"]
+    return f"{name} levels {first}-{first + count - 1}" if count else f"levels >= {first}"
 
 
 def describe_levels(result: dict[str, dict[str, float]]) -> str:
     """One line for an :func:`evaluate_on_levels` result, e.g. ``mean return 7.40 +- 4.4 on train levels 0-199
     (50 episodes), 5.10 +- 5.0 on levels >= 250 (50 episodes)``."""
-    parts = [f"{r['return']:.2f} +- {r['return_std']:.2f} on {RANGE_NAMES.get(name, name)} ({r['episodes']} episodes)"
+    parts = [f"{r['return']:.2f} +- {r['return_std']:.2f} on {_range_name(name)} ({r['episodes']} episodes)"
              for name, r in result.items()]
     return "mean return " + ", ".join(parts)
