@@ -105,8 +105,9 @@ class Args:
     init_from: str | None = None
     """start from the world-model weights of this simulator folder (or its `world_model/` folder) instead of a
     fresh model: fine-tune a shipped simulator on new data, a new recipe or another game (the model flags must match
-    it; a game with other actions gets a fresh action table; the reward head is trained anew; ignored by --resume,
-    whose checkpoint holds the weights)"""
+    it; a game with other actions gets a rebuilt action table: its actions that press the same keys as the
+    source's start from their rows, the others at random at the table's scale; the reward head is trained anew;
+    ignored by --resume, whose checkpoint holds the weights)"""
     pretrained: str | None = None
     """a diffusers Wan2.1 repo id or local folder (with --backbone flow); None trains a backbone from scratch"""
     train_mode: Literal["full", "module"] = "full"
@@ -225,10 +226,12 @@ def init_world_model(model: torch.nn.Module, source: str | os.PathLike, meanings
     are taken, and every weight must fit, with two exceptions that let a simulator of another game be the start:
 
     * buffers built from the game's own text (action sentences, prompt) keep ``model``'s;
-    * a discrete action table keeps ``model``'s fresh initialisation when the source's game has another number of
-      actions, or other action meanings than ``meanings`` (this game's; the source's come from its
-      ``simulator_config.json``).
+    * a discrete action table is rebuilt when the source's game has another number of actions, or other action
+      meanings than ``meanings`` (this game's; the source's come from its ``simulator_config.json``): an action that
+      presses the same keys as a source action starts from its row, the others from random rows at the source
+      table's scale (:func:`dws_gym.models.actions.transfer_action_table`).
     """
+    from dws_gym.models.actions import transfer_action_table
     from dws_gym.fileio import load_safetensors
     from dws_gym.models.flow import FLOW_WEIGHTS_NAME
     from dws_gym.models.unet import UNET_WEIGHTS_NAME
@@ -247,26 +250,33 @@ def init_world_model(model: torch.nn.Module, source: str | os.PathLike, meanings
     own = model.state_dict()
     source_meanings = _source_action_meanings(folder)
     other_actions = meanings is not None and source_meanings is not None and source_meanings != list(meanings)
-    kept: dict[str, str] = {}
+    notes: list[str] = []
     for name, value in own.items():
         if name not in state:
             continue
         if name.endswith(GAME_TEXT_BUFFERS):
-            kept[name] = "built from this game's text"
+            state[name] = value
+            notes.append(f"kept this model's {name}: built from this game's text")
         elif name.endswith("action_embedder.table.weight") and state[name].shape[1:] == value.shape[1:] and (
                 state[name].shape != value.shape or other_actions):
-            kept[name] = (f"the source's game has other actions ({state[name].shape[0]}"
-                          f"{': ' + ', '.join(source_meanings) if source_meanings else ''}), so it starts fresh")
-    for name in kept:
-        state[name] = own[name]
+            n_source = state[name].shape[0]
+            known = source_meanings if source_meanings and len(source_meanings) == n_source else None
+            target = list(meanings) if meanings is not None and len(meanings) == value.shape[0] else None
+            table, copied = transfer_action_table(state[name], known if target else None,
+                                                  target or [f"action {i}" for i in range(value.shape[0])])
+            state[name] = table.to(value.dtype)
+            reused = ", ".join(f"{target[j]} <- {known[i]}" for j, i in copied.items()) if known and target else ""
+            notes.append(f"rebuilt {name}: the source's game has other actions ({value.shape[0]} here, {n_source} "
+                         f"there); {f'rows reused for {reused}; ' if reused else ''}{value.shape[0] - len(copied)} "
+                         "rows start at random, at the source table's scale")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise SystemExit(f"--init-from: the weights in {folder} do not fit the model these flags build (pass the "
                          f"--backbone / --unet.widths / --context-frames it was trained with): {str(e)[:400]}") from e
     print(f"initialised the world model from {folder}")
-    for name, why in kept.items():
-        print(f"  kept this model's {name}: {why}")
+    for note in notes:
+        print(f"  {note}")
 
 
 def backbone_flags(args: Args) -> Any:

@@ -13,7 +13,9 @@ from dws_gym.models import (
     TextActionEncoder,
     action_text,
     action_texts,
+    meaning_keys,
     minilm_local_path,
+    transfer_action_table,
 )
 
 
@@ -70,6 +72,37 @@ def test_overrides_and_bad_meanings() -> None:
     with pytest.raises(ValueError, match="contradictory"):
         action_text(("LEFT", "RIGHT"))
     assert action_texts(["NOOP", "JUMP"], overrides={"JUMP": "the agent jumps"})[1] == "the agent jumps"
+
+
+def test_meaning_keys_agree_across_ale_and_procgen_spellings() -> None:
+    assert meaning_keys("UPLEFT") == meaning_keys("LEFT+UP") == meaning_keys(("LEFT", "UP")) == {"LEFT", "UP"}
+    assert meaning_keys("NOOP") == meaning_keys(()) == meaning_keys("") == frozenset()
+    assert meaning_keys("DOWNRIGHTFIRE") == {"DOWN", "RIGHT", "FIRE"}
+    assert meaning_keys("D") == {"D"} and meaning_keys("FIRE") == {"FIRE"}
+    assert meaning_keys("UP") != meaning_keys("UPFIRE")
+
+
+def test_transfer_action_table_copies_shared_keys_and_draws_the_rest_at_the_source_scale() -> None:
+    coinrun = ["LEFT+DOWN", "LEFT", "LEFT+UP", "DOWN", "NOOP", "UP", "RIGHT+DOWN", "RIGHT", "RIGHT+UP",
+               "D", "A", "W", "S", "Q", "E"]  # fmt: skip
+    source = torch.randn(len(coinrun), 64, generator=torch.Generator().manual_seed(0)) * 0.3
+    table, copied = transfer_action_table(source, coinrun, list(ALE_ACTION_MEANINGS),
+                                          generator=torch.Generator().manual_seed(1))
+    assert table.shape == (18, 64)
+    # The nine ALE actions without fire press CoinRun's key combos; the nine with fire have no counterpart.
+    expected = {ALE_ACTION_MEANINGS.index(a): coinrun.index(c) for a, c in [
+        ("NOOP", "NOOP"), ("UP", "UP"), ("RIGHT", "RIGHT"), ("LEFT", "LEFT"), ("DOWN", "DOWN"),
+        ("UPRIGHT", "RIGHT+UP"), ("UPLEFT", "LEFT+UP"), ("DOWNRIGHT", "RIGHT+DOWN"), ("DOWNLEFT", "LEFT+DOWN")]}
+    assert copied == expected
+    for j, i in copied.items():
+        assert torch.equal(table[j], source[i])
+    fresh = table[[j for j in range(18) if j not in copied]]
+    # 9 x 64 normal draws: their std is within 15% of the source's 0.3 (the sample std's error is about 3%).
+    assert abs(float(fresh.std()) / float(source.std()) - 1) < 0.15
+    unknown, none = transfer_action_table(source, None, list(ALE_ACTION_MEANINGS))
+    assert none == {} and unknown.shape == (18, 64)
+    with pytest.raises(ValueError, match="3 source meanings for a table of 15 rows"):
+        transfer_action_table(source, coinrun[:3], ["NOOP"])
 
 
 def test_table_embedder_shapes_null_frame_and_range_check() -> None:

@@ -260,21 +260,32 @@ def test_init_from_starts_at_the_given_simulator_and_rejects_another_shape(train
         script.init_world_model(wider, cwd / "run" / "simulator")
     with pytest.raises(SystemExit, match="no unet_model.safetensors or flow_model.safetensors"):
         script.init_world_model(fresh, tmp_path)
-    # Another game (18 actions, the source has 4): every weight but the action table comes from the source.
-    other_game = script.build_model(args, [f"A{i}" for i in range(18)], torch.device("cpu"))
+    # Another game (ALE's 18 actions, the source is Breakout's 4): every weight but the action table comes from the
+    # source; the table is rebuilt, its rows for the keys Breakout has (NOOP, FIRE, RIGHT, LEFT) copied.
+    from dws_gym.models.actions import ALE_ACTION_MEANINGS
+
     table = "action_embedder.table.weight"
-    own_table = other_game.state_dict()[table].clone()
-    script.init_world_model(other_game, cwd / "run" / "simulator")
-    assert other_game.state_dict()[table].shape[0] == 18 and torch.equal(other_game.state_dict()[table], own_table)
+    source_table = source.world_model.state_dict()[table]
+    source_meanings = list(source.config.action_meanings)
+    other_game = script.build_model(args, list(ALE_ACTION_MEANINGS), torch.device("cpu"))
+    script.init_world_model(other_game, cwd / "run" / "simulator", list(ALE_ACTION_MEANINGS))
+    rebuilt = other_game.state_dict()[table]
+    assert rebuilt.shape[0] == 18
+    for j, meaning in enumerate(ALE_ACTION_MEANINGS):
+        if meaning in source_meanings:
+            assert torch.equal(rebuilt[j], source_table[source_meanings.index(meaning)]), meaning
+        else:
+            assert not any(torch.equal(rebuilt[j], row) for row in source_table), meaning
     for name, value in source.world_model.state_dict().items():
         if name != table:
             assert torch.equal(other_game.state_dict()[name], value), name
     # The same number of actions with other meanings is another game too; the same meanings take the source's table.
     meanings = ["NOOP", "FIRE", "UP", "DOWN"]
     same_count = script.build_model(args, meanings, torch.device("cpu"))
-    own_table = same_count.state_dict()[table].clone()
     script.init_world_model(same_count, cwd / "run" / "simulator", meanings)
-    assert torch.equal(same_count.state_dict()[table], own_table)
+    for j in (0, 1):  # NOOP and FIRE are Breakout's too; UP and DOWN are new
+        assert torch.equal(same_count.state_dict()[table][j], source_table[source_meanings.index(meanings[j])])
+    assert not torch.equal(same_count.state_dict()[table][2:], source_table[2:])
     same_game = script.build_model(args, list(source.config.action_meanings), torch.device("cpu"))
     script.init_world_model(same_game, cwd / "run" / "simulator", list(source.config.action_meanings))
     assert torch.equal(same_game.state_dict()[table], source.world_model.state_dict()[table])

@@ -13,7 +13,9 @@ from dws_gym.models.actions import (
     TextActionEncoder,
     action_text,
     action_texts,
+    meaning_keys,
     minilm_local_path,
+    transfer_action_table,
 )
 from dws_gym.models.conditioning import (
     CONDITIONER_ATTR,
@@ -55,6 +57,8 @@ __all__ = [
     "TextActionEncoder",
     "action_text",
     "action_texts",
+    "meaning_keys",
+    "transfer_action_table",
     "find_prefn_norms",
     "freeze_base",
     "get_action_conditioner",

@@ -29,7 +29,9 @@ __all__ = [
     "TextActionEncoder",
     "action_text",
     "action_texts",
+    "meaning_keys",
     "minilm_local_path",
+    "transfer_action_table",
 ]
 
 #: The 18 meanings of the full ALE action set, in ALE's action-index order.
@@ -352,6 +354,68 @@ class TextActionEncoder:
 
 
 # ------------------------------------------------------------------------------------------------- embedders
+def meaning_keys(meaning: ActionMeaning) -> frozenset[str]:
+    """The keys one action presses, whichever way its meaning is spelled.
+
+    ``"UPLEFT"`` (ALE), ``"LEFT+UP"`` (a Procgen combo as the real envs name it) and ``("LEFT", "UP")`` all give
+    ``{"LEFT", "UP"}``; ``"NOOP"``, ``""`` and ``()`` give the empty set; a name that is neither is kept whole
+    (``"D"`` -> ``{"D"}``), so it matches only itself.
+    """
+    if isinstance(meaning, (tuple, list)):
+        return frozenset(str(k).upper() for k in meaning)
+    name = str(meaning).upper().strip()
+    if name in ("NOOP", ""):
+        return frozenset()
+    if "+" in name:
+        return frozenset(k.strip() for k in name.split("+") if k.strip())
+    match = _ALE_PATTERN.match(name)
+    if match is not None:
+        return frozenset(k for k in match.groups() if k)
+    return frozenset({name})
+
+
+def transfer_action_table(
+    source_table: torch.Tensor,
+    source_meanings: Sequence[ActionMeaning] | None,
+    target_meanings: Sequence[ActionMeaning],
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[int, int]]:
+    """A learned action table for another game, started from a trained one.
+
+    A target action that presses the same keys as a source action (:func:`meaning_keys`: BattleZone's ``"UPRIGHT"``
+    and CoinRun's ``"RIGHT+UP"``) starts from that source row; every other row is drawn from a normal at the source
+    table's own scale. The trained blocks downstream expect rows of that size: rows at a fresh layer's small init
+    scale barely move their modulation, so the new actions would start out (and stay for hundreds of steps) ignored.
+
+    Args:
+        source_table: the trained ``(n_source, dim)`` table.
+        source_meanings: its actions' meanings, or None when unknown (then no row is copied).
+        target_meanings: the new game's meanings, one per target row.
+        generator: random source for the fresh rows.
+
+    Returns:
+        ``(table, copied)``: the ``(len(target_meanings), dim)`` table and ``{target index: source index}`` of the
+        copied rows.
+    """
+    if source_table.ndim != 2 or source_table.shape[0] < 1:
+        raise ValueError(f"source_table must have shape (n_actions, dim), got {tuple(source_table.shape)}")
+    if source_meanings is not None and len(source_meanings) != source_table.shape[0]:
+        raise ValueError(f"{len(source_meanings)} source meanings for a table of {source_table.shape[0]} rows")
+    source = source_table.detach().float()
+    scale = float(source.std()) if source.numel() > 1 else float(source.abs().mean())
+    table = torch.randn(len(target_meanings), source.shape[1], generator=generator) * scale
+    by_keys: dict[frozenset[str], int] = {}
+    for i, meaning in enumerate(source_meanings or ()):
+        by_keys.setdefault(meaning_keys(meaning), i)
+    copied: dict[int, int] = {}
+    for j, meaning in enumerate(target_meanings):
+        i = by_keys.get(meaning_keys(meaning))
+        if i is not None:
+            table[j] = source[i]
+            copied[j] = i
+    return table.to(source_table.dtype), copied
+
+
 class _ActionEmbedderBase(nn.Module):
     """Shared null-action embedding and the frame alignment (frame ``i + 1`` is conditioned on ``a_i``)."""
 
