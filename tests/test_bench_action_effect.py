@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from scripts import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_action_effect", ROOT / "bench" / "action_effect.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the Args annotations through it
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/action_effect.py", "bench_action_effect")
 
 
 @pytest.mark.parametrize("env_id", ["ALE/Breakout-v5", "procgen/coinrun"])

@@ -1,6 +1,5 @@
 """bench/ball_tracker.py: the Breakout ball tracker on real frames, the agreement table, and a CLI smoke run."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -9,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scripts import load_script
 from tiny_sim import make_tiny_sim
 
 from dws_gym.collect import CollectArgs, collect
@@ -23,12 +23,8 @@ FIRE, NOOP = 1, 0
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_ball_tracker", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield load_script("bench/ball_tracker.py", "bench_ball_tracker")
+    sys.modules.pop("bench_ball_tracker", None)
 
 
 @pytest.fixture(scope="module")

@@ -1,26 +1,18 @@
 """Smoke test of bench/dream_env.py: tiny sweeps run in-process and report positive, consistent figures."""
 
-import importlib.util
 import math
 import re
 import sys
-from pathlib import Path
 
 import pytest
+from scripts import load_script
 
 from dws_gym.hardware import cpu_model, resolve_precision
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "dream_env.py"
-
-
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_dream_env", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield load_script("bench/dream_env.py", "bench_dream_env")
+    sys.modules.pop("bench_dream_env", None)
 
 
 FAST = ["--tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--threads", "1", "--ale-threads", "1",

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from scripts import load_script
 from tiny_sim import make_breakout_store, make_tiny_sim
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_keep_below", ROOT / "bench" / "keep_below.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the Args annotations through it
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/keep_below.py", "bench_keep_below")
 
 
 @pytest.fixture(scope="module")
