@@ -219,6 +219,18 @@ def _source_action_meanings(folder: Path) -> list[str] | None:
     return None
 
 
+def describe_init_source(source: str | os.PathLike) -> str:
+    """``--init-from``'s folder and, where its config says, the game it simulates (for the card's provenance)."""
+    folder = Path(source)
+    for candidate in (folder / "simulator_config.json", folder.parent / "simulator_config.json"):
+        if candidate.is_file():
+            try:
+                return f"{source} (a simulator of {json.loads(candidate.read_text())['env_id']})"
+            except (ValueError, KeyError, TypeError):
+                break
+    return str(source)
+
+
 def init_world_model(model: torch.nn.Module, source: str | os.PathLike, meanings: list[str] | None = None) -> None:
     """Load the world-model weights of a simulator folder (or its ``world_model/`` folder) into ``model``.
 
@@ -678,6 +690,8 @@ if __name__ == "__main__":
                 "command": " && ".join(commands),
             },
         )
+        if args.init_from is not None:
+            sim_config.training["initialised_from"] = describe_init_source(args.init_from)
         if calibration is not None:
             sim_config.training["reward_head_calibration"] = calibration.card_entry(args.reward_calibrate_windows,
                                                                                      args.reward_dream_horizon)

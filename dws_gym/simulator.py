@@ -607,6 +607,12 @@ class Simulator:
                 f"Fine-tuned with DWS from `{c.pretrained_backbone}`: {pretraining}. The DWS action module and "
                 "(depending on the training mode) the backbone were then trained on the data below."
             )
+        elif c.training.get("initialised_from"):
+            provenance = (
+                "The backbone was **not pre-trained** on video: its weights started from the world model of "
+                f"`{c.training['initialised_from']}` (trained with DWS from scratch) and were fine-tuned with DWS on "
+                "the data below."
+            )
         elif c.backbone == "unet":
             provenance = (
                 "The backbone was **not pre-trained**: it is a small pixel-space U-Net built from diffusers' "

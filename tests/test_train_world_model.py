@@ -312,7 +312,9 @@ def test_init_from_starts_at_the_given_simulator_and_rejects_another_shape(train
          "--init-from", str(cwd / "run" / "simulator")] + TINY, tmp_path)
     tuned = Simulator.from_pretrained(tmp_path / "tuned" / "simulator")
     assert tuned.world_model.config.context_noise == pytest.approx(0.2)
-    assert "--init-from" in (tmp_path / "tuned" / "simulator" / "README.md").read_text()
+    card = (tmp_path / "tuned" / "simulator" / "README.md").read_text()
+    assert "--init-from" in card and "trained from scratch on the data below" not in card
+    assert f"started from the world model of `{cwd / 'run' / 'simulator'} (a simulator of ALE/Breakout-v5)`" in card
 
 
 def test_pretrained_path_takes_its_settings_from_the_flow_flags(tmp_path, monkeypatch):
