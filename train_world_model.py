@@ -220,15 +220,25 @@ def _source_action_meanings(folder: Path) -> list[str] | None:
 
 
 def describe_init_source(source: str | os.PathLike) -> str:
-    """``--init-from``'s folder and, where its config says, the game it simulates (for the card's provenance)."""
+    """``--init-from``'s folder and what its config says of it (for the card's provenance): the game it simulates
+    and where its own weights came from (a pre-trained backbone, another simulator, or from scratch)."""
     folder = Path(source)
     for candidate in (folder / "simulator_config.json", folder.parent / "simulator_config.json"):
         if candidate.is_file():
             try:
-                return f"{source} (a simulator of {json.loads(candidate.read_text())['env_id']})"
+                config = json.loads(candidate.read_text())
+                env_id = config["env_id"]
             except (ValueError, KeyError, TypeError):
                 break
-    return str(source)
+            training = config.get("training") if isinstance(config.get("training"), dict) else {}
+            if training.get("initialised_from"):
+                origin = f"itself fine-tuned from {training['initialised_from']}"
+            elif config.get("pretrained_backbone"):
+                origin = f"fine-tuned from the pre-trained {config['pretrained_backbone']}"
+            else:
+                origin = "trained from scratch"
+            return f"{source} (a simulator of {env_id}, {origin})"
+    return f"{source} (no simulator config beside it: its origin is not recorded)"
 
 
 def init_world_model(model: torch.nn.Module, source: str | os.PathLike, meanings: list[str] | None = None) -> None:

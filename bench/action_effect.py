@@ -7,22 +7,24 @@ This script measures it in the real game. From N states reached by a uniformly r
 random-policy datasets), the emulator state is saved and the game rolled H steps forward three times:
 
 * under a random action sequence (the reference future);
-* under the same sequence again: `again` is the game's own randomness (ALE's sticky actions; 0 in Procgen);
+* under the same sequence again: `again` is the game's own randomness (0 unless ALE's sticky actions are on);
 * under another random sequence: `other` is how far the actions move the future, the error of a perfect model that
   was given the wrong actions.
 
 Both are moving-region MSEs against the reference, on the held-out table's mask (pixels where the reference frame
 changed by > 0.05 from the frame before). With ``--simulator`` each horizon also shows that simulator's held-out
-moving-region error with the true actions (``e``, from its card) and the best sensitivity a model with that error
-could show if it got every action's effect right: ``other / (e + other)`` (its shuffled-action error being about
-``e + other``). The held-out test asks for 0.2 at h = 1..5.
+moving-region error with the true actions (``e``, from its card) and an estimate of the sensitivity a model with that
+error could show if it got every action's effect right: ``other / (e + other)``, taking its shuffled-action error to
+be about ``e + other`` (errors independent of the action effect; a model that overreacts to actions can exceed it).
+The held-out test asks for 0.2 at h = 1..5.
 
-Frames are the dream format (64x64 RGB). ALE: ale-py's emulator directly, the v5 settings (frameskip 4, sticky
-actions 0.25, the last two frames max-pooled) resized by area averaging, which may differ from ale-py's vector
-resize by a grey level. Procgen: native 64x64 frames, easy mode, levels 0-199, state saved with gym3's
-``get_state`` / ``set_state``.
+Frames are the dream format (64x64 RGB). ALE: ale-py's emulator directly, as the project's collector runs it
+(the game's minimal action set, frameskip 4, the last two frames max-pooled, no sticky actions unless ``--sticky``),
+resized by area averaging, which may differ from ale-py's vector resize by a grey level. Procgen: native 64x64
+frames, easy mode, levels 0-199, state saved with gym3's ``get_state`` / ``set_state``.
 
     python bench/action_effect.py --env-id ALE/BattleZone-v5 --simulator runs/battlezone-unet/simulator
+    python bench/action_effect.py --env-id ALE/BattleZone-v5 --sticky 0.25     # with ALE v5's sticky actions
     python bench/action_effect.py --env-id procgen/ninja --states 64 --write-results
 """
 
@@ -47,7 +49,7 @@ from dws_gym.metrics import moving_region_mse
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 FRAME = 64
 FRAMESKIP = 4
-STICKY = 0.25
+STICKY = 0.0  # the collector's default (dws_gym.collect): the datasets have no sticky actions
 
 
 @dataclass
@@ -60,7 +62,8 @@ class Args:
     """steps rolled forward from each state"""
     seed: int = 1
     sticky: float = STICKY
-    """ALE only: the probability that the emulator repeats the previous action (v5's 0.25; 0 makes replays exact)"""
+    """ALE only: the probability that the emulator repeats the previous action (0 as the datasets were collected;
+    ALE v5's default is 0.25)"""
     simulator: str | None = None
     """a simulator folder whose held-out moving-region error (its card's metrics) gives the ceiling column"""
     write_results: bool = False
@@ -76,10 +79,10 @@ class _AleGame:
         from ale_py import roms
 
         self.ale = ale_py.ALEInterface()
-        self.ale.setInt("random_seed", seed)
+        self.ale.setInt("random_seed", seed)  # also seeds sticky actions; the saved states leave that RNG out
         self.ale.setFloat("repeat_action_probability", sticky)
         self.ale.loadROM(roms.get_rom_path(game))
-        self.actions = list(self.ale.getLegalActionSet())
+        self.actions = list(self.ale.getMinimalActionSet())  # the action space of the real env and the datasets
         self.num_actions = len(self.actions)
 
     def step(self, action: int) -> tuple[np.ndarray, bool]:
@@ -147,14 +150,16 @@ def measure(env_id: str, states: int, horizon: int, seed: int, sticky: float = S
         raise ValueError(f"sticky must lie in [0, 1), got {sticky}")
     rng = np.random.default_rng(seed)
     game = make_game(env_id, seed, sticky)
-    frame = game.reset()
+    game.reset()
     again = np.full((states, horizon), np.nan)
     other = np.full((states, horizon), np.nan)
     for k in range(states):
-        for _ in range(int(rng.integers(10, 61))):
-            frame, done = game.step(int(rng.integers(game.num_actions)))
+        steps, done = int(rng.integers(10, 61)), False
+        while steps > 0 or done:  # never start a window on a reset frame: it is not a stepped (max-pooled) frame
             if done:
-                frame = game.reset()
+                game.reset()
+            frame, done = game.step(int(rng.integers(game.num_actions)))
+            steps -= 1
         state = game.save()
         sequences = [rng.integers(game.num_actions, size=horizon)]
         sequences += [sequences[0], rng.integers(game.num_actions, size=horizon)]
@@ -194,7 +199,7 @@ def table(result: dict[str, np.ndarray], model_error: np.ndarray | None) -> str:
     head = "| h | windows | again (replay) | other (actions changed) |"
     rule = "|---|---|---|---|"
     if model_error is not None:
-        head += " simulator e (held-out) | best sensitivity other / (e + other) |"
+        head += " simulator e (held-out) | sensitivity ceiling (estimate) other / (e + other) |"
         rule += "---|---|"
     lines = [head, rule]
     for h in range(len(result["other"])):

@@ -68,12 +68,12 @@ LOG="$DEST/gpu_train.log"
 start=$(date +%s)
 if [ ! -f "$DATA/store.json" ]; then
   "$PY" -m dws_gym.collect --env-id "$ENV_ID" --steps "$COLLECT" --num-envs "$ENVS" --seed 1 \
-    "${POLICY[@]}" --out "$DATA" --no-progress 2>&1 | tee -a "$LOG"
+    ${POLICY[@]+"${POLICY[@]}"} --out "$DATA" --no-progress 2>&1 | tee -a "$LOG"
 fi
 collected=$(date +%s)
 "$PY" train_world_model.py --env-id "$ENV_ID" --data "$DATA" --output-dir "$DEST/run" --batch-size "$BATCH" \
   --learning-rate "$LR" --total-steps "$MAX_STEPS" --budget-minutes "$MINUTES" --eval-clips "$EVAL_CLIPS" \
-  --no-progress --log-every 100 --checkpoint-minutes 2 --no-capture-video "${GAME_ARGS[@]}" "${SIZE[@]}" \
+  --no-progress --log-every 100 --checkpoint-minutes 2 --no-capture-video ${GAME_ARGS[@]+"${GAME_ARGS[@]}"} "${SIZE[@]}" \
   2>&1 | tee -a "$LOG"
 trained=$(date +%s)
 DEVICE=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")

@@ -609,9 +609,8 @@ class Simulator:
             )
         elif c.training.get("initialised_from"):
             provenance = (
-                "The backbone was **not pre-trained** on video: its weights started from the world model of "
-                f"`{c.training['initialised_from']}` (trained with DWS from scratch) and were fine-tuned with DWS on "
-                "the data below."
+                f"The world model's weights started from those of `{c.training['initialised_from']}` and were "
+                "fine-tuned with DWS (the action module and the motion-reinforced loss) on the data below."
             )
         elif c.backbone == "unet":
             provenance = (

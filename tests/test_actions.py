@@ -79,6 +79,7 @@ def test_meaning_keys_agree_across_ale_and_procgen_spellings() -> None:
     assert meaning_keys("NOOP") == meaning_keys(()) == meaning_keys("") == frozenset()
     assert meaning_keys("DOWNRIGHTFIRE") == {"DOWN", "RIGHT", "FIRE"}
     assert meaning_keys("D") == {"D"} and meaning_keys("FIRE") == {"FIRE"}
+    assert meaning_keys(("NOOP",)) == frozenset() and meaning_keys((" left", "UP")) == {"LEFT", "UP"}
     assert meaning_keys("UP") != meaning_keys("UPFIRE")
 
 

@@ -24,10 +24,12 @@ def test_a_replay_from_a_saved_state_is_exact_and_other_actions_move_the_frames(
     assert np.nanmax(result["other"]) > 0.0
 
 
-def test_sticky_actions_make_ale_replays_differ():
+def test_sticky_actions_make_ale_replays_differ_and_the_minimal_action_set_is_used():
     pytest.importorskip("ale_py")
-    result = _bench().measure("ALE/BattleZone-v5", states=8, horizon=5, seed=1, sticky=0.25)
+    bench = _bench()
+    result = bench.measure("ALE/BattleZone-v5", states=8, horizon=5, seed=1, sticky=0.25)
     assert np.nanmax(result["again"]) > 0.0
+    assert bench.make_game("ALE/Breakout-v5", 0).num_actions == 4  # the real env's (and datasets') action space
 
 
 def test_the_ceiling_column_reads_the_simulator_card(tmp_path):

@@ -314,7 +314,10 @@ def test_init_from_starts_at_the_given_simulator_and_rejects_another_shape(train
     assert tuned.world_model.config.context_noise == pytest.approx(0.2)
     card = (tmp_path / "tuned" / "simulator" / "README.md").read_text()
     assert "--init-from" in card and "trained from scratch on the data below" not in card
-    assert f"started from the world model of `{cwd / 'run' / 'simulator'} (a simulator of ALE/Breakout-v5)`" in card
+    source_text = f"{cwd / 'run' / 'simulator'} (a simulator of ALE/Breakout-v5, trained from scratch)"
+    assert f"weights started from those of `{source_text}`" in card
+    assert script.describe_init_source(tmp_path / "tuned" / "simulator") == (
+        f"{tmp_path / 'tuned' / 'simulator'} (a simulator of ALE/Breakout-v5, itself fine-tuned from {source_text})")
 
 
 def test_pretrained_path_takes_its_settings_from_the_flow_flags(tmp_path, monkeypatch):

@@ -362,7 +362,7 @@ def meaning_keys(meaning: ActionMeaning) -> frozenset[str]:
     (``"D"`` -> ``{"D"}``), so it matches only itself.
     """
     if isinstance(meaning, (tuple, list)):
-        return frozenset(str(k).upper() for k in meaning)
+        return frozenset().union(*(meaning_keys(str(k)) for k in meaning))
     name = str(meaning).upper().strip()
     if name in ("NOOP", ""):
         return frozenset()
@@ -394,14 +394,15 @@ def transfer_action_table(
         generator: random source for the fresh rows.
 
     Returns:
-        ``(table, copied)``: the ``(len(target_meanings), dim)`` table and ``{target index: source index}`` of the
-        copied rows.
+        ``(table, copied)``: the ``(len(target_meanings), dim)`` table (on the source's device, in its dtype) and
+        ``{target index: source index}`` of the copied rows. The fresh rows are drawn on the CPU (``generator`` must
+        be a CPU generator) so a seed gives the same table on any device.
     """
     if source_table.ndim != 2 or source_table.shape[0] < 1:
         raise ValueError(f"source_table must have shape (n_actions, dim), got {tuple(source_table.shape)}")
     if source_meanings is not None and len(source_meanings) != source_table.shape[0]:
         raise ValueError(f"{len(source_meanings)} source meanings for a table of {source_table.shape[0]} rows")
-    source = source_table.detach().float()
+    source = source_table.detach().float().cpu()
     scale = float(source.std()) if source.numel() > 1 else float(source.abs().mean())
     table = torch.randn(len(target_meanings), source.shape[1], generator=generator) * scale
     by_keys: dict[frozenset[str], int] = {}
@@ -413,7 +414,7 @@ def transfer_action_table(
         if i is not None:
             table[j] = source[i]
             copied[j] = i
-    return table.to(source_table.dtype), copied
+    return table.to(source_table.device, source_table.dtype), copied
 
 
 class _ActionEmbedderBase(nn.Module):
