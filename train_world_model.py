@@ -208,36 +208,38 @@ GAME_TEXT_BUFFERS = ("action_embedder.text_embeddings", "prompt_embeds")
 """Frozen buffers built from the game's own text (its action sentences and prompt): never taken from another game."""
 
 
-def _source_action_meanings(folder: Path) -> list[str] | None:
-    """The action meanings recorded in the simulator folder holding ``folder`` (None for a bare world-model folder)."""
+def _source_config(folder: Path) -> dict[str, Any] | None:
+    """The ``simulator_config.json`` of the simulator folder holding ``folder`` (None for a bare world-model folder
+    or an unreadable config)."""
     for candidate in (folder / "simulator_config.json", folder.parent / "simulator_config.json"):
         if candidate.is_file():
             try:
-                return list(json.loads(candidate.read_text())["action_meanings"])
-            except (ValueError, KeyError, TypeError):
+                config = json.loads(candidate.read_text())
+            except ValueError:
                 return None
+            return config if isinstance(config, dict) else None
     return None
+
+
+def _source_action_meanings(folder: Path) -> list[str] | None:
+    """The action meanings recorded in the simulator folder holding ``folder`` (None when not recorded)."""
+    meanings = (_source_config(folder) or {}).get("action_meanings")
+    return list(meanings) if isinstance(meanings, list) else None
 
 
 def describe_init_source(source: str | os.PathLike) -> str:
     """``--init-from``'s folder and what its config says of it (for the card's provenance): the game it simulates
     and where its own weights came from (a pre-trained backbone, another simulator, or from scratch)."""
-    folder = Path(source)
-    for candidate in (folder / "simulator_config.json", folder.parent / "simulator_config.json"):
-        if candidate.is_file():
-            try:
-                config = json.loads(candidate.read_text())
-                env_id = config["env_id"]
-            except (ValueError, KeyError, TypeError):
-                break
-            training = config.get("training") if isinstance(config.get("training"), dict) else {}
-            if training.get("initialised_from"):
-                origin = f"itself fine-tuned from {training['initialised_from']}"
-            elif config.get("pretrained_backbone"):
-                origin = f"fine-tuned from the pre-trained {config['pretrained_backbone']}"
-            else:
-                origin = "trained from scratch"
-            return f"{source} (a simulator of {env_id}, {origin})"
+    config = _source_config(Path(source))
+    if config is not None and "env_id" in config:
+        training = config.get("training") if isinstance(config.get("training"), dict) else {}
+        if training.get("initialised_from"):
+            origin = f"itself fine-tuned from {training['initialised_from']}"
+        elif config.get("pretrained_backbone"):
+            origin = f"fine-tuned from the pre-trained {config['pretrained_backbone']}"
+        else:
+            origin = "trained from scratch"
+        return f"{source} (a simulator of {config['env_id']}, {origin})"
     return f"{source} (no simulator config beside it: its origin is not recorded)"
 
 
@@ -253,8 +255,8 @@ def init_world_model(model: torch.nn.Module, source: str | os.PathLike, meanings
       presses the same keys as a source action starts from its row, the others from random rows at the source
       table's scale (:func:`dws_gym.models.actions.transfer_action_table`).
     """
-    from dws_gym.models.actions import transfer_action_table
     from dws_gym.fileio import load_safetensors
+    from dws_gym.models.actions import transfer_action_table
     from dws_gym.models.flow import FLOW_WEIGHTS_NAME
     from dws_gym.models.unet import UNET_WEIGHTS_NAME
 
