@@ -3,7 +3,9 @@
 A world model learns what its data shows. Uniform random play in Breakout loses the ball within seconds (a reward in
 about 0.65% of steps), so a simulator trained on it sees few rallies and few broken bricks. A scripted policy that
 follows the ball with the paddle, mixed with random actions so every action is still seen in every situation, gives
-long rallies and many brick hits.
+long rallies and many brick hits. In the Procgen platformers (CoinRun, Ninja) the goal lies to the right: a policy
+that runs right and jumps often reaches it in two thirds of CoinRun's easy levels, twice random play's rate, which
+makes a behaviour policy for offline datasets where training PPO to the published 25M steps is out of reach.
 
 Policies here have :class:`dws_gym.agents.RandomPolicy`'s interface (``act(obs, deterministic, generator)`` on a batch
 of uint8 ``(N, 64, 64, 3)`` frames, optionally frame-stacked) and a ``tag`` recorded in the trajectory store. The
@@ -17,7 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["SCRIPTED_POLICIES", "BreakoutTracker", "breakout_ball_and_paddle", "make_scripted_policy"]
+__all__ = [
+    "SCRIPTED_POLICIES",
+    "BreakoutTracker",
+    "ProcgenRunner",
+    "breakout_ball_and_paddle",
+    "make_scripted_policy",
+]
 
 # Layout of a 64x64 Breakout frame (dws_gym.envs.real's resize of the 210x160 screen): the playfield lies between
 # the grey side walls (columns 2..61), the bricks in rows 17..28, the paddle in rows 57..59.
@@ -108,13 +116,53 @@ class BreakoutTracker:
         return actions
 
 
+class ProcgenRunner:
+    """Procgen platformers (CoinRun, Ninja): run right, jump with probability ``jump``, random actions with ``eps``.
+
+    Stateless: every step draws anew, so it needs no episode boundaries. Actions index Procgen's 15-action set
+    (``RIGHT`` = 7, ``RIGHT+UP`` = 8). Measured on easy levels 0-199, 64 envs × 4,000 steps
+    (``tests/test_scripted.py`` checks that it beats random play): ``jump=0.6, eps=0.25`` returns 6.7 in CoinRun
+    (random: 3.4) and 4.1 in Ninja (random: 2.7).
+
+    Args:
+        eps: Probability of a uniform random action instead of the scripted one.
+        jump: Probability that a scripted action is ``RIGHT+UP`` rather than ``RIGHT``.
+        seed: Seeds the policy's own generator.
+    """
+
+    num_actions = 15
+    RIGHT, RIGHT_UP = 7, 8
+
+    def __init__(self, eps: float = 0.25, jump: float = 0.6, seed: int | None = None) -> None:
+        for name, value in (("eps", eps), ("jump", jump)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {value}.")
+        self.eps, self.jump = float(eps), float(jump)
+        self.rng = np.random.default_rng(seed)
+        self.tag = f"scripted:procgen-runner(eps={self.eps:g},jump={self.jump:g})"
+
+    def act(self, obs: Any, deterministic: bool = False, generator: torch.Generator | None = None) -> np.ndarray:
+        """One action per frame of ``obs`` (``(N, ...)``; only its length is read).
+
+        ``deterministic`` drops the random actions (the jumps stay random: running right without ever jumping stalls
+        at the first wall); ``generator`` is accepted for interface compatibility.
+        """
+        n = int(obs.shape[0])
+        actions = np.where(self.rng.random(n) < self.jump, self.RIGHT_UP, self.RIGHT).astype(np.int64)
+        if not deterministic and self.eps > 0:
+            explore = self.rng.random(n) < self.eps
+            actions[explore] = self.rng.integers(0, self.num_actions, int(explore.sum()))
+        return actions
+
+
 #: Scripted policies by the name the collector takes after ``scripted:``, with the env ids they play.
 SCRIPTED_POLICIES: dict[str, tuple[type, tuple[str, ...]]] = {
     "breakout-tracker": (BreakoutTracker, ("ALE/Breakout-v5",)),
+    "procgen-runner": (ProcgenRunner, ("procgen/coinrun", "procgen/ninja")),
 }
 
 
-def make_scripted_policy(spec: str, env_id: str, seed: int | None = None) -> BreakoutTracker:
+def make_scripted_policy(spec: str, env_id: str, seed: int | None = None) -> BreakoutTracker | ProcgenRunner:
     """Build a scripted policy from ``"scripted:<name>[:eps]"`` (e.g. ``scripted:breakout-tracker:0.3``)."""
     parts = spec.split(":")
     if parts[0] != "scripted" or len(parts) not in (2, 3):
