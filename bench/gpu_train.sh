@@ -10,9 +10,10 @@
 # Output: $OUT when set (the device machine's folder), else runs/gpu_train; games other than Breakout go to a
 # subfolder named for the game. Each game takes its shipped recipe:
 #   breakout    scripted-policy data (the tracker with 25% random actions), the default U-Net;
-#   coinrun     random-policy data on levels 0-199 (easy), widths 32 64 128, context noise 0.2, 6-step unrolls,
-#               started from the shipped CoinRun simulator;
-#   ninja       the same data and recipe, started from the shipped CoinRun simulator (a game with its actions);
+#   coinrun     data of the scripted runner (run right, jump often, 25% random actions: twice random play's
+#               return, so coins are collected in 1% of steps) on levels 0-199 (easy), widths 32 64 128, context
+#               noise 0.2, 6-step unrolls, started from the shipped CoinRun simulator;
+#   ninja       the same policy and recipe, started from the shipped CoinRun simulator (a game with its actions);
 #   battlezone  random-policy data, the same recipe, started from the shipped CoinRun simulator.
 # The reward head of the last three trains on half-dreamed batches and is calibrated to the real payment rate.
 # DWS_INIT_FROM=<an earlier call's run/simulator> continues from that simulator instead, so budgets add up.
@@ -33,8 +34,8 @@ RECIPE=(--unet.widths 32 64 128 --unet.context-noise 0.2 --horizon 6 --reward-dr
         --reward-dream-windows 1024 --reward-calibrate-windows 512)
 case "$GAME" in
   breakout)   ENV_ID=ALE/Breakout-v5; POLICY=(--policy scripted:breakout-tracker:0.25); GAME_ARGS=(); INIT="" ;;
-  coinrun)    ENV_ID=procgen/coinrun; POLICY=(--num-levels 200); GAME_ARGS=("${RECIPE[@]}"); INIT=$COINRUN ;;
-  ninja)      ENV_ID=procgen/ninja; POLICY=(--num-levels 200); GAME_ARGS=("${RECIPE[@]}"); INIT=$COINRUN ;;
+  coinrun)    ENV_ID=procgen/coinrun; POLICY=(--policy scripted:procgen-runner --num-levels 200); GAME_ARGS=("${RECIPE[@]}"); INIT=$COINRUN ;;
+  ninja)      ENV_ID=procgen/ninja; POLICY=(--policy scripted:procgen-runner --num-levels 200); GAME_ARGS=("${RECIPE[@]}"); INIT=$COINRUN ;;
   battlezone) ENV_ID=ALE/BattleZone-v5; POLICY=(); GAME_ARGS=("${RECIPE[@]}"); INIT=$COINRUN ;;
   *) echo "gpu_train.sh: unknown game '$GAME'; use breakout, coinrun, ninja or battlezone" >&2; exit 2 ;;
 esac
@@ -48,7 +49,7 @@ if [ "${DWS_GPU_SMOKE:-0}" = "1" ]; then
   EVAL_CLIPS=${DWS_EVAL_CLIPS:-2}; CLOSED=${DWS_CLOSED_LOOP:-2}; ENVS=2
   SIZE=(--reward-steps 4 --reward-batch-size 8 --num-start-states 4 --warmup-steps 1)
   [ -z "$INIT" ] && SIZE+=(--unet.widths 8 16 16)  # a fine-tune keeps its source's widths
-  if [ "$GAME" != breakout ]; then  # random play has long episodes; the dreamed reward batches shrink
+  if [ "$GAME" != breakout ]; then  # few episodes at these sizes; the dreamed reward batches shrink
     COLLECT=${DWS_COLLECT_STEPS:-3000}; SIZE+=(--reward-dream-windows 8 --reward-calibrate-windows 8)
   fi
   EVAL_SIZE=(--clips "$EVAL_CLIPS" --closed-loop-episodes "$CLOSED" --closed-loop-steps 5 --horizon 3)

@@ -48,6 +48,7 @@ def test_gpu_train_script_fine_tunes_ninja_from_the_shipped_coinrun_simulator(tm
     assert sim.config.training["initialised_from"].startswith("dws_gym/assets/simulators/coinrun")
     assert "--unet.context-noise 0.2" in sim.config.training["command"]
     assert "--learning-rate 1e-3" in sim.config.training["command"]
+    assert "scripted:procgen-runner" in sim.config.training["data"]
     assert (tmp_path / "ninja" / "evaluation.json").is_file()
     bad = subprocess.run(["bash", str(ROOT / "bench" / "gpu_train.sh"), "1", "pong"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
