@@ -626,6 +626,9 @@ if __name__ == "__main__":
     train_seconds = t_end - t0
     train_sps = samples / max(train_seconds, 1e-9) if samples else float(sps_before or 0.0)
     model.eval()
+    # The DDP wrapper holds the process group: drop it now, so cleanup_distributed frees the group while the
+    # interpreter is alive (freed at exit instead, gloo's threads can abort a rank after all work is done).
+    loss_module = None
     if stopped_at is not None and not args.finish_at_limit:
         if dist.is_main:
             print(f"--max-minutes {args.max_minutes}: stopped at step {stopped_at}/{args.total_steps}; the checkpoint "

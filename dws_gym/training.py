@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import random
 import tempfile
@@ -72,11 +73,13 @@ def setup_distributed(device: torch.device) -> DistInfo:
 
 
 def cleanup_distributed(info: DistInfo) -> None:
+    """Wait for every rank, then free the process group (callers drop their DDP wrappers first: they hold it)."""
     if info.enabled:
         import torch.distributed as dist
 
         dist.barrier()
         dist.destroy_process_group()
+        gc.collect()  # DDP's reference cycles would otherwise keep the group's threads alive until exit
 
 
 def save_checkpoint(folder: str | os.PathLike, state: dict[str, Any]) -> Path:
