@@ -11,8 +11,9 @@
 # subfolder named for the game. Each game takes its shipped recipe:
 #   breakout    scripted-policy data (the tracker with 25% random actions), the default U-Net;
 #   coinrun     data of the scripted runner (run right, jump often, 25% random actions: twice random play's
-#               return, so coins are collected in 1% of steps) on levels 0-199 (easy), widths 32 64 128, context
-#               noise 0.2, 6-step unrolls, started from the shipped CoinRun simulator;
+#               return in episodes of ~60 steps, so a coin is paid in 1% of steps against 0.045%; left moves are
+#               4x rarer than in random play) on levels 0-199 (easy), widths 32 64 128, context noise 0.2, 6-step
+#               unrolls, started from the shipped CoinRun simulator;
 #   ninja       the same policy and recipe, started from the shipped CoinRun simulator (a game with its actions);
 #   battlezone  random-policy data, the same recipe, started from the shipped CoinRun simulator.
 # The reward head of the last three trains on half-dreamed batches and is calibrated to the real payment rate.
@@ -49,7 +50,7 @@ if [ "${DWS_GPU_SMOKE:-0}" = "1" ]; then
   EVAL_CLIPS=${DWS_EVAL_CLIPS:-2}; CLOSED=${DWS_CLOSED_LOOP:-2}; ENVS=2
   SIZE=(--reward-steps 4 --reward-batch-size 8 --num-start-states 4 --warmup-steps 1)
   [ -z "$INIT" ] && SIZE+=(--unet.widths 8 16 16)  # a fine-tune keeps its source's widths
-  if [ "$GAME" != breakout ]; then  # few episodes at these sizes; the dreamed reward batches shrink
+  if [ "$GAME" != breakout ]; then  # enough episodes for a held-out split (random BattleZone play runs long)
     COLLECT=${DWS_COLLECT_STEPS:-3000}; SIZE+=(--reward-dream-windows 8 --reward-calibrate-windows 8)
   fi
   EVAL_SIZE=(--clips "$EVAL_CLIPS" --closed-loop-episodes "$CLOSED" --closed-loop-steps 5 --horizon 3)

@@ -45,7 +45,7 @@ class CollectArgs:
     """seed of the envs and the policy's sampling; appending to a store that already holds episodes moves it to the
     first seed no earlier run used (CollectResult.seed says which)"""
     deterministic: bool = False
-    """take the policy's most likely action instead of sampling"""
+    """take the policy's most likely action instead of sampling (a scripted policy drops its random actions)"""
     num_levels: int = 0
     """Procgen only: number of levels (0 = unlimited)"""
     start_level: int = 0

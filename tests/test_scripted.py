@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
+import torch
 
 from dws_gym.scripted import ProcgenRunner, make_scripted_policy
-
-pytest.importorskip("procgen")
 
 
 def test_runner_actions_are_procgens_right_and_right_up():
@@ -29,10 +28,36 @@ def test_runner_action_shares_follow_its_probabilities():
     np.testing.assert_array_equal(ProcgenRunner(eps=0.5, seed=3).act(obs[:50]), ProcgenRunner(eps=0.5, seed=3).act(obs[:50]))
 
 
+def test_runner_takes_numpy_torch_and_stacked_frames_and_refuses_one_frame():
+    frames = np.zeros((6, 64, 64, 3), dtype=np.uint8)
+    for obs in (frames, torch.from_numpy(frames), np.zeros((6, 4, 64, 64, 3), dtype=np.uint8)):
+        actions = ProcgenRunner(seed=0).act(obs)
+        assert actions.shape == (6,) and actions.dtype == np.int64
+    deterministic = ProcgenRunner(eps=1.0, seed=0).act(np.zeros((500, 64, 64, 3), np.uint8), deterministic=True)
+    assert set(np.unique(deterministic)) == {ProcgenRunner.RIGHT, ProcgenRunner.RIGHT_UP}  # eps dropped, jumps kept
+    with pytest.raises(ValueError, match=r"needs a batch of frames .* got \(64, 64, 3\)"):
+        ProcgenRunner().act(frames[0])
+
+
+def test_epsilon_greedy_synthesis_adds_its_random_actions_to_the_runners():
+    """augment.py's --epsilon on top of the runner's own 25%: 1 - 0.75 * 0.7 = 0.475 of actions are random, 13/15 of
+    those land outside the runner's two (0.412), and RIGHT+UP is 0.525 * 0.6 + 0.475 / 15 = 0.347 of them. A random
+    stream shared with the runner (the same seed) would swap exactly its jumps and leave RIGHT+UP at 0.25."""
+    from dws_gym.offline.synthesize import _EpsilonGreedy
+
+    seed, obs = 11, np.zeros((20_000, 64, 64, 3), dtype=np.uint8)
+    actor = _EpsilonGreedy(ProcgenRunner(eps=0.25, seed=seed), num_actions=15, epsilon=0.3, seed=seed)
+    actions = actor.act(obs, deterministic=False, generator=torch.Generator().manual_seed(seed))
+    other = ~np.isin(actions, [ProcgenRunner.RIGHT, ProcgenRunner.RIGHT_UP])
+    assert abs(other.mean() - 0.475 * 13 / 15) < 0.015
+    assert abs(np.mean(actions == ProcgenRunner.RIGHT_UP) - (0.525 * 0.6 + 0.475 / 15)) < 0.015
+
+
 def test_runner_beats_random_play_on_real_coinrun():
     """The first episode of each of 64 envs on easy levels 0-199 (random play's often run to the 1,000-step limit):
     measured 6.7 against 3.4 over many episodes; the margin asked here (1.5) is about 2.5 standard errors of the
     difference of two 64-episode means of 0/10 returns."""
+    pytest.importorskip("procgen")
     from dws_gym.envs.real import make_real_env
 
     def mean_first_return(policy) -> float:
@@ -64,6 +89,7 @@ def test_named_runner_checks_its_game_and_eps():
     policy = make_scripted_policy("scripted:procgen-runner:0.1", "procgen/ninja", seed=0)
     assert isinstance(policy, ProcgenRunner) and policy.eps == 0.1
     assert policy.tag == "scripted:procgen-runner(eps=0.1,jump=0.6)"
+    assert isinstance(make_scripted_policy("scripted:procgen-runner", "procgen:coinrun"), ProcgenRunner)
     with pytest.raises(ValueError, match="plays procgen/coinrun, procgen/ninja, not ALE/Breakout-v5"):
         make_scripted_policy("scripted:procgen-runner", "ALE/Breakout-v5")
     with pytest.raises(ValueError, match="jump must lie in"):
@@ -71,6 +97,7 @@ def test_named_runner_checks_its_game_and_eps():
 
 
 def test_collector_records_the_runner_as_the_behaviour_policy(tmp_path):
+    pytest.importorskip("procgen")
     from dws_gym.collect import CollectArgs, collect
     from dws_gym.data import TrajectoryStore
 

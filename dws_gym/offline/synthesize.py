@@ -55,7 +55,9 @@ class _EpsilonGreedy:
 
     def __init__(self, policy: Any, num_actions: int, epsilon: float, seed: int) -> None:
         self.policy, self.num_actions, self.epsilon = policy, num_actions, epsilon
-        self.rng = np.random.default_rng(seed)
+        # Not default_rng(seed): a scripted policy seeded with the same run seed would draw the same numbers, and
+        # its own random actions would coincide with these instead of adding to them.
+        self.rng = np.random.default_rng((seed, 0xE95))
 
     def act(self, obs: np.ndarray, deterministic: bool, generator: torch.Generator) -> np.ndarray:
         with torch.no_grad():
