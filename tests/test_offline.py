@@ -118,7 +118,7 @@ def test_replay_mixes_stores_at_the_fraction_and_ends_procgen_episodes(tmp_path,
     replay = OfflineReplay(lost)
     batch = replay.real.get_batch(np.arange(len(replay.real)))
     assert len(replay.real) == 5 and batch["reward"][-1] == 1.0
-    done = OfflineReplay(lost)._draw(replay.real, 200, np.random.default_rng(0))
+    done = replay.sample(200, np.random.default_rng(0))
     assert done["done"][done["reward"] == 1.0].all() and not done["done"][done["reward"] == 0.0].any()
 
 
@@ -233,6 +233,32 @@ def test_procgen_evaluation_uses_the_named_level_ranges(monkeypatch):
     assert [(m["start_level"], m["num_levels"]) for m in made] == [(0, 200), (250, 0)]
 
 
+@pytest.mark.parametrize("depth,workers", [(0, 1), (2, 1), (3, 3)])
+def test_prefetcher_hands_out_samples_batches_in_order_and_resumes_from_its_rng_state(real_store, tmp_path, depth,
+                                                                                      workers):
+    from dws_gym.offline import Prefetcher
+
+    syn = TrajectoryStore(tmp_path / "syn", create=True)
+    _add(syn, np.random.default_rng(5), 6, synthetic=True, source_simulator="sim", terminated=False)
+    replay = OfflineReplay(real_store, syn, synthetic_fraction=0.25)
+    expected_rng = np.random.default_rng(7)
+    expected = [replay.sample(8, expected_rng) for _ in range(6)]
+    with Prefetcher(replay, 8, np.random.default_rng(7), depth=depth, workers=workers) as batches:
+        got = [batches.next() for _ in range(3)]
+        state = batches.rng_state
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state  # a resumed run continues with batch 4, not with the ones read ahead
+    with Prefetcher(replay, 8, rng, depth=depth, workers=workers) as batches:
+        got += [batches.next() for _ in range(3)]
+    for i, (a, b) in enumerate(zip(expected, got)):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"batch {i}, {k}")
+    assert got[0]["synthetic"].sum() == 2
+    with pytest.raises(ValueError, match="depth >= 0"):
+        Prefetcher(replay, 8, rng, depth=-1)
+
+
 # ---------------------------------------------------------------------------------------------------------- scripts
 def test_table2_smoke_runs_all_four_arms_and_cql_resumes(tmp_path, real_store):
     syn = TrajectoryStore(tmp_path / "syn", create=True)
@@ -266,6 +292,13 @@ def test_table2_smoke_runs_all_four_arms_and_cql_resumes(tmp_path, real_store):
     assert more.returncode == 0, more.stderr[-3000:]
     assert f"resumed {out / 'cql_s1'} at step 2" in more.stdout
     assert json.loads((out / "cql_s1" / "results.json").read_text())["steps"] == 4
+    # the minibatches read ahead (--prefetch) are not lost: 2 + 2 resumed steps give the weights of 4 in one go
+    straight = [*cmd[:cmd.index("--output-dir") + 1], str(out / "straight"), *cmd[cmd.index("--output-dir") + 2:]]
+    once = subprocess.run([*straight, "--total-steps", "4"], capture_output=True, text=True, timeout=300, env=_env())
+    assert once.returncode == 0, once.stderr[-3000:]
+    resumed, whole = load_policy(out / "cql_s1" / "policy"), load_policy(out / "straight" / "policy")
+    for (name, a), b in zip(resumed.state_dict().items(), whole.state_dict().values()):
+        assert torch.equal(a, b), name
     bad = subprocess.run([*cmd, "--total-steps", "6", "--resume", "--synthetic-dataset", str(syn.root)],
                          capture_output=True, text=True, timeout=300, env=_env())
     assert bad.returncode != 0 and "synthetic_dataset" in bad.stderr

@@ -449,7 +449,8 @@ class TrajectoryStore:
                 return mm
             ep = self._get(ep_id)
             shape = (ep.meta.num_frames, *ep.meta.obs_shape)
-            mm = np.memmap(ep.obs_path, dtype=np.uint8, mode="r", offset=ep.obs_offset, shape=shape)
+            # A str, not a Path: numpy resolves a Path (symlinks, a syscall per component) on every map it opens.
+            mm = np.memmap(str(ep.obs_path), dtype=np.uint8, mode="r", offset=ep.obs_offset, shape=shape)
             self._maps[ep_id] = mm
             while len(self._maps) > self.max_open:
                 self._maps.popitem(last=False)  # the map closes once no caller holds a view of it

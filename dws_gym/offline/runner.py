@@ -23,7 +23,7 @@ import torch
 from dws_gym.agents import ActorCritic, PolicyConfig, save_policy
 from dws_gym.data import TrajectoryStore
 from dws_gym.envs.real import parse_env_id
-from dws_gym.offline.replay import OfflineReplay, describe_store
+from dws_gym.offline.replay import OfflineReplay, Prefetcher, describe_store
 from dws_gym.policy_eval import evaluate_on_levels
 from dws_gym.training import global_rng_states, load_checkpoint, restore_global_rng_states, save_checkpoint
 
@@ -81,6 +81,9 @@ class OfflineConfig:
     """gradient clipping"""
     arch: Literal["impala", "nature"] = "impala"
     """trunk of every network"""
+    prefetch: int = 2
+    """minibatches read from the stores ahead of the gradient steps, by as many threads (0: read in turn); the
+    batches and a resumed run are the same either way"""
 
     # Evaluation, checkpoints
     eval_every: int = 10_000
@@ -195,6 +198,7 @@ def train(run: OfflineRun, algo: OfflineAlgorithm, policy: ActorCritic, *, deter
         restore_global_rng_states(run.checkpoint["rng"])
         rng.bit_generator.state = run.checkpoint["replay_rng"]
         print(f"resumed {run.out_dir} at step {step}", flush=True)
+    batches = Prefetcher(replay, cfg.batch_size, rng, depth=cfg.prefetch, workers=max(1, cfg.prefetch))
 
     def checkpoint() -> None:
         if cfg.save_model:
@@ -202,7 +206,7 @@ def train(run: OfflineRun, algo: OfflineAlgorithm, policy: ActorCritic, *, deter
                                                                "run_name": run.run_name, **(policy_extra or {})})
         save_checkpoint(run.out_dir / "checkpoint", {
             "config": asdict(cfg), "run_name": run.run_name, "step": step, "algo": algo.state_dict(),
-            "rng": global_rng_states(), "replay_rng": rng.bit_generator.state})
+            "rng": global_rng_states(), "replay_rng": batches.rng_state})  # not rng's: it has read ahead
 
     def evaluate() -> dict[str, Any]:
         was_training = policy.training
@@ -220,7 +224,7 @@ def train(run: OfflineRun, algo: OfflineAlgorithm, policy: ActorCritic, *, deter
     start_time, start_step, last_ckpt = time.time(), step, time.time()
     result: dict[str, Any] = {}
     while step < cfg.total_steps:
-        logs = algo.train(OfflineReplay.to_torch(replay.sample(cfg.batch_size, rng), run.device))
+        logs = algo.train(OfflineReplay.to_torch(batches.next(), run.device))
         step += 1
         if step % cfg.log_every == 0 or step == cfg.total_steps:
             for k, v in logs.items():
@@ -236,6 +240,7 @@ def train(run: OfflineRun, algo: OfflineAlgorithm, policy: ActorCritic, *, deter
             last_ckpt = time.time()
 
     checkpoint()
+    batches.close()
     if not result and cfg.eval_episodes > 0:
         result = evaluate()
     summary = {"algorithm": run.algorithm, "env_id": run.env_id, "seed": cfg.seed, "steps": step,
