@@ -180,6 +180,9 @@ class Args:
     """write an atomic training checkpoint every N steps"""
     checkpoint_minutes: float = 5.0
     """also write one whenever this many minutes passed since the last (long runs survive interruption)"""
+    prefetch: int = 2
+    """training batches read from the store ahead of the steps, by as many threads (0: read in turn); the batches and
+    a resumed run are the same either way"""
     max_minutes: float | None = None
     """stop training the world model after this many minutes of this invocation (checkpointed; --resume continues
     it, or the run finishes with the steps done so far when --finish-at-limit is set)"""
@@ -390,7 +393,7 @@ if __name__ == "__main__":
     from tqdm.auto import tqdm
 
     from dws_gym.collect import CollectArgs, collect
-    from dws_gym.data import TrajectoryStore, env_episodes, split_episodes
+    from dws_gym.data import ReadAhead, TrajectoryStore, env_episodes, split_episodes
     from dws_gym.evaluation import evaluate_held_out, sample_eval_clips
     from dws_gym.models.conditioning import freeze_base
     from dws_gym.models.reward import RewardConfig, RewardHead
@@ -533,12 +536,15 @@ if __name__ == "__main__":
         print(f"resumed {out_dir} at step {start_step}")
 
     last_rngs: list = []
+    batches: ReadAhead | None = None  # the training batches, read ahead while the world model trains
     t0: float | None = None  # start of this invocation's world-model training
     t_end: float | None = None  # its end (later checkpoints, e.g. after the reward head, do not count that time)
 
     def checkpoint(step: int, reward_done: bool = False, collective: bool = True) -> None:
         """Atomic checkpoint. Collective (every rank calls it) unless only rank 0 is still working."""
         rngs = [rng_state(generator, np_rng)]
+        if batches is not None:  # np_rng has drawn the batches read ahead: store where the handed-out ones end
+            rngs[0]["numpy"] = batches.rng_state
         if dist.enabled and collective:
             gathered: list = [None] * dist.world_size
             torch.distributed.all_gather_object(gathered, rngs[0])
@@ -561,6 +567,8 @@ if __name__ == "__main__":
     model.train()
     bar = tqdm(desc="world model", disable=not (args.progress and dist.is_main),
                initial=start_step, total=args.total_steps)
+    batches = ReadAhead(lambda rng: clips.draw(args.batch_size, rng), clips.get_batch, np_rng, depth=args.prefetch,
+                        workers=max(1, args.prefetch))
     t0, samples = time.perf_counter(), 0
     last_ckpt = t0
     stopped_at: int | None = None  # set when --max-minutes ends the loop early
@@ -582,7 +590,7 @@ if __name__ == "__main__":
                       f"{args.total_steps} steps", flush=True)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, base_lr=args.learning_rate, warmup=args.warmup_steps, total=args.total_steps)
-        batch = clips.sample(args.batch_size, np_rng)
+        batch = batches.next()
         frames = torch.from_numpy(batch["frames"]).to(device)
         actions = torch.from_numpy(batch["actions"]).to(device)
         mask = torch.from_numpy(batch["mask"]).to(device)
@@ -622,6 +630,8 @@ if __name__ == "__main__":
         step += 1
         bar.update(1)
     bar.close()
+    batches.close()  # rewinds np_rng to the last batch used, as if nothing had been read ahead
+    batches = None
     t_end = time.perf_counter()
     train_seconds = t_end - t0
     train_sps = samples / max(train_seconds, 1e-9) if samples else float(sps_before or 0.0)

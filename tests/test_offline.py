@@ -234,29 +234,36 @@ def test_procgen_evaluation_uses_the_named_level_ranges(monkeypatch):
 
 
 @pytest.mark.parametrize("depth,workers", [(0, 1), (2, 1), (3, 3)])
-def test_prefetcher_hands_out_samples_batches_in_order_and_resumes_from_its_rng_state(real_store, tmp_path, depth,
+def test_batches_read_ahead_are_samples_batches_in_order_and_resume_from_the_rng_state(real_store, tmp_path, depth,
                                                                                       workers):
-    from dws_gym.offline import Prefetcher
+    from dws_gym.data import ReadAhead
 
     syn = TrajectoryStore(tmp_path / "syn", create=True)
     _add(syn, np.random.default_rng(5), 6, synthetic=True, source_simulator="sim", terminated=False)
     replay = OfflineReplay(real_store, syn, synthetic_fraction=0.25)
     expected_rng = np.random.default_rng(7)
     expected = [replay.sample(8, expected_rng) for _ in range(6)]
-    with Prefetcher(replay, 8, np.random.default_rng(7), depth=depth, workers=workers) as batches:
+
+    def reader(rng):
+        return ReadAhead(lambda g: replay.draw(8, g), replay.read, rng, depth=depth, workers=workers)
+
+    rng = np.random.default_rng(7)
+    with reader(rng) as batches:
         got = [batches.next() for _ in range(3)]
         state = batches.rng_state
-    rng = np.random.default_rng()
-    rng.bit_generator.state = state  # a resumed run continues with batch 4, not with the ones read ahead
-    with Prefetcher(replay, 8, rng, depth=depth, workers=workers) as batches:
+    resumed = np.random.default_rng()
+    resumed.bit_generator.state = state  # a resumed run continues with batch 4, not with the ones read ahead
+    with reader(resumed) as batches:
         got += [batches.next() for _ in range(3)]
+    got.append(replay.sample(8, rng))  # closing rewound the first generator: batch 4 comes next from it too
+    expected.append(expected[3])
     for i, (a, b) in enumerate(zip(expected, got)):
         assert a.keys() == b.keys()
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"batch {i}, {k}")
     assert got[0]["synthetic"].sum() == 2
     with pytest.raises(ValueError, match="depth >= 0"):
-        Prefetcher(replay, 8, rng, depth=-1)
+        ReadAhead(lambda g: replay.draw(8, g), replay.read, rng, depth=-1)
 
 
 # ---------------------------------------------------------------------------------------------------------- scripts

@@ -9,6 +9,7 @@ Example::
 """
 
 from dws_gym.data.importers import import_arrays
+from dws_gym.data.read_ahead import ReadAhead
 from dws_gym.data.splits import env_episodes, split_episodes
 from dws_gym.data.store import (
     SCHEMA_VERSION,
@@ -24,6 +25,7 @@ __all__ = [
     "ClipDataset",
     "CorruptEpisodeError",
     "EpisodeMeta",
+    "ReadAhead",
     "TrajectoryStore",
     "TransitionDataset",
     "describe_action_space",

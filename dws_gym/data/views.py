@@ -182,14 +182,18 @@ class ClipDataset:
         batch = self.get_batch([i])
         return {k: v[0] for k, v in batch.items()}
 
-    def sample(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """``n`` windows drawn uniformly with replacement, batched as in :meth:`get_batch`."""
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Indices of ``n`` windows drawn uniformly with replacement (what :meth:`sample` reads)."""
         _check_rng(rng)
         if len(self) == 0:
             raise ValueError(
                 f"no clip windows: every episode is shorter than context + 1 = {self.context + 1} frames"
             )
-        return self.get_batch(rng.integers(0, len(self), size=int(n)))
+        return rng.integers(0, len(self), size=int(n))
+
+    def sample(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """``n`` windows drawn uniformly with replacement, batched as in :meth:`get_batch`."""
+        return self.get_batch(self.draw(n, rng))
 
 
 class TransitionDataset:
@@ -302,9 +306,13 @@ class TransitionDataset:
         batch = self.get_batch([i])
         return {k: v[0] for k, v in batch.items()}
 
-    def sample(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """``n`` transitions drawn uniformly with replacement, batched as in :meth:`get_batch`."""
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Indices of ``n`` transitions drawn uniformly with replacement (what :meth:`sample` reads)."""
         _check_rng(rng)
         if len(self) == 0:
             raise ValueError("no transitions: the selected episodes have no step with a stored next frame")
-        return self.get_batch(rng.integers(0, len(self), size=int(n)))
+        return rng.integers(0, len(self), size=int(n))
+
+    def sample(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """``n`` transitions drawn uniformly with replacement, batched as in :meth:`get_batch`."""
+        return self.get_batch(self.draw(n, rng))

@@ -7,12 +7,11 @@
 """
 
 from dws_gym.offline.losses import awr_policy_loss, cql_loss, double_dqn_target, expectile_loss, iql_q_target
-from dws_gym.offline.replay import OfflineReplay, Prefetcher, StoreInfo, describe_store
+from dws_gym.offline.replay import OfflineReplay, StoreInfo, describe_store
 from dws_gym.offline.synthesize import SynthesisResult, synthesize
 
 __all__ = [
     "OfflineReplay",
-    "Prefetcher",
     "StoreInfo",
     "SynthesisResult",
     "awr_policy_loss",

@@ -6,8 +6,6 @@ records and reads each minibatch's frames (and ``next_obs`` by index) from the s
 
 from __future__ import annotations
 
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +14,7 @@ import torch
 
 from dws_gym.data import TrajectoryStore, TransitionDataset
 
-__all__ = ["OfflineReplay", "Prefetcher", "StoreInfo", "describe_store"]
+__all__ = ["OfflineReplay", "StoreInfo", "describe_store"]
 
 
 @dataclass(frozen=True)
@@ -122,15 +120,13 @@ class OfflineReplay:
     def draw(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """The transitions of one minibatch, ``(real_indices, synthetic_indices)``, without reading a frame.
 
-        Cheap; :meth:`read` does the disk work, so the two can run in different threads (:class:`Prefetcher`).
+        Cheap; :meth:`read` does the disk work, so the two can run in different threads
+        (:class:`~dws_gym.data.read_ahead.ReadAhead`).
         """
         n_syn = int(round(batch_size * self.synthetic_fraction)) if self.synthetic is not None else 0
-        for data, n in ((self.real, batch_size - n_syn), (self.synthetic, n_syn)):
-            if n > 0 and len(data) == 0:
-                raise ValueError("no transitions: the selected episodes have no step with a stored next frame")
         empty = np.zeros(0, dtype=np.int64)
-        real = rng.integers(0, len(self.real), size=batch_size - n_syn) if batch_size - n_syn > 0 else empty
-        syn = rng.integers(0, len(self.synthetic), size=n_syn) if n_syn else empty
+        real = self.real.draw(batch_size - n_syn, rng) if batch_size - n_syn > 0 else empty
+        syn = self.synthetic.draw(n_syn, rng) if n_syn and self.synthetic is not None else empty
         return real, syn
 
     def read(self, drawn: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
@@ -161,62 +157,3 @@ class OfflineReplay:
             out[k] = t.to(device, non_blocking=True)
         return out
 
-
-class Prefetcher:
-    """:meth:`OfflineReplay.sample`'s minibatches in the same order, read ``depth`` batches ahead by worker threads.
-
-    A random minibatch of a million-frame store touches a few hundred frame files, and the pages a step needs are
-    mostly not in memory: reading one took 0.3-1 s on a 2-core VM, as long as the gradient step itself. Indices are
-    drawn here in the caller's thread, in order, so the batches equal ``sample``'s and :attr:`rng_state` (the
-    generator's state after the last batch handed out) resumes the sequence exactly; only the reads run ahead.
-
-    Args:
-        replay: the replay to read from.
-        batch_size: transitions per minibatch.
-        rng: the generator minibatches are drawn with (advanced ``depth`` batches ahead of what was handed out).
-        depth: batches read ahead (0: read each batch when asked, in the caller's thread).
-        workers: threads reading (page faults and copies of different batches overlap).
-    """
-
-    def __init__(self, replay: OfflineReplay, batch_size: int, rng: np.random.Generator, *, depth: int = 2,
-                 workers: int = 2) -> None:
-        if batch_size <= 0 or depth < 0 or workers < 1:
-            raise ValueError(f"need batch_size > 0, depth >= 0 and workers >= 1; got {batch_size}, {depth}, {workers}")
-        self.replay, self.batch_size, self.rng, self.depth = replay, int(batch_size), rng, int(depth)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="replay") if depth else None
-        self._queue: deque[tuple[Future, dict[str, Any]]] = deque()
-        self.rng_state: dict[str, Any] = rng.bit_generator.state
-        for _ in range(self.depth):
-            self._submit()
-
-    def _submit(self) -> None:
-        drawn = self.replay.draw(self.batch_size, self.rng)
-        assert self._pool is not None
-        self._queue.append((self._pool.submit(self.replay.read, drawn), self.rng.bit_generator.state))
-
-    def next(self) -> dict[str, np.ndarray]:
-        """The next minibatch (as :meth:`OfflineReplay.sample` would have drawn it)."""
-        if self._pool is None:
-            batch = self.replay.sample(self.batch_size, self.rng)
-            self.rng_state = self.rng.bit_generator.state
-            return batch
-        self._submit()
-        future, state = self._queue.popleft()
-        batch = future.result()
-        self.rng_state = state
-        return batch
-
-    def close(self) -> None:
-        """Stop the reader threads (batches read ahead are dropped)."""
-        if self._pool is not None:
-            for future, _ in self._queue:
-                future.cancel()
-            self._queue.clear()
-            self._pool.shutdown(wait=True)
-            self._pool = None
-
-    def __enter__(self) -> Prefetcher:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()

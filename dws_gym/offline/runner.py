@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from dws_gym.agents import ActorCritic, PolicyConfig, save_policy
-from dws_gym.data import TrajectoryStore
+from dws_gym.data import ReadAhead, TrajectoryStore
 from dws_gym.envs.real import parse_env_id
-from dws_gym.offline.replay import OfflineReplay, Prefetcher, describe_store
+from dws_gym.offline.replay import OfflineReplay, describe_store
 from dws_gym.policy_eval import evaluate_on_levels
 from dws_gym.training import global_rng_states, load_checkpoint, restore_global_rng_states, save_checkpoint
 
@@ -198,7 +198,8 @@ def train(run: OfflineRun, algo: OfflineAlgorithm, policy: ActorCritic, *, deter
         restore_global_rng_states(run.checkpoint["rng"])
         rng.bit_generator.state = run.checkpoint["replay_rng"]
         print(f"resumed {run.out_dir} at step {step}", flush=True)
-    batches = Prefetcher(replay, cfg.batch_size, rng, depth=cfg.prefetch, workers=max(1, cfg.prefetch))
+    batches = ReadAhead(lambda g: replay.draw(cfg.batch_size, g), replay.read, rng, depth=cfg.prefetch,
+                        workers=max(1, cfg.prefetch))
 
     def checkpoint() -> None:
         if cfg.save_model:
