@@ -429,6 +429,8 @@ if __name__ == "__main__":
     if args.reward_dream_windows < 1 or args.reward_dream_horizon < 1:
         raise SystemExit("--reward-dream-windows and --reward-dream-horizon must be positive, got "
                          f"{args.reward_dream_windows} and {args.reward_dream_horizon}.")
+    if args.prefetch < 0:
+        raise SystemExit(f"--prefetch must be >= 0 (0 reads each batch in turn), got {args.prefetch}.")
     if args.retrain_reward_head and not args.resume:
         raise SystemExit("--retrain-reward-head retrains the head of a finished run; pass it with --resume.")
     device = pick_device(args.cuda)
@@ -567,8 +569,9 @@ if __name__ == "__main__":
     model.train()
     bar = tqdm(desc="world model", disable=not (args.progress and dist.is_main),
                initial=start_step, total=args.total_steps)
-    batches = ReadAhead(lambda rng: clips.draw(args.batch_size, rng), clips.get_batch, np_rng, depth=args.prefetch,
-                        workers=max(1, args.prefetch))
+    depth = args.prefetch if start_step < args.total_steps else 0  # a finished run reads nothing ahead
+    batches = ReadAhead(lambda rng: clips.draw(args.batch_size, rng), clips.get_batch, np_rng, depth=depth,
+                        workers=max(1, depth))
     t0, samples = time.perf_counter(), 0
     last_ckpt = t0
     stopped_at: int | None = None  # set when --max-minutes ends the loop early

@@ -61,7 +61,7 @@ def run_once(args: Args, prefetch: int, out: Path) -> float:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    found = re.findall(r"SPS=([0-9.]+)", proc.stdout)
+    found = re.findall(r"SPS=([0-9.eE+-]+)", proc.stdout)
     if not found:
         raise SystemExit(f"no SPS= line in the output of {' '.join(cmd)}:\n{proc.stdout[-2000:]}")
     return float(found[-1])

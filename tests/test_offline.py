@@ -266,6 +266,25 @@ def test_batches_read_ahead_are_samples_batches_in_order_and_resume_from_the_rng
         ReadAhead(lambda g: replay.draw(8, g), replay.read, rng, depth=-1)
 
 
+def test_a_failed_read_surfaces_in_the_caller_and_a_closed_reader_refuses():
+    from dws_gym.data import ReadAhead
+
+    def read(i):
+        if i == 1:
+            raise OSError("disk gone")
+        return i
+
+    counter = iter(range(100))
+    reader = ReadAhead(lambda rng: next(counter), read, np.random.default_rng(0), depth=2, workers=2)
+    assert reader.next() == 0
+    with pytest.raises(OSError, match="disk gone"):
+        reader.next()
+    assert reader.next() == 2
+    reader.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        reader.next()
+
+
 # ---------------------------------------------------------------------------------------------------------- scripts
 def test_table2_smoke_runs_all_four_arms_and_cql_resumes(tmp_path, real_store):
     syn = TrajectoryStore(tmp_path / "syn", create=True)
@@ -301,7 +320,8 @@ def test_table2_smoke_runs_all_four_arms_and_cql_resumes(tmp_path, real_store):
     assert json.loads((out / "cql_s1" / "results.json").read_text())["steps"] == 4
     # the minibatches read ahead (--prefetch) are not lost: 2 + 2 resumed steps give the weights of 4 in one go
     straight = [*cmd[:cmd.index("--output-dir") + 1], str(out / "straight"), *cmd[cmd.index("--output-dir") + 2:]]
-    once = subprocess.run([*straight, "--total-steps", "4"], capture_output=True, text=True, timeout=300, env=_env())
+    once = subprocess.run([*straight, "--total-steps", "4", "--prefetch", "0"], capture_output=True, text=True,
+                          timeout=300, env=_env())
     assert once.returncode == 0, once.stderr[-3000:]
     resumed, whole = load_policy(out / "cql_s1" / "policy"), load_policy(out / "straight" / "policy")
     for (name, a), b in zip(resumed.state_dict().items(), whole.state_dict().values()):

@@ -220,11 +220,12 @@ def test_flow_backbone_trains_and_saves(tmp_path, trained):
 
 
 def test_interrupted_run_resumes_to_the_same_weights_and_lists_every_command(tmp_path, trained):
-    """A run stopped by --max-minutes and resumed ends bitwise where an uninterrupted run ends."""
+    """A run stopped by --max-minutes and resumed ends bitwise where an uninterrupted run ends; the uninterrupted one
+    reads its batches in turn (--prefetch 0), the cut one reads them ahead (the default), so neither changes them."""
     cwd, _ = trained
     store = str(cwd / "store")
     common = ["--data", store, "--total-steps", "3", "--checkpoint-every", "100"] + TINY
-    run(common + ["--output-dir", "straight"], tmp_path)
+    run(common + ["--output-dir", "straight", "--prefetch", "0"], tmp_path)
     first = run(common + ["--output-dir", "cut", "--max-minutes", "0"], tmp_path)  # stops after one step
     assert "stopped at step 1/3" in first.stdout and not (tmp_path / "cut" / "simulator").exists()
     run(common + ["--output-dir", "cut", "--resume"], tmp_path)
@@ -232,6 +233,8 @@ def test_interrupted_run_resumes_to_the_same_weights_and_lists_every_command(tmp
     b = Simulator.from_pretrained(tmp_path / "cut" / "simulator")
     for (name, x), y in zip(a.world_model.state_dict().items(), b.world_model.state_dict().values()):
         assert torch.equal(x, y), name
+    for (name, x), y in zip(a.reward_head.state_dict().items(), b.reward_head.state_dict().values()):
+        assert torch.equal(x, y), name  # its batches come from np_rng after the world model's: rewound on close
     command = b.config.training["command"]
     assert command.count("python train_world_model.py") == 2 and "--max-minutes 0" in command
     assert "--resume" in command.split(" && ")[1]

@@ -61,19 +61,17 @@ class ReadAhead(Generic[T]):
             batch = self._read(self._draw(self.rng))
             self.rng_state = self.rng.bit_generator.state
             return batch
-        self._submit()
         future, state = self._queue.popleft()
-        batch = future.result()
+        self._submit()  # keep `depth` batches in flight while this one is finished and used
+        batch = future.result()  # a reader's exception surfaces here
         self.rng_state = state
         return batch
 
     def close(self) -> None:
         """Stop the readers, drop the batches read ahead and rewind the generator to :attr:`rng_state`."""
         if self._pool is not None:
-            for future, _ in self._queue:
-                future.cancel()
             self._queue.clear()
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
             self.rng.bit_generator.state = self.rng_state
 

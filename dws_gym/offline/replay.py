@@ -156,4 +156,3 @@ class OfflineReplay:
                 t = t.float()
             out[k] = t.to(device, non_blocking=True)
         return out
-

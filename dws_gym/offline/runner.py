@@ -143,6 +143,8 @@ class OfflineRun:
 
 def start_run(config: OfflineConfig, algorithm: str) -> OfflineRun:
     """Fill the game's defaults, check a resume, seed everything, open the logs and the data."""
+    if config.prefetch < 0:
+        raise SystemExit(f"--prefetch must be >= 0 (0 reads each minibatch in turn), got {config.prefetch}.")
     dataset = TrajectoryStore(config.dataset)  # opened once: its game decides the defaults, then it feeds the replay
     env_id = config.env_id or describe_store(dataset).env_id
     procgen = parse_env_id(env_id)[0] == "procgen"
@@ -198,8 +200,9 @@ def train(run: OfflineRun, algo: OfflineAlgorithm, policy: ActorCritic, *, deter
         restore_global_rng_states(run.checkpoint["rng"])
         rng.bit_generator.state = run.checkpoint["replay_rng"]
         print(f"resumed {run.out_dir} at step {step}", flush=True)
-    batches = ReadAhead(lambda g: replay.draw(cfg.batch_size, g), replay.read, rng, depth=cfg.prefetch,
-                        workers=max(1, cfg.prefetch))
+    depth = cfg.prefetch if step < cfg.total_steps else 0  # a finished run reads nothing ahead
+    batches = ReadAhead(lambda g: replay.draw(cfg.batch_size, g), replay.read, rng, depth=depth,
+                        workers=max(1, depth))
 
     def checkpoint() -> None:
         if cfg.save_model:
@@ -224,24 +227,26 @@ def train(run: OfflineRun, algo: OfflineAlgorithm, policy: ActorCritic, *, deter
 
     start_time, start_step, last_ckpt = time.time(), step, time.time()
     result: dict[str, Any] = {}
-    while step < cfg.total_steps:
-        logs = algo.train(OfflineReplay.to_torch(batches.next(), run.device))
-        step += 1
-        if step % cfg.log_every == 0 or step == cfg.total_steps:
-            for k, v in logs.items():
-                writer.add_scalar(f"losses/{k}", v, step)
-            sps = (step - start_step) / (time.time() - start_time)
-            writer.add_scalar("charts/SPS", sps, step)
-            print(f"step={step} " + " ".join(f"{k}={logs[k]:.4f}" for k in print_keys) + f" SPS={sps:.1f}",
-                  flush=True)
-        if cfg.eval_episodes > 0 and (step % cfg.eval_every == 0 or step == cfg.total_steps):
-            result = evaluate()
-        if time.time() - last_ckpt >= 60 * cfg.checkpoint_minutes:
-            checkpoint()
-            last_ckpt = time.time()
+    try:
+        while step < cfg.total_steps:
+            logs = algo.train(OfflineReplay.to_torch(batches.next(), run.device))
+            step += 1
+            if step % cfg.log_every == 0 or step == cfg.total_steps:
+                for k, v in logs.items():
+                    writer.add_scalar(f"losses/{k}", v, step)
+                sps = (step - start_step) / (time.time() - start_time)
+                writer.add_scalar("charts/SPS", sps, step)
+                print(f"step={step} " + " ".join(f"{k}={logs[k]:.4f}" for k in print_keys) + f" SPS={sps:.3g}",
+                      flush=True)
+            if cfg.eval_episodes > 0 and (step % cfg.eval_every == 0 or step == cfg.total_steps):
+                result = evaluate()
+            if time.time() - last_ckpt >= 60 * cfg.checkpoint_minutes:
+                checkpoint()
+                last_ckpt = time.time()
+    finally:
+        batches.close()
 
     checkpoint()
-    batches.close()
     if not result and cfg.eval_episodes > 0:
         result = evaluate()
     summary = {"algorithm": run.algorithm, "env_id": run.env_id, "seed": cfg.seed, "steps": step,
