@@ -377,6 +377,23 @@ def resume_conflicts(saved: dict[str, Any], args: Args) -> tuple[list[str], list
     return run, changed
 
 
+def check_args(args: Args) -> None:
+    """Refuse flag values that cannot work, before any data or model is touched (``SystemExit`` says which)."""
+    if not 0 <= args.reward_rare_fraction < 1:
+        raise SystemExit(f"--reward-rare-fraction must be in [0, 1), got {args.reward_rare_fraction}.")
+    if not 0 <= args.reward_dream_share < 1:
+        raise SystemExit(f"--reward-dream-share must be in [0, 1), got {args.reward_dream_share}.")
+    if args.reward_calibrate_windows < 0:
+        raise SystemExit(f"--reward-calibrate-windows must be >= 0, got {args.reward_calibrate_windows}.")
+    if args.reward_dream_windows < 1 or args.reward_dream_horizon < 1:
+        raise SystemExit("--reward-dream-windows and --reward-dream-horizon must be positive, got "
+                         f"{args.reward_dream_windows} and {args.reward_dream_horizon}.")
+    if args.prefetch < 0:
+        raise SystemExit(f"--prefetch must be >= 0 (0 reads each batch in turn), got {args.prefetch}.")
+    if args.retrain_reward_head and not args.resume:
+        raise SystemExit("--retrain-reward-head retrains the head of a finished run; pass it with --resume.")
+
+
 class _LossModule(torch.nn.Module):
     """DDP wraps ``forward`` only: route the world model's training loss through it."""
 
@@ -420,19 +437,7 @@ if __name__ == "__main__":
     from dws_gym.hardware import cpu_model, resolve_precision
 
     args = tyro.cli(Args)
-    if not 0 <= args.reward_rare_fraction < 1:
-        raise SystemExit(f"--reward-rare-fraction must be in [0, 1), got {args.reward_rare_fraction}.")
-    if not 0 <= args.reward_dream_share < 1:
-        raise SystemExit(f"--reward-dream-share must be in [0, 1), got {args.reward_dream_share}.")
-    if args.reward_calibrate_windows < 0:
-        raise SystemExit(f"--reward-calibrate-windows must be >= 0, got {args.reward_calibrate_windows}.")
-    if args.reward_dream_windows < 1 or args.reward_dream_horizon < 1:
-        raise SystemExit("--reward-dream-windows and --reward-dream-horizon must be positive, got "
-                         f"{args.reward_dream_windows} and {args.reward_dream_horizon}.")
-    if args.prefetch < 0:
-        raise SystemExit(f"--prefetch must be >= 0 (0 reads each batch in turn), got {args.prefetch}.")
-    if args.retrain_reward_head and not args.resume:
-        raise SystemExit("--retrain-reward-head retrains the head of a finished run; pass it with --resume.")
+    check_args(args)
     device = pick_device(args.cuda)
     precision = resolve_precision(args.dtype, device)
     dist = setup_distributed(device)

@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -160,16 +161,35 @@ def test_a_run_can_end_with_the_head_calibrated_to_the_real_payment_rate(tmp_pat
     assert "--reward-calibrate-windows 64" in sim.config.training["command"]
 
 
-@pytest.mark.parametrize("flags, message", [(["--retrain-reward-head"], "--resume"),
-                                            (["--reward-rare-fraction", "1.0"], "[0, 1)"),
-                                            (["--reward-dream-share", "1.0"], "--reward-dream-share"),
-                                            (["--reward-dream-windows", "0"], "must be positive"),
-                                            (["--reward-calibrate-windows", "-1"], "--reward-calibrate-windows")])
-def test_reward_flags_are_checked_before_any_work(tmp_path, flags, message):
+def _script(monkeypatch):
+    """train_world_model.py imported as a module (its functions, not its __main__ block)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_world_model", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "train_world_model", script)  # dataclasses look their module up there
+    spec.loader.exec_module(script)
+    return script
+
+
+@pytest.mark.parametrize("changes, message", [(dict(retrain_reward_head=True), "--resume"),
+                                              (dict(reward_rare_fraction=1.0), "[0, 1)"),
+                                              (dict(reward_dream_share=1.0), "--reward-dream-share"),
+                                              (dict(reward_dream_windows=0), "must be positive"),
+                                              (dict(reward_calibrate_windows=-1), "--reward-calibrate-windows"),
+                                              (dict(prefetch=-1), "--prefetch must be >= 0")])
+def test_flags_that_cannot_work_are_refused(monkeypatch, changes, message):
+    script = _script(monkeypatch)
+    script.check_args(script.Args())
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        script.check_args(script.Args(**changes))
+
+
+def test_the_script_checks_its_flags_before_any_work(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--data", "store"] + flags, cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and message in proc.stderr + proc.stdout
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--data", "store", "--reward-dream-share", "1.0"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "--reward-dream-share" in proc.stderr + proc.stdout
     assert not (tmp_path / "store").exists()  # failed before collecting anything
 
 
@@ -242,13 +262,8 @@ def test_interrupted_run_resumes_to_the_same_weights_and_lists_every_command(tmp
 
 
 def test_init_from_starts_at_the_given_simulator_and_rejects_another_shape(trained, tmp_path, monkeypatch):
-    import importlib.util
-
     cwd, _ = trained
-    spec = importlib.util.spec_from_file_location("train_world_model", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "train_world_model", script)  # dataclasses look their module up there
-    spec.loader.exec_module(script)
+    script = _script(monkeypatch)
     source = Simulator.from_pretrained(cwd / "run" / "simulator")
     args = script.Args(unet=script.UNetFlags(widths=(8, 16, 16)), context_frames=3)
     fresh = script.build_model(args, list(source.config.action_meanings), torch.device("cpu"))
@@ -325,14 +340,9 @@ def test_init_from_starts_at_the_given_simulator_and_rejects_another_shape(train
 
 def test_pretrained_path_takes_its_settings_from_the_flow_flags(tmp_path, monkeypatch):
     """--pretrained: the flow group's training / sampling settings reach the Wan model; its sizes come from Wan."""
-    import importlib.util
-
     from tiny_sim import make_tiny_wan_folder
 
-    spec = importlib.util.spec_from_file_location("train_world_model", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "train_world_model", script)
-    spec.loader.exec_module(script)
+    script = _script(monkeypatch)
     folder = make_tiny_wan_folder(tmp_path / "wan")
     flow = script.FlowFlags(working_resolution=32, prompt_max_length=8, sample_shift=3.0, sampling_steps=2,
                             context_noise=0.05, motion_c=2.0, num_layers=7)
