@@ -123,6 +123,8 @@ class OfflineReplay:
         Cheap; :meth:`read` does the disk work, so the two can run in different threads
         (:class:`~dws_gym.data.read_ahead.ReadAhead`).
         """
+        if batch_size <= 0:  # here, not in sample(): read-ahead callers draw without sampling
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
         n_syn = int(round(batch_size * self.synthetic_fraction)) if self.synthetic is not None else 0
         empty = np.zeros(0, dtype=np.int64)
         real = self.real.draw(batch_size - n_syn, rng) if batch_size - n_syn > 0 else empty
@@ -142,8 +144,6 @@ class OfflineReplay:
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """A minibatch: ``obs`` / ``next_obs`` uint8, ``action`` int64, ``reward`` float32 (raw), ``done`` bool and
         ``synthetic`` bool, each with ``batch_size`` rows; the synthetic share is ``round(batch_size * fraction)``."""
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
         return self.read(self.draw(batch_size, rng))
 
     @staticmethod
