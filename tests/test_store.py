@@ -249,6 +249,34 @@ def test_sampling_reproducible_and_batched(tmp_path):
     np.testing.assert_array_equal(clone.get_batch([3])["frames"], clips.get_batch([3])["frames"])
 
 
+def test_views_over_more_episodes_than_open_files(tmp_path):
+    """Views index every episode without holding its frame map: a store with more episodes than the process may
+    open files (a 1M-step Procgen store has ~25k) still builds its views and samples from them."""
+    store = TrajectoryStore(tmp_path, create=True, durable=False)
+    for k in range(120):
+        add_coded(store, 3, base=k)
+    code = """
+        import resource, sys
+        import numpy as np
+        from dws_gym.data import TrajectoryStore
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+        store = TrajectoryStore(sys.argv[1], max_open=8)
+        t = store.transitions(frame_stack=2)
+        c = store.clips(1, 2)
+        b = t.sample(256, np.random.default_rng(0))
+        k = c.sample(256, np.random.default_rng(0))
+        # frame t of episode k holds k + t: the next frame is one brighter than the last stacked frame
+        assert np.all(b["next_obs"][:, -1, 0, 0, 0] == b["obs"][:, -1, 0, 0, 0] + 1)
+        assert len(store._maps) <= 8
+        print(len(t), len(c), len(store._maps))
+    """
+    proc = run_py(code, str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    n_trans, n_clips, n_maps = map(int, out.split())
+    assert n_trans == 120 * 3 and n_clips > 0 and n_maps <= 8
+
+
 # ---------------------------------------------------------------------------- bad input
 
 

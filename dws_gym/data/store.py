@@ -456,6 +456,22 @@ class TrajectoryStore:
                 self._maps.popitem(last=False)  # the map closes once no caller holds a view of it
             return mm
 
+    def steps(self, ep_id: int) -> dict[str, np.ndarray]:
+        """An episode's per-step arrays (``actions``, ``rewards``, ``terminated``, ``truncated``, ``life_lost``),
+        read-only and in memory, without mapping its frames.
+
+        Views that index thousands of episodes use this: holding every episode's frame map would exhaust the
+        process's file descriptors (the LRU of :meth:`obs` cannot close a map a caller still holds).
+        """
+        ep = self._get(ep_id)
+        return {
+            "actions": ep.actions,
+            "rewards": ep.rewards,
+            "terminated": ep.terminated,
+            "truncated": ep.truncated,
+            "life_lost": ep.life_lost,
+        }
+
     def episode(self, ep_id: int) -> dict[str, Any]:
         """One episode as arrays (the names :meth:`add_episode` takes).
 
@@ -463,16 +479,7 @@ class TrajectoryStore:
         (T, *shape) float32, ``rewards`` float32 (T,), ``terminated``/``truncated``/``life_lost`` bool (T,)
         (read-only), and ``meta`` (:class:`EpisodeMeta`).
         """
-        ep = self._get(ep_id)
-        return {
-            "obs": self.obs(ep_id),
-            "actions": ep.actions,
-            "rewards": ep.rewards,
-            "terminated": ep.terminated,
-            "truncated": ep.truncated,
-            "life_lost": ep.life_lost,
-            "meta": ep.meta,
-        }
+        return {"obs": self.obs(ep_id), **self.steps(ep_id), "meta": self.meta(ep_id)}
 
     def clips(
         self, context: int, horizon: int, stride: int = 1, *, episode_ids: Sequence[int] | None = None

@@ -40,7 +40,7 @@ class _EpisodeSet:
         self.frames = np.asarray([m.num_frames for m in metas], dtype=np.int64)
         self.step_offsets = np.zeros(len(ids) + 1, dtype=np.int64)
         np.cumsum(self.lengths, out=self.step_offsets[1:])
-        eps = [store.episode(i) for i in ids]
+        eps = [store.steps(i) for i in ids]  # not episode(): that would hold every frame map open at once
         if eps:
             self.actions = np.concatenate([e["actions"] for e in eps])
             self.rewards = np.concatenate([e["rewards"] for e in eps])
