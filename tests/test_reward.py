@@ -424,6 +424,39 @@ def test_dreamed_transitions_carry_the_real_labels_of_the_steps_they_dream(tmp_p
     assert len(RareEventSampler(data, 0.5).rare_indices) == int(((batch["reward"] != 0) | batch["terminated"]).sum())
 
 
+def test_dreamed_transitions_keep_the_frameless_final_step_of_procgen_episodes(tmp_path):
+    """Procgen loses an episode's final frame, and CoinRun pays its coin on exactly that step: the reward head's
+    dreamed data must still hold it (the dream renders a frame for it), labelled with the real reward."""
+    store = TrajectoryStore(tmp_path / "store", create=True)
+    rng = np.random.default_rng(0)
+    for e in range(4):
+        T = 6
+        rewards = np.zeros(T, np.float32)
+        rewards[-1] = 10.0  # the coin: the step that ends the level
+        term = np.zeros(T, bool)
+        term[-1] = True
+        store.add_episode(rng.integers(0, 255, size=(T, 8, 8, 3), dtype=np.uint8), rng.integers(0, 4, size=T),
+                          rewards, term, np.zeros(T, bool), env_id="Test-v0", final_frame_known=False,
+                          action_space={"type": "discrete", "n": 4})
+    clips = store.clips(2, 3)
+    assert (clips.step_records()["rewards"] == 0).all()  # training windows zero the frameless step ...
+    rec = clips.step_records(frameless_final=True)
+    # ... the option keeps it: of each episode's 4 windows (5 frames of 6) the last 2 reach step 5
+    assert len(clips) == 16 and rec["rewards"].sum() == 10.0 * 2 * 4
+    assert (rec["step_mask"] == (rec["mask"][:, 1:] | (rec["rewards"] == 10.0))).all()  # every other step as before
+    data = DreamedTransitions(_tiny_unet(), clips, 16, np.random.default_rng(0), rare_window_fraction=0.0,
+                              generator=torch.Generator().manual_seed(0), progress=False)
+    batch = data.get_batch(np.arange(len(data)))
+    paid = batch["reward"] == 10.0
+    assert paid.any() and (batch["terminated"] == paid).all()
+    assert len(data) == int(rec["step_mask"][data.windows][:, 1:].sum())  # dreamed steps K-1.. of each window
+    # the paid step's action is the real one, not the zero the training windows put there
+    ids, starts = clips.locate(data.windows)
+    last = {int(i): int(store.steps(int(i))["actions"][-1]) for i in set(ids.tolist())}
+    win_of_paid = data._window[np.flatnonzero(paid)]
+    assert (batch["action"][paid] == [last[int(ids[x])] for x in win_of_paid]).all()
+
+
 def test_dreamed_transitions_reject_a_mismatched_model_or_bad_sizes(tmp_path):
     _store_with_rare_events(tmp_path)
     store = TrajectoryStore(tmp_path / "store")

@@ -137,16 +137,23 @@ class ClipDataset:
         fpos = start[:, None] + np.arange(self.length)[None, :]
         return pos, start, fpos, fpos < self._eps.frames[pos][:, None]
 
-    def step_records(self, indices: Any = None) -> dict[str, np.ndarray]:
+    def step_records(self, indices: Any = None, *, frameless_final: bool = False) -> dict[str, np.ndarray]:
         """The per-step records of the windows ``indices`` (all when ``None``) without reading any frame.
 
         Returns ``actions``, ``rewards``, ``terminated``, ``truncated``, ``life_lost`` ``(n, L - 1)`` (zero where
         the step is not real) and ``mask`` ``(n, L)``, as :meth:`get_batch` has them: statistics over every window,
         e.g. to pick windows in which a reward falls, cost no disk reads.
+
+        With ``frameless_final=True`` the last step of an episode whose final frame is unknown (Procgen: the step
+        that reaches CoinRun's coin) keeps its real action, reward and flags although no frame follows it, and
+        ``step_mask`` ``(n, L - 1)`` says which steps are real. A reward head's dreamed data needs that step: the
+        dream renders a next frame for it, and the real game's label is known.
         """
         eps = self._eps
         pos, _, fpos, mask = self._windows(np.arange(len(self)) if indices is None else indices)
         step_valid = mask[:, 1:]  # step j is real iff its next frame is
+        if frameless_final:  # ... or it is an episode's step without a stored next frame
+            step_valid = step_valid | (fpos[:, :-1] < eps.lengths[pos][:, None])
         flat = np.where(step_valid, eps.step_offsets[pos][:, None] + fpos[:, :-1], 0)
 
         def steps(a: np.ndarray) -> np.ndarray:
@@ -161,6 +168,7 @@ class ClipDataset:
             "truncated": steps(eps.truncated),
             "life_lost": steps(eps.life_lost),
             "mask": mask,
+            **({"step_mask": step_valid} if frameless_final else {}),
         }
 
     def get_batch(self, indices: Any) -> dict[str, np.ndarray]:

@@ -125,7 +125,8 @@ class DreamedTransitions:
     ``num_windows`` real windows of ``K`` context frames and ``T`` further steps are drawn from ``clips`` and
     dreamed open loop: the world model generates frame ``K + h`` from the ``K`` frames before it (real ones first,
     then its own) under the real action, as the simulator steps. Each dreamed frame becomes one transition, with
-    the reward and termination the real game gave for that step. Steps past an episode's end are left out.
+    the reward and termination the real game gave for that step. Steps past an episode's end are left out; the last
+    step of an episode whose final frame is unknown (Procgen) is kept, since its label is known.
 
     The labels stay right as long as the dream follows the real game, which it does best at small ``h``: keep
     ``T`` short (the default 8 is where the shipped Breakout ball still lies within 4 px of the real one in most
@@ -172,7 +173,9 @@ class DreamedTransitions:
             raise ValueError(f"rare_window_fraction must be in [0, 1], got {rare_window_fraction!r}")
         if len(clips) == 0:
             raise ValueError("the clip dataset has no windows to dream from")
-        records = clips.step_records()  # no frame is read
+        # No frame is read. The last step of an episode without a final frame (Procgen's coin) is kept: the dream
+        # renders a frame for it, and its reward is often the only one the episode pays.
+        records = clips.step_records(frameless_final=True)
         dreamed = slice(k - 1, None)  # step j leads to frame j + 1: the dreamed frames K..L-1 come from steps K-1..
         rare = ((records["rewards"][:, dreamed] != 0) | records["terminated"][:, dreamed]).any(axis=1)
         rare_ids = np.flatnonzero(rare)
@@ -188,7 +191,7 @@ class DreamedTransitions:
         for a in tqdm(range(0, len(chosen), batch_size), disable=not progress, desc="dreaming reward-head data"):
             batch = clips.get_batch(chosen[a:a + batch_size])
             frames = torch.from_numpy(batch["frames"]).to(device)
-            actions = torch.from_numpy(batch["actions"]).to(device, torch.int64)
+            actions = torch.from_numpy(records["actions"][chosen[a:a + batch_size]]).to(device, torch.int64)
             with torch.no_grad():
                 for h in range(horizon):
                     frames[:, k + h] = world_model.sample_next(frames[:, h:h + k], actions[:, h:h + k - 1],
@@ -200,7 +203,7 @@ class DreamedTransitions:
         self.frames = np.concatenate(parts)
         """uint8 ``(num_windows, K + T, H, W, C)``: real context frames, then dreamed ones."""
         chosen_records = {key: v[chosen] for key, v in records.items()}
-        valid = chosen_records["mask"][:, k:]  # (num_windows, T): dreamed step h is kept iff its real frame exists
+        valid = chosen_records["step_mask"][:, k - 1:]  # (num_windows, T): dreamed step h is kept iff it is real
         self._window, self._h = np.nonzero(valid)
         self._records = {key: chosen_records[key][:, dreamed][self._window, self._h]
                          for key in ("actions", "rewards", "terminated", "truncated", "life_lost")}
