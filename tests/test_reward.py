@@ -424,37 +424,61 @@ def test_dreamed_transitions_carry_the_real_labels_of_the_steps_they_dream(tmp_p
     assert len(RareEventSampler(data, 0.5).rare_indices) == int(((batch["reward"] != 0) | batch["terminated"]).sum())
 
 
+class _RecordingModel:
+    """A world model that remembers the action each ``sample_next`` call was asked to take."""
+
+    def __init__(self, model: UNetWorldModel) -> None:
+        self.model, self.config, self.device = model, model.config, model.device
+        self.calls: list[np.ndarray] = []
+
+    def sample_next(self, frames, actions, action, generator=None):
+        self.calls.append(action.cpu().numpy().copy())
+        return self.model.sample_next(frames, actions, action, generator=generator)
+
+
 def test_dreamed_transitions_keep_the_frameless_final_step_of_procgen_episodes(tmp_path):
     """Procgen loses an episode's final frame, and CoinRun pays its coin on exactly that step: the reward head's
-    dreamed data must still hold it (the dream renders a frame for it), labelled with the real reward."""
+    dreamed data must still hold it (the dream renders a frame for it under the real action), labelled with the
+    real reward. Episodes with a final frame keep their steps as before."""
     store = TrajectoryStore(tmp_path / "store", create=True)
     rng = np.random.default_rng(0)
-    for e in range(4):
-        T = 6
+    T, k, horizon = 6, 2, 3
+    for e in range(5):
+        known = e == 4  # one Atari-style episode among the Procgen ones
         rewards = np.zeros(T, np.float32)
         rewards[-1] = 10.0  # the coin: the step that ends the level
         term = np.zeros(T, bool)
         term[-1] = True
-        store.add_episode(rng.integers(0, 255, size=(T, 8, 8, 3), dtype=np.uint8), rng.integers(0, 4, size=T),
-                          rewards, term, np.zeros(T, bool), env_id="Test-v0", final_frame_known=False,
-                          action_space={"type": "discrete", "n": 4})
-    clips = store.clips(2, 3)
-    assert (clips.step_records()["rewards"] == 0).all()  # training windows zero the frameless step ...
+        store.add_episode(rng.integers(0, 255, size=(T + known, 8, 8, 3), dtype=np.uint8),
+                          rng.integers(1, 4, size=T), rewards, term, np.zeros(T, bool), env_id="Test-v0",
+                          final_frame_known=known, action_space={"type": "discrete", "n": 4})
+    clips = store.clips(k, horizon)
+    ids, starts = clips.locate(np.arange(len(clips)))
+    assert (clips.step_records()["rewards"][ids != 4] == 0).all()  # training windows zero the frameless step ...
     rec = clips.step_records(frameless_final=True)
-    # ... the option keeps it: of each episode's 4 windows (5 frames of 6) the last 2 reach step 5
-    assert len(clips) == 16 and rec["rewards"].sum() == 10.0 * 2 * 4
-    assert (rec["step_mask"] == (rec["mask"][:, 1:] | (rec["rewards"] == 10.0))).all()  # every other step as before
-    data = DreamedTransitions(_tiny_unet(), clips, 16, np.random.default_rng(0), rare_window_fraction=0.0,
+    frameless = ids != 4
+    # ... the option keeps it, at position T - 1 - start, in each window that reaches it (start >= T - L + 1)
+    reach = frameless & (starts >= T - (k + horizon) + 1)
+    assert reach.sum() == 4 * 2
+    assert (rec["rewards"][reach, T - 1 - starts[reach]] == 10.0).all() and rec["rewards"][frameless].sum() == 80.0
+    assert (rec["step_mask"][~frameless] == rec["mask"][~frameless, 1:]).all()  # a known final frame: as before
+    for key in ("rewards", "actions", "terminated"):
+        np.testing.assert_array_equal(rec[key][~frameless], clips.step_records()[key][~frameless])
+    model = _RecordingModel(_tiny_unet())
+    data = DreamedTransitions(model, clips, 40, np.random.default_rng(0), rare_window_fraction=0.0,
                               generator=torch.Generator().manual_seed(0), progress=False)
     batch = data.get_batch(np.arange(len(data)))
+    assert len(data) == int(rec["step_mask"][data.windows][:, k - 1:].sum())  # dreamed steps K-1.. of each window
     paid = batch["reward"] == 10.0
     assert paid.any() and (batch["terminated"] == paid).all()
-    assert len(data) == int(rec["step_mask"][data.windows][:, 1:].sum())  # dreamed steps K-1.. of each window
-    # the paid step's action is the real one, not the zero the training windows put there
-    ids, starts = clips.locate(data.windows)
-    last = {int(i): int(store.steps(int(i))["actions"][-1]) for i in set(ids.tolist())}
-    win_of_paid = data._window[np.flatnonzero(paid)]
-    assert (batch["action"][paid] == [last[int(ids[x])] for x in win_of_paid]).all()
+    # The world model took each episode's real last action for the frameless step (not the zero of the windows).
+    fed = np.stack(model.calls, axis=1)  # one batch of windows: (windows, horizon)
+    assert fed.shape == (len(data.windows), horizon)
+    w_ids, w_starts = clips.locate(data.windows)
+    for i, (e, st) in enumerate(zip(w_ids, w_starts)):
+        h = T - 1 - st - (k - 1)  # dreamed step index of the episode's last step
+        if 0 <= h < horizon:
+            assert fed[i, h] == store.steps(int(e))["actions"][-1]
 
 
 def test_dreamed_transitions_reject_a_mismatched_model_or_bad_sizes(tmp_path):

@@ -89,7 +89,7 @@ class ClipDataset:
     least one target frame lie inside it (``s + context + 1 <= F``, F = stored frames). Frames past the episode
     end repeat its last frame with ``mask`` False; the steps leading to them have action, reward and flags 0.
     Step ``j`` is real exactly when ``mask[j + 1]`` is: for an episode whose final frame is unknown, the last
-    step (it has no next frame) is therefore zeroed too.
+    step (it has no next frame) is therefore zeroed too (``step_records(frameless_final=True)`` keeps it).
 
     Items (``L = context + horizon``; ``get_batch`` adds a leading batch dimension):
         frames: uint8 ``(L, H, W, C)``.
@@ -141,8 +141,8 @@ class ClipDataset:
         """The per-step records of the windows ``indices`` (all when ``None``) without reading any frame.
 
         Returns ``actions``, ``rewards``, ``terminated``, ``truncated``, ``life_lost`` ``(n, L - 1)`` (zero where
-        the step is not real) and ``mask`` ``(n, L)``, as :meth:`get_batch` has them: statistics over every window,
-        e.g. to pick windows in which a reward falls, cost no disk reads.
+        the step is not real) and ``mask`` ``(n, L)``, as :meth:`get_batch` has them (by default): statistics over
+        every window, e.g. to pick windows in which a reward falls, cost no disk reads.
 
         With ``frameless_final=True`` the last step of an episode whose final frame is unknown (Procgen: the step
         that reaches CoinRun's coin) keeps its real action, reward and flags although no frame follows it, and

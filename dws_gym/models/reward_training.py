@@ -126,7 +126,8 @@ class DreamedTransitions:
     dreamed open loop: the world model generates frame ``K + h`` from the ``K`` frames before it (real ones first,
     then its own) under the real action, as the simulator steps. Each dreamed frame becomes one transition, with
     the reward and termination the real game gave for that step. Steps past an episode's end are left out; the last
-    step of an episode whose final frame is unknown (Procgen) is kept, since its label is known.
+    step of an episode whose final frame is unknown (Procgen) is kept, since its label is known. A window needs one
+    real target frame, so that step is dreamed at ``h >= 2`` only (never with ``T = 1``): keep ``T`` a few steps.
 
     The labels stay right as long as the dream follows the real game, which it does best at small ``h``: keep
     ``T`` short (the default 8 is where the shipped Breakout ball still lies within 4 px of the real one in most
