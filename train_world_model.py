@@ -420,6 +420,7 @@ if __name__ == "__main__":
         fit_reward_head,
         prior_correction,
         reward_head_batches,
+        sign_values_from_rewards,
         with_dreams,
     )
     from dws_gym.simulator import Simulator, SimulatorConfig
@@ -506,8 +507,11 @@ if __name__ == "__main__":
         )
     generator = torch.Generator().manual_seed(args.seed * 1000 + dist.rank)
     np_rng = np.random.default_rng(args.seed * 1000 + dist.rank)
+    # The head pays what the game pays where each sign has one reward value (CoinRun's coin: 10), else +-1.
     reward_head = RewardHead(RewardConfig(context_frames=args.context_frames, num_actions=len(meanings),
-                                          frame_shape=tuple(meta.obs_shape))).to(device)
+                                          frame_shape=tuple(meta.obs_shape),
+                                          sign_values=sign_values_from_rewards(transitions.step_records()["reward"]))
+                             ).to(device)
     start_step = 0
     reward_trained = False
     command = "python train_world_model.py " + " ".join(os.sys.argv[1:])

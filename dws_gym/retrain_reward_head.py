@@ -118,7 +118,7 @@ def _check(args: RetrainArgs) -> None:
 def retrain_reward_head(args: RetrainArgs, command: str | None = None) -> Path:
     """Do what ``args`` describes; returns the written simulator folder."""
     from dws_gym.data import TrajectoryStore, env_episodes, split_episodes
-    from dws_gym.models.reward_training import calibrate_reward_rate, calibration_dreams
+    from dws_gym.models.reward_training import calibrate_reward_rate, calibration_dreams, sign_values_from_rewards
     from dws_gym.simulator import Simulator
 
     sim = Simulator.from_pretrained(args.simulator, device=args.device)
@@ -159,6 +159,9 @@ def retrain_reward_head(args: RetrainArgs, command: str | None = None) -> Path:
         if calibration_set is not None:
             calibration = calibrate_reward_rate(head, calibration_set)
             print(f"calibrated the simulator's head: {calibration.describe()}", flush=True)
+    if head.config.mode == "sign":  # pay what the game pays (CoinRun's coin: 10) where each sign has one value
+        head.set_sign_values(sign_values_from_rewards(transitions.step_records()["reward"]))
+        print(f"the head pays {head.config.sign_values} for a negative / no / positive reward", flush=True)
     sim.reward_head = head
     training = dict(sim.config.training or {})
     command = command or "python -m dws_gym.retrain_reward_head " + " ".join(sys.argv[1:])

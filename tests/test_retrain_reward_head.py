@@ -61,6 +61,22 @@ def test_calibrating_the_shipped_head_changes_only_its_payment_threshold(folders
     assert "--no-train --calibrate-windows 16" in training["command"] and "reward_head_data" not in training
 
 
+def test_the_head_pays_what_the_game_pays(folders, tmp_path, capsys):
+    """A game whose only reward is 10 (Procgen's goal) gets a head that pays 10, not the sign class's 1: the head is
+    relabelled, not retrained, so its ranking of transitions stays."""
+    make_breakout_store(tmp_path / "store10", value=10.0)
+    out = main(["--simulator", str(folders / "sim"), "--data", str(tmp_path / "store10"), "--out", str(tmp_path / "ten"),
+                "--no-train", "--calibrate-windows", "16"] + SMALL)
+    assert "pays (-1.0, 0.0, 10.0)" in capsys.readouterr().out
+    before, after = Simulator.from_pretrained(folders / "sim"), Simulator.from_pretrained(out)
+    assert before.reward_head.config.sign_values == (-1.0, 0.0, 1.0)
+    assert after.reward_head.config.sign_values == (-1.0, 0.0, 10.0)
+    for (name, a), b in zip(before.reward_head.state_dict().items(), after.reward_head.state_dict().values()):
+        assert torch.equal(a, b), name
+    logits = torch.tensor([[0.0, 1.0, 5.0], [0.0, 5.0, 1.0], [5.0, 1.0, 0.0]])
+    assert after.reward_head.reward_values(logits).tolist() == [10.0, 0.0, -1.0]
+
+
 def test_candidates_keep_the_best_head_on_the_calibration_dreams(folders, tmp_path, capsys):
     out = main(["--simulator", str(folders / "sim"), "--data", str(folders / "store"), "--out", str(tmp_path / "best"),
                 "--candidates", "2", "--calibrate-windows", "16"] + SMALL)

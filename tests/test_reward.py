@@ -33,6 +33,7 @@ from dws_gym.models.reward_training import (
     fit_reward_head,
     mixed_batches,
     reward_head_batches,
+    sign_values_from_rewards,
 )
 from dws_gym.models.unet import UNetConfig, UNetWorldModel
 
@@ -261,6 +262,30 @@ def test_save_load_round_trip(tmp_path) -> None:
         load_reward_head(tmp_path / "w.safetensors")
     with pytest.raises(ValueError, match="unknown"):
         RewardConfig.from_dict({**cfg.to_dict(), "extra_key": 1})
+
+
+def test_sign_values_follow_the_data_where_each_sign_has_one_value(tmp_path) -> None:
+    assert sign_values_from_rewards(np.array([0, 0, 10, 10], np.float32)) == (-1.0, 0.0, 10.0)  # CoinRun's coin
+    assert sign_values_from_rewards(np.array([0, 1, 4, 7, -2])) == (-2.0, 0.0, 1.0)  # Breakout's bricks: clipped
+    assert sign_values_from_rewards(torch.zeros(5)) == (-1.0, 0.0, 1.0)  # no reward seen: the clipped default
+    with pytest.raises(ValueError, match="NaN"):
+        sign_values_from_rewards(np.array([0.0, np.nan]))
+    cfg = RewardConfig(sign_values=(-1.0, 0.0, 10.0), **SMALL)
+    assert RewardConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))).sign_values == (-1.0, 0.0, 10.0)
+    head = RewardHead(cfg)
+    ctx, act, nxt = _inputs(cfg, 4)
+    with torch.no_grad():
+        head.reward_out.bias.copy_(torch.tensor([0.0, 0.0, 5.0]))  # every transition pays
+    assert head.predict(ctx, act, nxt)[0].tolist() == [10.0] * 4
+    assert load_reward_head(save_reward_head(head, tmp_path / "r.safetensors")).predict(ctx, act, nxt)[0][0] == 10.0
+    head.set_sign_values((-3.0, 0.0, 2.0))
+    assert head.predict(ctx, act, nxt)[0].tolist() == [2.0] * 4 and head.config.sign_values == (-3.0, 0.0, 2.0)
+    for bad in ((1.0, 0.0, 1.0), (-1.0, 0.5, 1.0), (-1.0, 0.0, float("inf")), (-1.0, 1.0)):
+        with pytest.raises(ValueError, match="sign_values"):
+            RewardConfig(sign_values=bad, **SMALL)
+        with pytest.raises(ValueError, match="sign_values"):
+            head.set_sign_values(bad)
+    assert head.config.sign_values == (-3.0, 0.0, 2.0)  # a rejected change leaves the head as it was
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -77,14 +77,14 @@ def make_tiny_wan_folder(root):
     return root
 
 
-def make_breakout_store(path, rewarded_steps=(5, 12), episodes: int = 4, steps: int = 20):
-    """A real store of ``episodes`` random-frame Breakout episodes (64x64) that pay 1 at ``rewarded_steps`` and end in
-    a game over; with the default split the last episode is held out."""
+def make_breakout_store(path, rewarded_steps=(5, 12), episodes: int = 4, steps: int = 20, value: float = 1.0):
+    """A real store of ``episodes`` random-frame Breakout episodes (64x64) that pay ``value`` at ``rewarded_steps``
+    and end in a game over; with the default split the last episode is held out."""
     store = TrajectoryStore(path, create=True)
     rng = np.random.default_rng(0)
     for _ in range(episodes):
         rewards = np.zeros(steps, np.float32)
-        rewards[list(rewarded_steps)] = 1.0
+        rewards[list(rewarded_steps)] = value
         store.add_episode(rng.integers(0, 256, (steps + 1, 64, 64, 3), dtype=np.uint8), rng.integers(0, 4, steps),
                           rewards, np.eye(steps, dtype=bool)[-1], np.zeros(steps, bool), env_id="ALE/Breakout-v5",
                           action_meanings=BREAKOUT)

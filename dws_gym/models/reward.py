@@ -24,7 +24,10 @@ Architecture (the paper names linear, self-attention and cross-attention layers;
 
 Reward targets (``RewardConfig.mode``):
 
-* ``"sign"``: 3 classes of ``sign(r)`` with values ``(-1, 0, +1)``, for games trained on clipped rewards (Atari).
+* ``"sign"``: 3 classes of ``sign(r)``, paying ``RewardConfig.sign_values``: ``(-1, 0, +1)`` by default, for games
+  trained on clipped rewards (Atari); a game whose rewards of each sign all have one value (Procgen CoinRun and
+  Ninja pay 10 for the goal) keeps that value, so the dream pays what the game pays
+  (:func:`dws_gym.models.reward_training.sign_values_from_rewards`).
 * ``"twohot"``: ``num_bins`` bins evenly spaced in symlog space over ``[bin_low, bin_high]`` (DreamerV3 style;
   default 255 bins over ``[-20, 20]``); the target is the two-hot encoding of ``symlog(r)``.
 
@@ -238,6 +241,8 @@ class RewardConfig:
             per class undoes the prior shift of oversampled training batches
             (:func:`dws_gym.models.reward_training.prior_correction`); ``None`` adds nothing.
         termination_logit_offset: the same for the termination logit (``logit p_data - logit p_train``).
+        sign_values: the reward paid for each sign class in sign mode (negative, zero, positive), e.g.
+            ``(-1, 0, 10)`` for a game whose only reward is 10; ignored in two-hot mode.
     """
 
     mode: Literal["sign", "twohot"] = "sign"
@@ -260,6 +265,7 @@ class RewardConfig:
     termination_coef: float = 1.0
     reward_logit_offset: tuple[float, ...] | None = None
     termination_logit_offset: float = 0.0
+    sign_values: tuple[float, float, float] = SIGN_VALUES
 
     def __post_init__(self) -> None:
         if self.mode not in ("sign", "twohot"):
@@ -316,6 +322,11 @@ class RewardConfig:
             raise ValueError(f"RewardConfig.termination_logit_offset must be finite, got "
                              f"{self.termination_logit_offset!r}")
         self.termination_logit_offset = float(self.termination_logit_offset)
+        sv = tuple(float(x) for x in self.sign_values)
+        if len(sv) != 3 or not all(math.isfinite(x) for x in sv) or not (sv[0] < 0.0 and sv[1] == 0.0 and sv[2] > 0.0):
+            raise ValueError(f"RewardConfig.sign_values must be (negative, 0, positive) finite floats, "
+                             f"got {self.sign_values!r}")
+        self.sign_values = sv  # type: ignore[assignment]
 
     @property
     def num_classes(self) -> int:
@@ -330,6 +341,7 @@ class RewardConfig:
             d["class_weights"] = list(self.class_weights)
         if self.reward_logit_offset is not None:
             d["reward_logit_offset"] = list(self.reward_logit_offset)
+        d["sign_values"] = list(self.sign_values)
         return d
 
     @classmethod
@@ -446,7 +458,7 @@ class RewardHead(nn.Module):
         # Snap a bin that should sit at 0 (odd count, symmetric range) onto exact 0, so "no reward" is representable.
         bins = torch.where(bins.abs() < 1e-9 * (config.bin_high - config.bin_low), torch.zeros_like(bins), bins)
         self.register_buffer("bins", bins.float(), persistent=False)
-        self.register_buffer("sign_values", torch.tensor(SIGN_VALUES), persistent=False)
+        self.register_buffer("sign_values", torch.tensor(config.sign_values), persistent=False)
         # Start from the prior "no reward, not terminated", so an untrained head (sampled or not) reads as a quiet
         # transition: zero output weights, about 0.8 probability on the zero-reward class / bin(s), p(term) ~ 0.12.
         for lin in (self.reward_out, self.termination_out):
@@ -562,6 +574,17 @@ class RewardHead(nn.Module):
         nxt = self.norm_out(nxt)
         feat = self.trunk(torch.cat([nxt.mean(1), nxt.amax(1), act], dim=-1))
         return RewardOutput(self.reward_out(feat), self.termination_out(feat).squeeze(-1))
+
+    def set_sign_values(self, values: Sequence[float]) -> None:
+        """Set what a sign-mode head pays per class (negative, zero, positive), in its config and on its device;
+        a pure relabelling of the classes, so a trained head keeps its ranking of transitions.
+
+        Raises:
+            ValueError: values that are not (negative, 0, positive) finite floats.
+        """
+        new = dataclasses.replace(self.config, sign_values=tuple(float(v) for v in values))  # validates
+        self.config.sign_values = new.sign_values
+        self.sign_values.copy_(torch.tensor(new.sign_values, dtype=self.sign_values.dtype))
 
     def reward_values(self, reward_logits: torch.Tensor) -> torch.Tensor:
         """Point reward of each row of logits: argmax class value (sign) or ``symexp`` of the bin expectation."""

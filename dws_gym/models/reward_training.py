@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from dws_gym.models.reward import (
+    SIGN_VALUES,
     ArrayLike,
     RewardHead,
     class_balanced_weights,
@@ -44,8 +45,30 @@ __all__ = [
     "prior_correction",
     "reward_head_batches",
     "reward_margins",
+    "sign_values_from_rewards",
     "with_dreams",
 ]
+
+
+def sign_values_from_rewards(rewards: ArrayLike) -> tuple[float, float, float]:
+    """What a sign-mode head should pay for each sign class, read from the training rewards.
+
+    A sign whose non-zero rewards all have one value keeps it (Procgen CoinRun's coin pays 10, so the dream pays
+    10, not 1); a sign with several values (Breakout's bricks pay 1, 4 or 7) or none in the data pays ``-1`` /
+    ``+1``, the clipped reward agents train on in Atari. The result goes to ``RewardConfig.sign_values``.
+
+    Raises:
+        ValueError: non-finite rewards.
+    """
+    r = np.asarray(rewards.detach().cpu() if isinstance(rewards, torch.Tensor) else rewards, np.float64).reshape(-1)
+    if not np.isfinite(r).all():
+        raise ValueError("rewards contain NaN or inf")
+    values = list(SIGN_VALUES)
+    for cls, part in ((0, r[r < 0]), (2, r[r > 0])):
+        distinct = np.unique(part)
+        if len(distinct) == 1:
+            values[cls] = float(distinct[0])
+    return values[0], values[1], values[2]
 
 
 def balance_weights_from_data(
