@@ -65,8 +65,8 @@ def test_the_head_pays_what_the_game_pays(folders, tmp_path, capsys):
     """A game whose only reward is 10 (Procgen's goal) gets a head that pays 10, not the sign class's 1: the head is
     relabelled, not retrained, so its ranking of transitions stays."""
     make_breakout_store(tmp_path / "store10", value=10.0)
-    out = main(["--simulator", str(folders / "sim"), "--data", str(tmp_path / "store10"), "--out", str(tmp_path / "ten"),
-                "--no-train", "--calibrate-windows", "16"] + SMALL)
+    out = main(["--simulator", str(folders / "sim"), "--data", str(tmp_path / "store10"),
+                "--out", str(tmp_path / "ten"), "--no-train", "--calibrate-windows", "16"] + SMALL)
     assert "pays (-1.0, 0.0, 10.0)" in capsys.readouterr().out
     before, after = Simulator.from_pretrained(folders / "sim"), Simulator.from_pretrained(out)
     assert before.reward_head.config.sign_values == (-1.0, 0.0, 1.0)

@@ -323,7 +323,8 @@ class RewardConfig:
                              f"{self.termination_logit_offset!r}")
         self.termination_logit_offset = float(self.termination_logit_offset)
         sv = tuple(float(x) for x in self.sign_values)
-        if len(sv) != 3 or not all(math.isfinite(x) for x in sv) or not (sv[0] < 0.0 and sv[1] == 0.0 and sv[2] > 0.0):
+        ordered = len(sv) == 3 and sv[0] < 0.0 and sv[1] == 0.0 and sv[2] > 0.0
+        if not (ordered and all(math.isfinite(x) for x in sv)):
             raise ValueError(f"RewardConfig.sign_values must be (negative, 0, positive) finite floats, "
                              f"got {self.sign_values!r}")
         self.sign_values = sv  # type: ignore[assignment]
