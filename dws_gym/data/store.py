@@ -650,6 +650,62 @@ class TrajectoryStore:
             f"pass action_space="
         )
 
+    def add_episode_from(
+        self, source: TrajectoryStore, ep_id: int, *, link: bool = True, extra: Mapping[str, Any] | None = None
+    ) -> int:
+        """Publish a copy of ``source``'s episode ``ep_id`` in this store; returns its new id here.
+
+        The frame and step files are hard-linked when ``link`` is True and both stores are on one filesystem
+        (stores never rewrite a published file, so a link is as safe as a copy and costs no disk), else copied.
+        The metadata is the source's with ``extra`` merged into its ``extra``. Like :meth:`add_episode`, the
+        episode appears whole or not at all.
+
+        Raises:
+            KeyError: ``source`` has no episode ``ep_id``.
+            ValueError: ``source`` is this store.
+        """
+        if Path(source.root).resolve() == self.root.resolve():
+            raise ValueError(f"cannot add {self.root}'s own episode {ep_id} to itself")
+        src = source._get(ep_id)
+        meta = dataclasses.replace(src.meta, extra={**src.meta.extra, **dict(extra or {})})
+        json.dumps(meta.extra)  # fail here, before anything is written, on extras JSON cannot hold
+        self._tmp_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._tmp_dir / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        tmp.mkdir()
+        try:
+            for name in (_OBS_FILE, _STEPS_FILE):
+                from_path = src.obs_path.parent / name
+                if link:
+                    try:
+                        os.link(from_path, tmp / name)
+                        continue
+                    except OSError as e:  # another filesystem, or one without links: copy instead
+                        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                            raise
+                shutil.copyfile(from_path, tmp / name)
+                if self.durable:
+                    with open(tmp / name, "rb") as f:
+                        os.fsync(f.fileno())
+            with open(tmp / _META_FILE, "w", encoding="utf-8") as f:
+                json.dump(meta.to_json_dict(), f, indent=1)
+                f.flush()
+                if self.durable:
+                    os.fsync(f.fileno())
+            if self.durable:
+                _fsync_dir(tmp)
+            new_id = self._publish(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if self.durable:
+            _fsync_dir(self._episodes_dir)
+        folder = self._episodes_dir / f"ep_{new_id:0{_EP_DIGITS}d}"
+        episode = self._load_episode(new_id, folder)
+        with self._lock:
+            self._episodes[new_id] = episode
+            self._order = sorted(self._episodes)
+        return new_id
+
     def _write(self, obs: np.ndarray, steps: np.ndarray, meta: EpisodeMeta) -> int:
         self._tmp_dir.mkdir(parents=True, exist_ok=True)
         tmp = self._tmp_dir / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,129 @@
+"""Merging trajectory stores: which episodes, in what order, linked or copied, resumable, and refused mixes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dws_gym.data import TrajectoryStore, split_episodes
+from dws_gym.data.merge import MergeArgs, main, merge_stores, parse_source
+from tests.test_store import add_coded
+
+
+def _store(path, episodes: int, T: int, base: int, **kw) -> TrajectoryStore:
+    store = TrajectoryStore(path, create=True, durable=False)
+    for _ in range(episodes):
+        add_coded(store, T, base=base, **kw)
+    return store
+
+
+def _origins(store: TrajectoryStore) -> list[tuple[str, int]]:
+    return [(m["store"], m["episode_id"]) for m in (store.meta(i).extra["merged_from"] for i in store.episode_ids())]
+
+
+def test_parse_source():
+    assert parse_source("data/a") == ("data/a", None)
+    assert parse_source("data/a:2000") == ("data/a", 2000)
+    assert parse_source("data/a:b") == ("data/a:b", None)
+    with pytest.raises(ValueError, match="positive"):
+        parse_source("data/a:0")
+
+
+def test_merge_leaves_held_out_out_interleaves_and_links(tmp_path):
+    a = _store(tmp_path / "a", 10, T=5, base=0)
+    b = _store(tmp_path / "b", 20, T=3, base=100)
+    result = merge_stores(MergeArgs(out=str(tmp_path / "m"), sources=[str(a.root), str(b.root)]))
+    merged = TrajectoryStore(tmp_path / "m")
+    a_train, a_held = split_episodes(a, 0.1)
+    b_train, b_held = split_episodes(b, 0.1)
+    assert (result.added, result.kept) == (len(a_train) + len(b_train), 0) == (27, 0)
+    assert result.steps_by_source == {str(a.root): 9 * 5, str(b.root): 18 * 3}
+    origins = _origins(merged)
+    a_root, b_root = str(a.root.resolve()), str(b.root.resolve())
+    assert sorted(i for s, i in origins if s == a_root) == a_train
+    assert sorted(i for s, i in origins if s == b_root) == b_train
+    assert not {i for s, i in origins if s == a_root} & set(a_held)
+    # Interleaved: the merged store's own held-out tail has both sources, each in source order.
+    _, tail = split_episodes(merged, 0.1)
+    assert {origins[merged.episode_ids().index(i)][0] for i in tail} == {a_root, b_root}
+    assert [i for s, i in origins if s == b_root] == b_train
+    # Same frames, steps and metadata as the source; the files are links, not copies.
+    for new_id, (src_root, src_id) in zip(merged.episode_ids(), origins):
+        src = a if src_root == a_root else b
+        np.testing.assert_array_equal(merged.obs(new_id), src.obs(src_id))
+        for key, value in src.steps(src_id).items():
+            np.testing.assert_array_equal(merged.steps(new_id)[key], value)
+        assert merged.meta(new_id).policy == src.meta(src_id).policy
+        assert merged.meta(new_id).env_id == "Test-v0"
+        folder = merged.root / "episodes" / f"ep_{new_id:09d}"
+        src_folder = src.root / "episodes" / f"ep_{src_id:09d}"
+        assert (folder / "obs.npy").stat().st_ino == (src_folder / "obs.npy").stat().st_ino
+    assert len(merged.clips(2, 2)) > 0
+
+
+def test_merge_step_budget_copy_and_all_episodes(tmp_path):
+    a = _store(tmp_path / "a", 6, T=4, base=0)
+    b = _store(tmp_path / "b", 6, T=4, base=50)
+    result = merge_stores(MergeArgs(out=str(tmp_path / "m"), sources=[f"{a.root}:9", str(b.root)],
+                                    exclude_held_out=0.0, link=False))
+    # whole episodes until the budget is reached: 4 + 4 < 9, so a third one
+    assert result.steps_by_source == {str(a.root): 12, str(b.root): 24}
+    merged = TrajectoryStore(tmp_path / "m")
+    assert len(merged) == 3 + 6
+    first = merged.episode_ids()[0]
+    src_root, src_id = _origins(merged)[0]
+    src = a if src_root == str(a.root.resolve()) else b
+    copied = merged.root / "episodes" / f"ep_{first:09d}" / "obs.npy"
+    assert copied.stat().st_ino != (src.root / "episodes" / f"ep_{src_id:09d}" / "obs.npy").stat().st_ino
+    np.testing.assert_array_equal(merged.obs(first), src.obs(src_id))
+
+
+def test_interrupted_merge_resumes_without_duplicates(tmp_path, monkeypatch):
+    a = _store(tmp_path / "a", 8, T=3, base=0)
+    b = _store(tmp_path / "b", 8, T=3, base=30)
+    args = MergeArgs(out=str(tmp_path / "m"), sources=[str(a.root), str(b.root)])
+    real = TrajectoryStore.add_episode_from
+    calls = {"n": 0}
+
+    def killed_after_five(self, *a, **kw):
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # the merge is stopped here, as Ctrl-C would
+        calls["n"] += 1
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(TrajectoryStore, "add_episode_from", killed_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        merge_stores(args)
+    monkeypatch.setattr(TrajectoryStore, "add_episode_from", real)
+    assert len(TrajectoryStore(tmp_path / "m")) == 5
+    assert not list((tmp_path / "m" / "tmp").iterdir())  # nothing half-written left behind
+    result = merge_stores(args)
+    assert (result.added, result.kept) == (14 - 5, 5)
+    merged = TrajectoryStore(tmp_path / "m")
+    origins = _origins(merged)
+    assert len(origins) == len(set(origins)) == 14
+    again = merge_stores(args)
+    assert (again.added, again.kept) == (0, 14)
+
+
+def test_merge_refuses_bad_mixes(tmp_path, capsys):
+    a = _store(tmp_path / "a", 4, T=3, base=0)
+    c = TrajectoryStore(tmp_path / "c", create=True, durable=False)
+    for _ in range(4):
+        obs = np.zeros((4, 4, 4, 3), np.uint8)
+        c.add_episode(obs, np.zeros(3, np.int64), np.zeros(3, np.float32), np.array([0, 0, 1], bool),
+                      np.zeros(3, bool), env_id="Test-v0", action_space={"type": "discrete", "n": 4})
+    with pytest.raises(ValueError, match="one game and action set"):
+        merge_stores(MergeArgs(out=str(tmp_path / "m"), sources=[str(a.root), str(c.root)]))
+    with pytest.raises(ValueError, match="also a source"):
+        merge_stores(MergeArgs(out=str(a.root), sources=[str(a.root), str(c.root)]))
+    with pytest.raises(ValueError, match="named twice"):
+        merge_stores(MergeArgs(out=str(tmp_path / "m"), sources=[str(a.root), str(a.root) + "/"]))
+    with pytest.raises(ValueError, match="no Other-v0 episodes"):
+        merge_stores(MergeArgs(out=str(tmp_path / "m"), sources=[str(a.root)], env_id="Other-v0"))
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["--out", str(tmp_path / "m"), "--sources", str(tmp_path / "missing")])
+    with pytest.raises(ValueError, match="to itself"):
+        a.add_episode_from(a, a.episode_ids()[0])
+    assert len(a) == 4  # refusals happen before anything is written
+    assert not (tmp_path / "m").exists() or len(TrajectoryStore(tmp_path / "m")) == 0
