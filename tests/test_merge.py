@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+
 import numpy as np
 import pytest
 
 from dws_gym.data import TrajectoryStore, split_episodes
 from dws_gym.data.merge import MergeArgs, main, merge_stores, parse_source
-from tests.test_store import add_coded
+from tests.test_store import add_coded, coded_episode
 
 
 def _store(path, episodes: int, T: int, base: int, **kw) -> TrajectoryStore:
@@ -21,12 +25,17 @@ def _origins(store: TrajectoryStore) -> list[tuple[str, int]]:
     return [(m["store"], m["episode_id"]) for m in (store.meta(i).extra["merged_from"] for i in store.episode_ids())]
 
 
-def test_parse_source():
+def test_parse_source(tmp_path):
     assert parse_source("data/a") == ("data/a", None)
     assert parse_source("data/a:2000") == ("data/a", 2000)
+    assert parse_source("data/a:200_000") == ("data/a", 200_000)
     assert parse_source("data/a:b") == ("data/a:b", None)
-    with pytest.raises(ValueError, match="positive"):
-        parse_source("data/a:0")
+    odd = tmp_path / "runs:5000"
+    odd.mkdir()
+    assert parse_source(str(odd)) == (str(odd), None)  # an existing folder is a path, whatever its name
+    for bad in ("data/a:0", "data/a:-5"):
+        with pytest.raises(ValueError, match="positive"):
+            parse_source(bad)
 
 
 def test_merge_leaves_held_out_out_interleaves_and_links(tmp_path):
@@ -82,41 +91,93 @@ def test_interrupted_merge_resumes_without_duplicates(tmp_path, monkeypatch):
     a = _store(tmp_path / "a", 8, T=3, base=0)
     b = _store(tmp_path / "b", 8, T=3, base=30)
     args = MergeArgs(out=str(tmp_path / "m"), sources=[str(a.root), str(b.root)])
-    real = TrajectoryStore.add_episode_from
+    real = TrajectoryStore._publish
     calls = {"n": 0}
 
-    def killed_after_five(self, *a, **kw):
-        if calls["n"] == 5:
-            raise KeyboardInterrupt  # the merge is stopped here, as Ctrl-C would
+    def killed_at_the_sixth(self, tmp):
+        if calls["n"] == 5:  # the files of the sixth episode are written, its publish never happens
+            assert sorted(p.name for p in tmp.iterdir()) == ["meta.json", "obs.npy", "steps.npy"]
+            raise KeyboardInterrupt
         calls["n"] += 1
-        return real(self, *a, **kw)
+        return real(self, tmp)
 
-    monkeypatch.setattr(TrajectoryStore, "add_episode_from", killed_after_five)
+    monkeypatch.setattr(TrajectoryStore, "_publish", killed_at_the_sixth)
     with pytest.raises(KeyboardInterrupt):
         merge_stores(args)
-    monkeypatch.setattr(TrajectoryStore, "add_episode_from", real)
+    monkeypatch.setattr(TrajectoryStore, "_publish", real)
     assert len(TrajectoryStore(tmp_path / "m")) == 5
-    assert not list((tmp_path / "m" / "tmp").iterdir())  # nothing half-written left behind
+    assert not list((tmp_path / "m" / "tmp").iterdir())  # the half-written one is gone
     result = merge_stores(args)
     assert (result.added, result.kept) == (14 - 5, 5)
-    merged = TrajectoryStore(tmp_path / "m")
-    origins = _origins(merged)
-    assert len(origins) == len(set(origins)) == 14
+    once = TrajectoryStore(tmp_path / "m")
+    fresh = merge_stores(MergeArgs(out=str(tmp_path / "fresh"), sources=args.sources))
+    assert fresh.added == 14 and _origins(once) == _origins(TrajectoryStore(tmp_path / "fresh"))
     again = merge_stores(args)
     assert (again.added, again.kept) == (0, 14)
 
 
-def test_merge_refuses_bad_mixes(tmp_path, capsys):
+def test_resume_refuses_other_flags_other_data_and_rewritten_sources(tmp_path):
+    a = _store(tmp_path / "a", 10, T=3, base=0)
+    b = _store(tmp_path / "b", 10, T=3, base=30)
+    merge_stores(MergeArgs(out=str(tmp_path / "m"), sources=[str(a.root), str(b.root)], exclude_held_out=0.0))
+    # the default flags would leave the sources' held-out episodes out: the store holds them, so it is refused
+    with pytest.raises(ValueError, match="would not have written"):
+        merge_stores(MergeArgs(out=str(tmp_path / "m"), sources=[str(a.root), str(b.root)]))
+    with pytest.raises(ValueError, match="would not have written"):
+        merge_stores(MergeArgs(out=str(tmp_path / "m"), sources=[f"{a.root}:6", str(b.root)],
+                               exclude_held_out=0.0))
+    # a store of other data
+    c = _store(tmp_path / "c", 2, T=3, base=0)
+    with pytest.raises(ValueError, match="not merged"):
+        merge_stores(MergeArgs(out=str(c.root), sources=[str(a.root)]))
+    # a source collected again at the same path: same ids, other episodes
+    shutil.rmtree(a.root)
+    _store(tmp_path / "a", 10, T=4, base=0)
+    with pytest.raises(ValueError, match="changed since"):
+        merge_stores(MergeArgs(out=str(tmp_path / "m"), sources=[str(a.root), str(b.root)], exclude_held_out=0.0))
+    assert len(TrajectoryStore(tmp_path / "m")) == 20 and len(TrajectoryStore(c.root)) == 2  # nothing added
+
+
+def test_links_fall_back_to_copies(tmp_path, monkeypatch):
+    a = _store(tmp_path / "a", 2, T=3, base=0)
+    out = TrajectoryStore(tmp_path / "m", create=True, durable=False)
+
+    def no_links(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    new_id = out.add_episode_from(a, 0, extra={"note": 1})
+    np.testing.assert_array_equal(out.obs(new_id), a.obs(0))
+    assert out.meta(new_id).extra["note"] == 1
+
+    def disk_full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "link", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        out.add_episode_from(a, 1)
+    with pytest.raises(ValueError, match="JSON"):
+        out.add_episode_from(a, 1, extra={"x": float("nan")})
+    assert len(out) == 1 and not list((tmp_path / "m" / "tmp").iterdir())
+
+
+def test_merge_refuses_bad_mixes(tmp_path):
     a = _store(tmp_path / "a", 4, T=3, base=0)
-    c = TrajectoryStore(tmp_path / "c", create=True, durable=False)
+    fewer_actions = TrajectoryStore(tmp_path / "c", create=True, durable=False)
+    bigger_frames = TrajectoryStore(tmp_path / "d", create=True, durable=False)
     for _ in range(4):
-        obs = np.zeros((4, 4, 4, 3), np.uint8)
-        c.add_episode(obs, np.zeros(3, np.int64), np.zeros(3, np.float32), np.array([0, 0, 1], bool),
-                      np.zeros(3, bool), env_id="Test-v0", action_space={"type": "discrete", "n": 4})
-    with pytest.raises(ValueError, match="one game and action set"):
-        merge_stores(MergeArgs(out=str(tmp_path / "m"), sources=[str(a.root), str(c.root)]))
+        obs, act, rew, term, trunc = coded_episode(3)
+        fewer_actions.add_episode(obs, act % 4, rew, term, trunc, env_id="Test-v0",
+                                  action_space={"type": "discrete", "n": 4})
+        big = np.zeros((4, 8, 8, 3), np.uint8)
+        bigger_frames.add_episode(big, act, rew, term, trunc, env_id="Test-v0",
+                                  action_space={"type": "discrete", "n": 256})
+    with pytest.raises(ValueError, match=r"actions \{'n': 4"):
+        merge_stores(MergeArgs(out=str(tmp_path / "m"), sources=[str(a.root), str(fewer_actions.root)]))
+    with pytest.raises(ValueError, match=r"frames \(8, 8, 3\)"):
+        merge_stores(MergeArgs(out=str(tmp_path / "m"), sources=[str(a.root), str(bigger_frames.root)]))
     with pytest.raises(ValueError, match="also a source"):
-        merge_stores(MergeArgs(out=str(a.root), sources=[str(a.root), str(c.root)]))
+        merge_stores(MergeArgs(out=str(a.root), sources=[str(a.root), str(fewer_actions.root)]))
     with pytest.raises(ValueError, match="named twice"):
         merge_stores(MergeArgs(out=str(tmp_path / "m"), sources=[str(a.root), str(a.root) + "/"]))
     with pytest.raises(ValueError, match="no Other-v0 episodes"):
@@ -125,5 +186,4 @@ def test_merge_refuses_bad_mixes(tmp_path, capsys):
         main(["--out", str(tmp_path / "m"), "--sources", str(tmp_path / "missing")])
     with pytest.raises(ValueError, match="to itself"):
         a.add_episode_from(a, a.episode_ids()[0])
-    assert len(a) == 4  # refusals happen before anything is written
-    assert not (tmp_path / "m").exists() or len(TrajectoryStore(tmp_path / "m")) == 0
+    assert len(a) == 4 and not (tmp_path / "m").exists()  # refusals come before anything is written

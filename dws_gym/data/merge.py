@@ -1,23 +1,28 @@
 """Merge trajectory stores into one: train a simulator on several behaviour policies' data in one run.
 
-    python -m dws_gym.data.merge --out data/coinrun-mixed --sources data/coinrun-runner:200000 data/coinrun-random
+    python -m dws_gym.data.merge --out data/coinrun-mixed --sources data/coinrun-runner:100000 data/coinrun-random
 
-Each source is ``PATH`` or ``PATH:STEPS`` (take whole episodes, in id order, until ``STEPS`` steps). By default
-the episodes each source holds out (:func:`~dws_gym.data.split_episodes` with ``--exclude-held-out``, the fraction
-``train_world_model.py`` and ``python -m dws_gym.evaluation`` use) are left out, so a simulator trained on the merged
-store can still be scored on every source's held-out windows.
+Each source is ``PATH`` or ``PATH:STEPS``: whole episodes in id order until at least ``STEPS`` steps (an existing
+folder whose name ends in ``:<digits>`` is read as a path). By default the episodes each source holds out
+(:func:`~dws_gym.data.split_episodes` at ``--exclude-held-out``, the fraction ``train_world_model.py`` and
+``python -m dws_gym.evaluation`` use) are left out, so a simulator trained on the merged store can be scored on each
+source's own held-out windows: ``python -m dws_gym.evaluation --data <source>`` (the merged store's own held-out
+tail is made of the sources' training episodes).
 
 The sources' episodes are interleaved by their relative position (a source's first 10% of episodes land in the
-merged store's first 10%), so the merged store's own held-out tail has every source in its share. Files are
-hard-linked where the stores share a filesystem (no extra disk) and copied otherwise. Each merged episode names its
-origin in ``extra["merged_from"]``; killed and re-run with the same flags, the merge continues where it stopped and
-adds no episode twice.
+merged store's first 10%), so the merged store's own held-out tail has every source in proportion to its episodes.
+Files are hard-linked where the filesystem allows (no extra disk) and copied otherwise. Each merged episode names its
+origin in ``extra["merged_from"]`` (store, episode id, length, return, write time). Killed and re-run with the same
+flags, the merge continues where it stopped and adds no episode twice; an output folder holding anything else (other
+data, a merge with other flags, a source rewritten since) is refused. Run one merge per output folder at a time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,15 +64,31 @@ class MergeResult:
 
 
 def parse_source(spec: str) -> tuple[str, int | None]:
-    """``"PATH"`` → ``(PATH, None)``; ``"PATH:STEPS"`` → ``(PATH, STEPS)``. A tail after the last ``:`` that is not
-    a number stays part of the path."""
-    path, sep, tail = spec.rpartition(":")
-    if sep and path and tail.strip().isdigit():
-        steps = int(tail)
-        if steps <= 0:
-            raise ValueError(f"source {spec!r}: the step budget after ':' must be positive")
-        return path, steps
-    return spec, None
+    """``"PATH"`` → ``(PATH, None)``; ``"PATH:STEPS"`` → ``(PATH, STEPS)``. An existing folder is always a path.
+
+    Raises:
+        ValueError: the budget after ``:`` is not positive.
+    """
+    if Path(spec).exists():
+        return spec, None
+    match = re.fullmatch(r"(.+):(-?[0-9_]+)", spec)
+    if match is None:
+        return spec, None
+    steps = int(match.group(2))
+    if steps <= 0:
+        raise ValueError(f"source {spec!r}: the step budget after ':' must be positive")
+    return match.group(1), steps
+
+
+def _signature(meta: Any) -> tuple:
+    """What must agree between merged episodes: frames and the action set (an inferred ``n`` equals a given one)."""
+    space = {k: v for k, v in meta.action_space.items() if k != "inferred"}
+    return tuple(meta.obs_shape), sorted(space.items()), meta.action_meanings
+
+
+def _fingerprint(meta: Any) -> dict[str, Any]:
+    """What identifies a source episode beyond its id: a rewritten source no longer matches."""
+    return {"length": int(meta.length), "return": float(meta.episode_return), "created_at": float(meta.created_at)}
 
 
 def _origin(path: str | Path) -> str:
@@ -96,15 +117,6 @@ def plan_merge(
         ids = env_episodes(store, env_id)
         if exclude_held_out > 0:
             ids, _ = split_episodes(store, exclude_held_out, episode_ids=ids)
-        meta = store.meta(ids[0])
-        shape = (tuple(meta.obs_shape), meta.action_space, meta.action_meanings)
-        if first is None:
-            first = shape
-        elif shape != first:
-            raise ValueError(
-                f"{store.root}'s {env_id} episodes have frames {shape[0]} and actions {shape[1]} {shape[2]}, the "
-                f"first source's {first[0]} and {first[1]} {first[2]}: merge stores of one game and action set"
-            )
         if budget is not None:
             taken, steps = [], 0
             for i in ids:
@@ -112,7 +124,20 @@ def plan_merge(
                     break
                 taken.append(i)
                 steps += store.meta(i).length
+            if steps < budget:
+                warnings.warn(f"{store.root} has {steps} {env_id} training steps, fewer than its budget {budget}: "
+                              "all of them are merged", stacklevel=2)
             ids = taken
+        for i in ids:
+            signature = _signature(store.meta(i))
+            if first is None:
+                first = (signature, store.root, i)
+            elif signature != first[0]:
+                raise ValueError(
+                    f"episode {i} of {store.root} has frames {signature[0]} and actions {dict(signature[1])} "
+                    f"{signature[2]}; episode {first[2]} of {first[1]} has {first[0][0]} and {dict(first[0][1])} "
+                    f"{first[0][2]}: merge stores of one game, frame size and action set"
+                )
         keyed += [((rank + 0.5) / len(ids), s, i) for rank, i in enumerate(ids)]
     keyed.sort()
     return [(s, i) for _, s, i in keyed]
@@ -142,22 +167,33 @@ def merge_stores(args: MergeArgs) -> MergeResult:
         env_id = sources[0].meta(first_ids[0]).env_id
     plan = plan_merge(sources, [b for _, b in specs], env_id, args.exclude_held_out)
     out = TrajectoryStore(args.out, create=True)
-    done: set[tuple[str, int]] = set()
-    for i in out.episode_ids():
-        origin = out.meta(i).extra.get("merged_from")
-        if isinstance(origin, dict):
-            done.add((str(origin.get("store")), int(origin.get("episode_id", -1))))
+    have = out.episode_ids()
+    # A resume continues this very plan: out must hold exactly its first episodes, in order, unchanged since.
+    for k, new_id in enumerate(have):
+        origin = out.meta(new_id).extra.get("merged_from")
+        expected = None
+        if k < len(plan):
+            s, ep = plan[k]
+            expected = {"store": origins[s], "episode_id": int(ep), **_fingerprint(sources[s].meta(ep))}
+        if origin != expected:
+            raise ValueError(
+                f"{args.out} already holds episode {new_id}, which this merge would not have written there "
+                f"({'from ' + str(origin) if isinstance(origin, dict) else 'not merged'}; expected "
+                f"{expected or 'nothing'}): merge into a new folder, or re-run with the flags of the merge that "
+                "made it (a source changed since cannot be resumed)"
+            )
     t0 = time.perf_counter()
-    added = kept = 0
+    added = 0
     steps: dict[str, int] = {p: 0 for p, _ in specs}
-    for s, ep in plan:
-        steps[specs[s][0]] += sources[s].meta(ep).length
-        if (origins[s], ep) in done:
-            kept += 1
+    for k, (s, ep) in enumerate(plan):
+        meta = sources[s].meta(ep)
+        steps[specs[s][0]] += meta.length
+        if k < len(have):
             continue
-        out.add_episode_from(sources[s], ep, link=args.link,
-                             extra={"merged_from": {"store": origins[s], "episode_id": int(ep)}})
+        origin = {"store": origins[s], "episode_id": int(ep), **_fingerprint(meta)}
+        out.add_episode_from(sources[s], ep, link=args.link, extra={"merged_from": origin})
         added += 1
+    kept = len(have)
     return MergeResult(out=args.out, added=added, kept=kept, steps_by_source=steps,
                        seconds=time.perf_counter() - t0)
 

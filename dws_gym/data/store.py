@@ -655,35 +655,40 @@ class TrajectoryStore:
     ) -> int:
         """Publish a copy of ``source``'s episode ``ep_id`` in this store; returns its new id here.
 
-        The frame and step files are hard-linked when ``link`` is True and both stores are on one filesystem
-        (stores never rewrite a published file, so a link is as safe as a copy and costs no disk), else copied.
+        The frame and step files are hard-linked when ``link`` is True and the filesystem allows it (stores never
+        rewrite a published file, so a link is as safe as a copy and costs no disk), else copied.
         The metadata is the source's with ``extra`` merged into its ``extra``. Like :meth:`add_episode`, the
         episode appears whole or not at all.
 
         Raises:
             KeyError: ``source`` has no episode ``ep_id``.
-            ValueError: ``source`` is this store.
+            ValueError: ``source`` is this store, or ``extra`` is not JSON-serialisable.
         """
         if Path(source.root).resolve() == self.root.resolve():
             raise ValueError(f"cannot add {self.root}'s own episode {ep_id} to itself")
         src = source._get(ep_id)
-        meta = dataclasses.replace(src.meta, extra={**src.meta.extra, **dict(extra or {})})
-        json.dumps(meta.extra)  # fail here, before anything is written, on extras JSON cannot hold
+        try:  # before anything is written: extras JSON cannot hold fail here, as in add_episode
+            extra_d = json.loads(json.dumps(dict(extra or {}), allow_nan=False))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"extra must be a JSON-serialisable dict: {e}") from None
+        meta = dataclasses.replace(src.meta, extra={**src.meta.extra, **extra_d})
         self._tmp_dir.mkdir(parents=True, exist_ok=True)
         tmp = self._tmp_dir / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         tmp.mkdir()
         try:
             for name in (_OBS_FILE, _STEPS_FILE):
                 from_path = src.obs_path.parent / name
+                linked = False
                 if link:
                     try:
                         os.link(from_path, tmp / name)
-                        continue
-                    except OSError as e:  # another filesystem, or one without links: copy instead
-                        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                        linked = True
+                    except OSError as e:  # another filesystem, or one without (enough) links: copy instead
+                        if e.errno in (errno.ENOENT, errno.ENOSPC, errno.EDQUOT):
                             raise
-                shutil.copyfile(from_path, tmp / name)
-                if self.durable:
+                if not linked:
+                    shutil.copyfile(from_path, tmp / name)
+                if self.durable:  # a linked file too: its source may have been written without fsync
                     with open(tmp / name, "rb") as f:
                         os.fsync(f.fileno())
             with open(tmp / _META_FILE, "w", encoding="utf-8") as f:
