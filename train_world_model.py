@@ -35,7 +35,7 @@ import torch
 import tyro
 
 from dws_gym.flags import build_config, config_flags
-from dws_gym.models.flow import FlowConfig
+from dws_gym.models.flow_config import FlowConfig
 from dws_gym.models.unet import UNetConfig
 
 # The backbones' flags are their configs' fields (help from the configs' docstrings); what the data or the top-level
@@ -260,7 +260,7 @@ def init_world_model(model: torch.nn.Module, source: str | os.PathLike, meanings
     """
     from dws_gym.fileio import load_safetensors
     from dws_gym.models.actions import transfer_action_table
-    from dws_gym.models.flow import FLOW_WEIGHTS_NAME
+    from dws_gym.models.flow_config import FLOW_WEIGHTS_NAME
     from dws_gym.models.unet import UNET_WEIGHTS_NAME
 
     folder = Path(source)

@@ -66,7 +66,7 @@ from dws_gym.envs.dream import DreamVectorEnv, resolve_device
 from dws_gym.envs.real import make_real_env, parse_env_id
 from dws_gym.flags import usage_error
 from dws_gym.hardware import cpu_model, describe_machine, proc_status_bytes, resolve_precision
-from dws_gym.models.flow import FlowConfig, FlowWorldModel
+from dws_gym.models.flow_config import FlowConfig
 from dws_gym.models.reward import RewardConfig, RewardHead
 from dws_gym.models.unet import UNetConfig, UNetWorldModel, unet_flops_per_frame
 from dws_gym.simulator import Simulator, SimulatorConfig
@@ -184,10 +184,14 @@ def build_default_simulator(
         size = dict(widths=(8, 16, 16), groups=4, cond_dim=8, cond_hidden_dim=16) if tiny else {}
         world_model: torch.nn.Module = UNetWorldModel(UNetConfig(num_actions=n, sampling_steps=steps, **size))
     elif tiny:
+        from dws_gym.models.flow import FlowWorldModel  # diffusers' transformer package: only for this backbone
+
         world_model = FlowWorldModel(FlowConfig(num_actions=n, patch_size=4, num_heads=2, head_dim=48, num_layers=1,
                                                 ffn_dim=64, freq_dim=16, text_dim=16, cond_dim=16,
                                                 sampling_steps=steps))
     else:
+        from dws_gym.models.flow import FlowWorldModel
+
         world_model = FlowWorldModel(FlowConfig(num_actions=n, sampling_steps=steps))
     head = (RewardConfig(context_frames=k, num_actions=n, dim=16, depth=1, num_heads=2) if tiny
             else RewardConfig(context_frames=k, num_actions=n))
