@@ -314,12 +314,13 @@ def backbone_flags(args: Args) -> Any:
 def build_model(args: Args, meanings: list[str], device: torch.device, frame_size: int = 64, channels: int = 3):
     """The world model for these args: a U-Net or a pixel-space flow model from scratch, or a pre-trained Wan."""
     from dws_gym.models.actions import TextActionEncoder, action_texts
-    from dws_gym.models.flow import FlowWorldModel
 
     game = args.env_id.split("/")[-1].split("-")[0].lower()
     if args.backbone == "unet" and args.pretrained is not None:
         raise SystemExit("--pretrained loads a Wan2.1 video model: pass --backbone flow with it.")
     if args.pretrained is not None:
+        from dws_gym.models.flow import FlowWorldModel  # diffusers' transformer package: only for this backbone
+
         flow = args.flow
         return FlowWorldModel.from_pretrained_wan(
             args.pretrained,
@@ -338,6 +339,8 @@ def build_model(args: Args, meanings: list[str], device: torch.device, frame_siz
         from dws_gym.models.unet import UNetWorldModel
 
         return UNetWorldModel(build_config(UNetConfig, args.unet, **derived), action_text_embeddings=text).to(device)
+    from dws_gym.models.flow import FlowWorldModel
+
     return FlowWorldModel(build_config(FlowConfig, args.flow, **derived), action_text_embeddings=text).to(device)
 
 
