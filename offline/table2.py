@@ -59,13 +59,44 @@ def read_result(folder: Path, total_steps: int | None = None) -> dict[str, Any] 
     return result
 
 
-def table(results: dict[str, list[dict[str, Any]]], env_id: str | None) -> str:
-    """Markdown table: per arm, mean ± std over seeds of each level range's final return, and the paper's figure."""
+def action_profile(folder: Path, result: dict[str, Any], n: int = 1024, seed: int = 0) -> dict[str, Any] | None:
+    """How much a run's final policy depends on the state: its most likely action on ``n`` real observations drawn
+    (with a fixed seed) from its dataset, as ``{"top_share", "top_action", "distinct"}``; ``None`` without a saved
+    policy. A share of 1.0 is a constant policy, whatever its return. Cached in ``{folder}/action_profile.json``."""
+    cache = folder / "action_profile.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    if not (folder / "policy").is_dir():
+        return None
+    import torch
+
+    from dws_gym.agents import load_policy
+    from dws_gym.data import TrajectoryStore
+
+    config = result.get("config", {})
+    store = TrajectoryStore(result["dataset"])
+    obs = store.transitions(frame_stack=int(config.get("frame_stack", 1))).sample(n, np.random.default_rng(seed))["obs"]
+    policy = load_policy(folder / "policy")
+    with torch.no_grad():
+        logits, _ = policy(torch.as_tensor(obs))
+    counts = np.bincount(logits.argmax(1).numpy(), minlength=logits.shape[1])
+    top = int(counts.argmax())
+    meanings = store.meta(store.episode_ids()[0]).action_meanings
+    profile = {"top_share": float(counts[top] / counts.sum()), "top_action": meanings[top] if meanings else str(top),
+               "distinct": int((counts > 0).sum()), "observations": int(counts.sum())}
+    cache.write_text(json.dumps(profile) + "\n")
+    return profile
+
+
+def table(results: dict[str, list[dict[str, Any]]], env_id: str | None,
+          profiles: dict[str, list[dict[str, Any] | None]] | None = None) -> str:
+    """Markdown table: per arm, mean ± std over seeds of each level range's final return, and the paper's figure;
+    with ``profiles`` (per arm, :func:`action_profile` of each run), the share of the policy's top action too."""
     ranges = sorted({name for runs in results.values() for r in runs for name in r.get("eval", {})},
                     key=lambda n: ("train", "test", "real").index(n) if n in ("train", "test", "real") else 9)
     paper = PAPER.get(env_id or "", {})
     header = ["arm", "seeds", *[f"{name} return" for name in ranges], "real / synthetic transitions",
-              "gradient steps", "paper (Table 2)"]
+              "gradient steps", *(["top action share"] if profiles else []), "paper (Table 2)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arm in ARMS:
         runs = results.get(arm, [])
@@ -76,8 +107,12 @@ def table(results: dict[str, list[dict[str, Any]]], env_id: str | None) -> str:
             vals = [r["eval"][name]["return"] for r in runs if name in r.get("eval", {})]
             cells.append(f"{np.mean(vals):.2f} ± {np.std(vals):.2f}" if vals else "n/a")
         first = runs[0]
-        cells += [f"{first['real_transitions']:,} / {first['synthetic_transitions']:,}", f"{first['steps']:,}",
-                  paper.get(arm, "n/a")]
+        cells += [f"{first['real_transitions']:,} / {first['synthetic_transitions']:,}", f"{first['steps']:,}"]
+        if profiles:
+            known = [p for p in profiles.get(arm, []) if p is not None]
+            tops = sorted({p["top_action"] for p in known})
+            cells.append(f"{np.mean([p['top_share'] for p in known]):.2f} ({', '.join(tops)})" if known else "n/a")
+        cells.append(paper.get(arm, "n/a"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -140,13 +175,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     threads = args.threads if args.threads is not None else (1 if args.jobs > 1 else None)
     failed = run_jobs(jobs(), args.jobs, threads)
     results: dict[str, list[dict[str, Any]]] = {}
+    profiles: dict[str, list[dict[str, Any] | None]] = {}
     for arm in args.arms:
         for seed in args.seeds:
             result = read_result(run_dir(args.out, arm, seed), args.total_steps)
             if result is not None:
                 results.setdefault(arm, []).append(result)
+                profiles.setdefault(arm, []).append(action_profile(run_dir(args.out, arm, seed), result))
     env_id = next((r["env_id"] for runs in results.values() for r in runs), None)
-    text = table(results, env_id)
+    text = table(results, env_id, profiles)
     print(text)
     if failed:
         raise SystemExit(f"runs failed: {', '.join(failed)} (see their stdout.log); nothing written to "
@@ -162,7 +199,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
                     f"Real data `{args.dataset}`, synthetic `{args.synthetic_dataset}`; {args.total_steps:,} gradient "
                     f"steps per run whatever the data; seeds {' '.join(map(str, args.seeds))}; final evaluation "
                     "return, mean ± std (population) over seeds. The paper's column: 1M expert + 1M synthesized "
-                    f"transitions, its own training budget.\n\n{text}\n")
+                    "transitions, its own training budget. Top action share: how often the final policy's most "
+                    "likely action is the same one, on 1,024 real observations of the dataset (1.00: a constant "
+                    f"policy).\n\n{text}\n")
         print(f"appended to {args.results_file}", file=sys.stderr)
     return results
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from dws_gym.agents import RandomPolicy, load_policy
+from dws_gym.agents import ActorCritic, PolicyConfig, RandomPolicy, load_policy, save_policy
 from dws_gym.data import TrajectoryStore
 from dws_gym.imagination import StoreStartSampler
 from dws_gym.offline import (
@@ -302,6 +302,7 @@ def test_table2_smoke_runs_all_four_arms_and_cql_resumes(tmp_path, real_store):
     for arm in ("| CQL | 1 |", "| CQL w/ wm | 1 |", "| IQL | 1 |", "| IQL w/ wm | 1 |"):
         assert arm in text
     assert "36 / 10" in text  # real / synthetic transitions of the w/ wm arms
+    assert "top action share" in text
     for folder, algorithm, synthetic in (("cql_s1", "cql", 0), ("cql-wm_s1", "cql", 10), ("iql_s1", "iql", 0),
                                          ("iql-wm_s1", "iql", 10)):
         result = json.loads((out / folder / "results.json").read_text())
@@ -309,6 +310,9 @@ def test_table2_smoke_runs_all_four_arms_and_cql_resumes(tmp_path, real_store):
         assert result["synthetic_transitions"] == synthetic and result["eval"]["real"]["episodes"] == 1
         policy = load_policy(out / folder / "policy")
         assert policy.config.frame_stack == 4 and policy.config.extra["algorithm"] == algorithm
+        profile = json.loads((out / folder / "action_profile.json").read_text())
+        assert profile["observations"] == 1024 and 0.25 <= profile["top_share"] <= 1.0
+        assert profile["top_action"] in BREAKOUT and 1 <= profile["distinct"] <= 4
 
     # --resume continues the run from its checkpoint, and refuses other data
     cmd = [sys.executable, str(ROOT / "offline" / "cql.py"), "--dataset", str(real_store.root), "--output-dir",
@@ -329,3 +333,39 @@ def test_table2_smoke_runs_all_four_arms_and_cql_resumes(tmp_path, real_store):
     bad = subprocess.run([*cmd, "--total-steps", "6", "--resume", "--synthetic-dataset", str(syn.root)],
                          capture_output=True, text=True, timeout=300, env=_env())
     assert bad.returncode != 0 and "synthetic_dataset" in bad.stderr
+
+
+def test_action_profile_tells_a_constant_policy_from_a_state_dependent_one(tmp_path, real_store):
+    from scripts import load_script
+
+    table2 = load_script("offline/table2.py", "table2_script")
+    config = PolicyConfig(arch="nature", obs_shape=(64, 64, 3), num_actions=4, action_meanings=list(BREAKOUT))
+    result = {"dataset": str(real_store.root), "config": {"frame_stack": 1}}
+    constant = ActorCritic(config)
+    with torch.no_grad():  # the action logits ignore the state: always FIRE
+        constant.actor.weight.zero_()
+        constant.actor.bias.copy_(torch.tensor([0.0, 5.0, 0.0, 0.0]))
+    save_policy(constant, tmp_path / "constant" / "policy")
+    profile = table2.action_profile(tmp_path / "constant", result)
+    assert profile == {"top_share": 1.0, "top_action": "FIRE", "distinct": 1, "observations": 1024}
+    assert json.loads((tmp_path / "constant" / "action_profile.json").read_text()) == profile  # cached
+    # frames lit in one of four quadrants and large random action weights: the argmax follows the frame
+    plain = TrajectoryStore(tmp_path / "plain", create=True)
+    for quadrant in range(4):
+        frames = np.zeros((5, 64, 64, 3), np.uint8)
+        frames[:, 32 * (quadrant // 2):32 * (quadrant // 2 + 1), 32 * (quadrant % 2):32 * (quadrant % 2 + 1)] = 255
+        plain.add_episode(frames, np.zeros(4, np.int64), np.zeros(4, np.float32),
+                          np.array([0, 0, 0, 1], bool), np.zeros(4, bool), env_id="ALE/Breakout-v5",
+                          action_meanings=BREAKOUT)
+    torch.manual_seed(0)
+    varied = ActorCritic(config)
+    with torch.no_grad():
+        varied.actor.weight.normal_(0.0, 1.0)
+    save_policy(varied, tmp_path / "varied" / "policy")
+    profile_varied = table2.action_profile(tmp_path / "varied", {**result, "dataset": str(plain.root)})
+    assert profile_varied["top_share"] < 1.0 and profile_varied["distinct"] > 1
+    assert table2.action_profile(tmp_path / "missing", result) is None
+    rows = table2.table({"CQL": [{"eval": {"train": {"return": 7.5}}, "real_transitions": 36,
+                                  "synthetic_transitions": 0, "steps": 2}]}, "procgen/coinrun",
+                        {"CQL": [profile]})
+    assert "| 1.00 (FIRE) | 8.58 ± 0.29 |" in rows
