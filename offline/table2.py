@@ -39,7 +39,8 @@ ARMS: dict[str, tuple[str, bool]] = {  # arm -> (script, with synthetic data)
 PAPER: dict[str, dict[str, str]] = {  # He et al. 2025, Table 2 (mean ± std over 3 seeds)
     "procgen/coinrun": {"CQL": "8.58 ± 0.29", "CQL w/ wm": "8.81 ± 0.21", "IQL": "8.52 ± 0.26",
                         "IQL w/ wm": "8.93 ± 0.19"},
-    "procgen/ninja": {"CQL": "5.92 ± 0.2", "CQL w/ wm": "6.31 ± 0.23", "IQL": "5.7 ± 0.35", "IQL w/ wm": "6.33 ± 0.17"},
+    "procgen/ninja": {"CQL": "5.92 ± 0.2", "CQL w/ wm": "6.31 ± 0.23", "IQL": "5.7 ± 0.35",
+                      "IQL w/ wm": "6.33 ± 0.17"},
 }
 
 
