@@ -39,7 +39,7 @@ import time
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -672,10 +672,8 @@ class TrajectoryStore:
         except (TypeError, ValueError) as e:
             raise ValueError(f"extra must be a JSON-serialisable dict: {e}") from None
         meta = dataclasses.replace(src.meta, extra={**src.meta.extra, **extra_d})
-        self._tmp_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._tmp_dir / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        tmp.mkdir()
-        try:
+
+        def place(tmp: Path) -> None:
             for name in (_OBS_FILE, _STEPS_FILE):
                 from_path = src.obs_path.parent / name
                 linked = False
@@ -691,33 +689,22 @@ class TrajectoryStore:
                 if self.durable:  # a linked file too: its source may have been written without fsync
                     with open(tmp / name, "rb") as f:
                         os.fsync(f.fileno())
-            with open(tmp / _META_FILE, "w", encoding="utf-8") as f:
-                json.dump(meta.to_json_dict(), f, indent=1)
-                f.flush()
-                if self.durable:
-                    os.fsync(f.fileno())
-            if self.durable:
-                _fsync_dir(tmp)
-            new_id = self._publish(tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if self.durable:
-            _fsync_dir(self._episodes_dir)
-        folder = self._episodes_dir / f"ep_{new_id:0{_EP_DIGITS}d}"
-        episode = self._load_episode(new_id, folder)
+
+        new_id, _ = self._publish_folder(place, meta)
+        episode = self._load_episode(new_id, self._episodes_dir / f"ep_{new_id:0{_EP_DIGITS}d}")
         with self._lock:
             self._episodes[new_id] = episode
             self._order = sorted(self._episodes)
         return new_id
 
-    def _write(self, obs: np.ndarray, steps: np.ndarray, meta: EpisodeMeta) -> int:
+    def _publish_folder(self, fill: Callable[[Path], Any], meta: EpisodeMeta) -> tuple[int, Any]:
+        """Make a temp folder, let ``fill`` put the frame and step files in it, add ``meta.json`` and publish it as
+        the next episode (nothing is left behind on failure); returns the new id and what ``fill`` returned."""
         self._tmp_dir.mkdir(parents=True, exist_ok=True)
         tmp = self._tmp_dir / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         tmp.mkdir()
         try:
-            obs_offset = self._write_npy(tmp / _OBS_FILE, obs)
-            self._write_npy(tmp / _STEPS_FILE, steps)
+            filled = fill(tmp)
             with open(tmp / _META_FILE, "w", encoding="utf-8") as f:
                 json.dump(meta.to_json_dict(), f, indent=1)
                 f.flush()
@@ -731,6 +718,15 @@ class TrajectoryStore:
             raise
         if self.durable:
             _fsync_dir(self._episodes_dir)
+        return ep_id, filled
+
+    def _write(self, obs: np.ndarray, steps: np.ndarray, meta: EpisodeMeta) -> int:
+        def fill(tmp: Path) -> int:
+            obs_offset = self._write_npy(tmp / _OBS_FILE, obs)
+            self._write_npy(tmp / _STEPS_FILE, steps)
+            return obs_offset
+
+        ep_id, obs_offset = self._publish_folder(fill, meta)
         # Keep this reader current without re-reading what was just written.
         folder = self._episodes_dir / f"ep_{ep_id:0{_EP_DIGITS}d}"
         with self._lock:
