@@ -11,7 +11,7 @@ import pytest
 
 from dws_gym.data import TrajectoryStore, split_episodes
 from dws_gym.data.merge import MergeArgs, main, merge_stores, parse_source
-from tests.test_store import add_coded, coded_episode
+from test_store import add_coded, coded_episode
 
 
 def _store(path, episodes: int, T: int, base: int, **kw) -> TrajectoryStore:
