@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -60,32 +61,44 @@ def read_result(folder: Path, total_steps: int | None = None) -> dict[str, Any] 
     return result
 
 
-def action_profile(folder: Path, result: dict[str, Any], n: int = 1024, seed: int = 0) -> dict[str, Any] | None:
-    """How much a run's final policy depends on the state: its most likely action on ``n`` real observations drawn
-    (with a fixed seed) from its dataset, as ``{"top_share", "top_action", "distinct"}``; ``None`` without a saved
-    policy. A share of 1.0 is a constant policy, whatever its return. Cached in ``{folder}/action_profile.json``."""
-    cache = folder / "action_profile.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    if not (folder / "policy").is_dir():
+def action_profile(folder: Path, dataset: str | Path, n: int = 1024, seed: int = 0) -> dict[str, Any] | None:
+    """How much a run's final policy depends on the state: its most likely action (CQL: argmax Q) on ``n`` real
+    observations drawn with a fixed seed from ``dataset``, as ``{"top_share", "top_action", "distinct",
+    "observations"}``; ``None`` without a saved policy. A share of 1.0 is a constant policy, whatever its return.
+
+    Cached in ``{folder}/action_profile.json`` under a key of the policy file's size and time and the draw, so a run
+    resumed to more steps (a new policy) is profiled again.
+    """
+    weights = folder / "policy" / "model.safetensors"
+    if not weights.is_file():
         return None
+    stat = weights.stat()
+    key = {"policy": [stat.st_size, stat.st_mtime_ns], "dataset": str(Path(dataset).resolve()), "n": n, "seed": seed}
+    cache = folder / "action_profile.json"
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return cached["profile"]
+    except (OSError, ValueError, AttributeError, KeyError):  # none yet, or cut off: profile again
+        pass
     import torch
 
     from dws_gym.agents import load_policy
     from dws_gym.data import TrajectoryStore
 
-    config = result.get("config", {})
-    store = TrajectoryStore(result["dataset"])
-    obs = store.transitions(frame_stack=int(config.get("frame_stack", 1))).sample(n, np.random.default_rng(seed))["obs"]
     policy = load_policy(folder / "policy")
+    store = TrajectoryStore(dataset)
+    obs = store.transitions(frame_stack=policy.config.frame_stack or 1).sample(n, np.random.default_rng(seed))["obs"]
     with torch.no_grad():
-        logits, _ = policy(torch.as_tensor(obs))
+        logits, _ = policy(obs)
     counts = np.bincount(logits.argmax(1).numpy(), minlength=logits.shape[1])
     top = int(counts.argmax())
-    meanings = store.meta(store.episode_ids()[0]).action_meanings
+    meanings = policy.config.action_meanings or store.meta(store.episode_ids()[0]).action_meanings
     profile = {"top_share": float(counts[top] / counts.sum()), "top_action": meanings[top] if meanings else str(top),
                "distinct": int((counts > 0).sum()), "observations": int(counts.sum())}
-    cache.write_text(json.dumps(profile) + "\n")
+    tmp = cache.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"key": key, "profile": profile}) + "\n")
+    os.replace(tmp, cache)
     return profile
 
 
@@ -112,7 +125,8 @@ def table(results: dict[str, list[dict[str, Any]]], env_id: str | None,
         if profiles:
             known = [p for p in profiles.get(arm, []) if p is not None]
             tops = sorted({p["top_action"] for p in known})
-            cells.append(f"{np.mean([p['top_share'] for p in known]):.2f} ({', '.join(tops)})" if known else "n/a")
+            shares = [p["top_share"] for p in known]
+            cells.append(f"{np.mean(shares):.3f}, lowest {min(shares):.3f} ({', '.join(tops)})" if known else "n/a")
         cells.append(paper.get(arm, "n/a"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -182,7 +196,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
             result = read_result(run_dir(args.out, arm, seed), args.total_steps)
             if result is not None:
                 results.setdefault(arm, []).append(result)
-                profiles.setdefault(arm, []).append(action_profile(run_dir(args.out, arm, seed), result))
+                try:
+                    profile = action_profile(run_dir(args.out, arm, seed), args.dataset)
+                except Exception as e:  # a diagnostic: never lose the table of finished runs to it
+                    print(f"warning: no action profile for {arm} seed {seed}: {e}", file=sys.stderr)
+                    profile = None
+                profiles.setdefault(arm, []).append(profile)
     env_id = next((r["env_id"] for runs in results.values() for r in runs), None)
     text = table(results, env_id, profiles)
     print(text)
@@ -201,8 +220,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
                     f"steps per run whatever the data; seeds {' '.join(map(str, args.seeds))}; final evaluation "
                     "return, mean ± std (population) over seeds. The paper's column: 1M expert + 1M synthesized "
                     "transitions, its own training budget. Top action share: how often the final policy's most "
-                    "likely action is the same one, on 1,024 real observations of the dataset (1.00: a constant "
-                    f"policy).\n\n{text}\n")
+                    "likely action is the same one, on 1,024 real observations of the dataset (1.000: the same action "
+                    f"on every one).\n\n{text}\n")
         print(f"appended to {args.results_file}", file=sys.stderr)
     return results
 

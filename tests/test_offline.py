@@ -310,7 +310,7 @@ def test_table2_smoke_runs_all_four_arms_and_cql_resumes(tmp_path, real_store):
         assert result["synthetic_transitions"] == synthetic and result["eval"]["real"]["episodes"] == 1
         policy = load_policy(out / folder / "policy")
         assert policy.config.frame_stack == 4 and policy.config.extra["algorithm"] == algorithm
-        profile = json.loads((out / folder / "action_profile.json").read_text())
+        profile = json.loads((out / folder / "action_profile.json").read_text())["profile"]
         assert profile["observations"] == 1024 and 0.25 <= profile["top_share"] <= 1.0
         assert profile["top_action"] in BREAKOUT and 1 <= profile["distinct"] <= 4
 
@@ -340,15 +340,14 @@ def test_action_profile_tells_a_constant_policy_from_a_state_dependent_one(tmp_p
 
     table2 = load_script("offline/table2.py", "table2_script")
     config = PolicyConfig(arch="nature", obs_shape=(64, 64, 3), num_actions=4, action_meanings=list(BREAKOUT))
-    result = {"dataset": str(real_store.root), "config": {"frame_stack": 1}}
     constant = ActorCritic(config)
     with torch.no_grad():  # the action logits ignore the state: always FIRE
         constant.actor.weight.zero_()
         constant.actor.bias.copy_(torch.tensor([0.0, 5.0, 0.0, 0.0]))
-    save_policy(constant, tmp_path / "constant" / "policy")
-    profile = table2.action_profile(tmp_path / "constant", result)
+    save_policy(constant, tmp_path / "run" / "policy")
+    profile = table2.action_profile(tmp_path / "run", real_store.root)
     assert profile == {"top_share": 1.0, "top_action": "FIRE", "distinct": 1, "observations": 1024}
-    assert json.loads((tmp_path / "constant" / "action_profile.json").read_text()) == profile  # cached
+    assert json.loads((tmp_path / "run" / "action_profile.json").read_text())["profile"] == profile  # cached
     # frames lit in one of four quadrants and large random action weights: the argmax follows the frame
     plain = TrajectoryStore(tmp_path / "plain", create=True)
     for quadrant in range(4):
@@ -361,11 +360,16 @@ def test_action_profile_tells_a_constant_policy_from_a_state_dependent_one(tmp_p
     varied = ActorCritic(config)
     with torch.no_grad():
         varied.actor.weight.normal_(0.0, 1.0)
-    save_policy(varied, tmp_path / "varied" / "policy")
-    profile_varied = table2.action_profile(tmp_path / "varied", {**result, "dataset": str(plain.root)})
+    # the run goes on and saves a new policy in the same folder: the cached profile is not reused
+    time.sleep(0.01)
+    save_policy(varied, tmp_path / "run" / "policy")
+    profile_varied = table2.action_profile(tmp_path / "run", plain.root)
     assert profile_varied["top_share"] < 1.0 and profile_varied["distinct"] > 1
-    assert table2.action_profile(tmp_path / "missing", result) is None
+    (tmp_path / "run" / "action_profile.json").write_text('{"key": ')  # a write cut off: profiled again
+    assert table2.action_profile(tmp_path / "run", plain.root) == profile_varied
+    assert table2.action_profile(tmp_path / "missing", real_store.root) is None
     rows = table2.table({"CQL": [{"eval": {"train": {"return": 7.5}}, "real_transitions": 36,
-                                  "synthetic_transitions": 0, "steps": 2}]}, "procgen/coinrun",
-                        {"CQL": [profile]})
-    assert "| 1.00 (FIRE) | 8.58 ± 0.29 |" in rows
+                                  "synthetic_transitions": 0, "steps": 2}] * 2}, "procgen/coinrun",
+                        {"CQL": [profile, profile_varied]})
+    low = min(profile_varied["top_share"], 1.0)
+    assert f"| {(1.0 + low) / 2:.3f}, lowest {low:.3f} (FIRE" in rows and "| 8.58 ± 0.29 |" in rows
