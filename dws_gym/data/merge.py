@@ -86,9 +86,11 @@ def _signature(meta: Any) -> tuple:
     return tuple(meta.obs_shape), sorted(space.items()), meta.action_meanings
 
 
-def _fingerprint(meta: Any) -> dict[str, Any]:
-    """What identifies a source episode beyond its id: a rewritten source no longer matches."""
-    return {"length": int(meta.length), "return": float(meta.episode_return), "created_at": float(meta.created_at)}
+def _merged_from(origin: str, ep_id: int, meta: Any) -> dict[str, Any]:
+    """A merged episode's ``extra["merged_from"]``: its source store and id, and what identifies the source episode
+    beyond its id (a rewritten source no longer matches)."""
+    return {"store": origin, "episode_id": int(ep_id), "length": int(meta.length),
+            "return": float(meta.episode_return), "created_at": float(meta.created_at)}
 
 
 def _origin(path: str | Path) -> str:
@@ -174,7 +176,7 @@ def merge_stores(args: MergeArgs) -> MergeResult:
         expected = None
         if k < len(plan):
             s, ep = plan[k]
-            expected = {"store": origins[s], "episode_id": int(ep), **_fingerprint(sources[s].meta(ep))}
+            expected = _merged_from(origins[s], ep, sources[s].meta(ep))
         if origin != expected:
             raise ValueError(
                 f"{args.out} already holds episode {new_id}, which this merge would not have written there "
@@ -190,8 +192,7 @@ def merge_stores(args: MergeArgs) -> MergeResult:
         steps[specs[s][0]] += meta.length
         if k < len(have):
             continue
-        origin = {"store": origins[s], "episode_id": int(ep), **_fingerprint(meta)}
-        out.add_episode_from(sources[s], ep, link=args.link, extra={"merged_from": origin})
+        out.add_episode_from(sources[s], ep, link=args.link, extra={"merged_from": _merged_from(origins[s], ep, meta)})
         added += 1
     kept = len(have)
     return MergeResult(out=args.out, added=added, kept=kept, steps_by_source=steps,
