@@ -75,7 +75,9 @@ class IQL:
         optimizer.zero_grad()
         loss.backward()
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        return torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm).item()
+        norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm).item()
+        optimizer.step()
+        return norm
 
     def train(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         cfg = self.config

@@ -286,6 +286,63 @@ def test_a_failed_read_surfaces_in_the_caller_and_a_closed_reader_refuses():
 
 
 # ---------------------------------------------------------------------------------------------------------- scripts
+def _quadrant_store(root: Path, action: int) -> TrajectoryStore:
+    """Episodes of frames lit in one quadrant, in which the data always takes ``action``."""
+    store = TrajectoryStore(root, create=True)
+    for quadrant in range(4):
+        frames = np.zeros((9, 64, 64, 3), np.uint8)
+        frames[:, 32 * (quadrant // 2):32 * (quadrant // 2 + 1), 32 * (quadrant % 2):32 * (quadrant % 2 + 1)] = 255
+        store.add_episode(frames, np.full(8, action, np.int64), np.eye(1, 8, 7, dtype=np.float32)[0],
+                          np.eye(1, 8, 7, dtype=bool)[0], np.zeros(8, bool), env_id="ALE/Breakout-v5",
+                          action_meanings=BREAKOUT)
+    return store
+
+
+@pytest.mark.parametrize("algorithm", ["iql", "cql"])
+def test_gradient_steps_train_every_network_and_the_policy_follows_the_data(tmp_path, algorithm):
+    """One step changes every trained network and moves the targets; a few dozen clone the data's only action (the
+    advantages are small, so IQL's policy loss is behaviour cloning; CQL's conservative term favours it)."""
+    from scripts import load_script
+
+    from dws_gym.offline.runner import start_run
+
+    script = load_script(f"offline/{algorithm}.py", f"{algorithm}_script")
+    store = _quadrant_store(tmp_path / "data", action=2)
+    config = script.TrainConfig(dataset=str(store.root), output_dir=str(tmp_path / "run"), batch_size=16,
+                                learning_rate=1e-3, arch="nature", eval_episodes=0, cuda=False, prefetch=0)
+    torch.manual_seed(0)
+    run = start_run(config, algorithm)
+    if algorithm == "iql":
+        algo = script.IQL(config, run)
+        trained, targets, policy = ("q1", "q2", "v", "actor"), ("q1_target", "q2_target"), algo.actor
+    else:
+        policy = run.network(logits="q_values")
+        algo = script.CQL(policy, config, run)
+        trained, targets = ("q",), ("q_target",)
+    before = {name: {k: v.clone() for k, v in getattr(algo, name).state_dict().items()} for name in trained + targets}
+    rng = np.random.default_rng(0)
+
+    def batch() -> dict[str, torch.Tensor]:
+        return OfflineReplay.to_torch(run.replay.read(run.replay.draw(config.batch_size, rng)), "cpu")
+
+    algo.train(batch())
+    for name in trained + targets:
+        after = getattr(algo, name).state_dict()
+        moved = [k for k, v in before[name].items() if v.is_floating_point() and not torch.equal(v, after[k])]
+        assert any(k.startswith("trunk.") for k in moved), f"{name}: trunk unchanged by a gradient step"
+        head = "critic." if name == "v" else "actor."
+        assert any(k.startswith(head) for k in moved), f"{name}: {head} unchanged by a gradient step"
+    for _ in range(40):
+        algo.train(batch())
+    obs = batch()["obs"]
+    with torch.no_grad():
+        logits, _ = policy(obs)
+    assert (logits.argmax(1) == 2).all(), logits
+    if algorithm == "iql":
+        assert logits.softmax(1)[:, 2].mean() > 0.5
+    run.writer.close()
+
+
 def test_table2_smoke_runs_all_four_arms_and_cql_resumes(tmp_path, real_store):
     syn = TrajectoryStore(tmp_path / "syn", create=True)
     rng = np.random.default_rng(3)
