@@ -14,7 +14,8 @@ from gymnasium.vector import AutoresetMode
 
 from dws_gym.envs.real import make_real_env, parse_env_id
 
-__all__ = ["PROCGEN_LEVELS", "describe_levels", "evaluate_on_levels", "evaluate_policy", "level_ranges"]
+__all__ = ["PROCGEN_LEVELS", "describe_levels", "evaluate_on_levels", "evaluate_policy", "level_ranges",
+           "run_episodes"]
 
 PROCGEN_LEVELS: dict[str, dict[str, int]] = {
     "train": {"start_level": 0, "num_levels": 200},
@@ -37,7 +38,7 @@ def evaluate_policy(policy: Any, env_id: str, episodes: int, *, frame_stack: int
     Args:
         policy: anything with ``act(obs, deterministic=...) -> actions`` taking the env's uint8 observations.
         env_id: ``ALE/<Game>-v5`` or ``procgen/<game>``.
-        episodes: episodes to finish (the first ``episodes`` to end are reported).
+        episodes: episodes to play, split evenly over the envs (see :func:`run_episodes`).
         frame_stack: the observation stack the policy expects.
         seed: seed of the env reset.
         max_steps: an episode still running after this many steps is reported as it stands and its env stops.
@@ -49,30 +50,51 @@ def evaluate_policy(policy: Any, env_id: str, episodes: int, *, frame_stack: int
         return [], []
     n = max(1, min(episodes, num_envs))
     envs = make_real_env(env_id, n, frame_stack=frame_stack, **(env_kwargs or {}))
-    next_step = AutoresetMode(envs.metadata["autoreset_mode"]) is AutoresetMode.NEXT_STEP
-    obs, _ = envs.reset(seed=seed)
-    ret, length = np.zeros(n), np.zeros(n, dtype=np.int64)
-    active, prev_done = np.ones(n, bool), np.zeros(n, bool)
-    returns: list[float] = []
-    lengths: list[int] = []
     try:
-        while len(returns) < episodes and active.any():
-            actions = policy.act(obs, deterministic=deterministic)
-            obs, reward, term, trunc, _ = envs.step(np.asarray(actions.cpu() if torch.is_tensor(actions) else actions))
-            valid = active & ~prev_done if next_step else active  # NEXT_STEP: a reset step belongs to no episode
-            ret += reward * valid
-            length += valid
-            done = term | trunc
-            capped = valid & ~done & (length >= max_steps)
-            for i in np.flatnonzero(valid & (done | capped)):
-                returns.append(float(ret[i]))
-                lengths.append(int(length[i]))
-                ret[i], length[i] = 0.0, 0
-            active &= ~capped  # a capped env cannot be reset alone: it stops contributing
-            prev_done = done
+        return run_episodes(policy, envs, episodes, seed=seed, max_steps=max_steps, deterministic=deterministic)
     finally:
         envs.close()
-    return returns[:episodes], lengths[:episodes]
+
+
+@torch.no_grad()
+def run_episodes(policy: Any, envs: Any, episodes: int, *, seed: int = 0, max_steps: int = 27_000,
+                 deterministic: bool = False) -> tuple[list[float], list[int]]:
+    """Play ``episodes`` episodes of a gymnasium ``VectorEnv`` under ``policy``: ``(returns, lengths)``.
+
+    Each env plays a fixed quota of consecutive episodes from the reset (``episodes`` split as evenly as the envs
+    allow) and its later episodes are ignored. Keeping the first ``episodes`` episodes to end, whichever env they
+    come from, would favour short episodes: a policy whose failures are long (a Procgen timeout at return 0) would
+    be scored mostly on its quick successes. An episode still running after ``max_steps`` steps is reported as it
+    stands and its env stops (it cannot be reset alone), so a run can report fewer than ``episodes``.
+    """
+    if episodes <= 0:
+        return [], []
+    n = envs.num_envs
+    quota = np.full(n, episodes // n)
+    quota[: episodes % n] += 1
+    next_step = AutoresetMode(envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)) is AutoresetMode.NEXT_STEP
+    obs, _ = envs.reset(seed=seed)
+    ret, length = np.zeros(n), np.zeros(n, dtype=np.int64)
+    active, prev_done = quota > 0, np.zeros(n, bool)
+    played = np.zeros(n, dtype=np.int64)
+    returns: list[float] = []
+    lengths: list[int] = []
+    while active.any():
+        actions = policy.act(obs, deterministic=deterministic)
+        obs, reward, term, trunc, _ = envs.step(np.asarray(actions.cpu() if torch.is_tensor(actions) else actions))
+        valid = active & ~prev_done if next_step else active  # NEXT_STEP: a reset step belongs to no episode
+        ret += reward * valid
+        length += valid
+        done = term | trunc
+        capped = valid & ~done & (length >= max_steps)
+        for i in np.flatnonzero(valid & (done | capped)):
+            returns.append(float(ret[i]))
+            lengths.append(int(length[i]))
+            ret[i], length[i] = 0.0, 0
+            played[i] += 1
+        active &= ~capped & (played < quota)  # a capped env cannot be reset alone: it stops contributing
+        prev_done = done
+    return returns, lengths
 
 
 def evaluate_on_levels(policy: Any, env_id: str, episodes: int, *, frame_stack: int = 1, seed: int = 0,
