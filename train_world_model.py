@@ -62,7 +62,8 @@ PRETRAINED_SETTINGS = ("action_mode", "motion_c", "motion_tau", "motion_delta", 
                        "gradient_checkpointing", "t_sampling", "logit_mean", "logit_std", "sample_shift", "kv_cache",
                        "prompt_max_length")
 # Top-level flags a checkpoint must resume under (the groups' are checked against the weights, see resume_conflicts).
-RUN_SHAPING = ("backbone", "pretrained", "train_mode", "context_frames", "action_text")
+RUN_SHAPING = ("backbone", "pretrained", "train_mode", "context_frames", "action_text", "distill_from",
+               "distill_weight")
 
 
 @dataclass
@@ -108,6 +109,13 @@ class Args:
     it; a game with other actions gets a rebuilt action table: its actions that press the same keys as the
     source's start from their rows, the others at random at the table's scale; the reward head is trained anew;
     ignored by --resume, whose checkpoint holds the weights)"""
+    distill_from: str | None = None
+    """distil this simulator folder's (or world_model/ folder's) U-Net into the model being trained: every target is
+    also regressed onto the teacher's prediction from the same context, actions and noise (see
+    `UNetWorldModel.training_loss`), so a narrower, faster U-Net can learn a trained simulator's map (with
+    --backbone unet; the teacher must read the same frames, context frames and actions)"""
+    distill_weight: float = 1.0
+    """weight of the teacher term against the data term (with --distill-from)"""
     pretrained: str | None = None
     """a diffusers Wan2.1 repo id or local folder (with --backbone flow); None trains a backbone from scratch"""
     train_mode: Literal["full", "module"] = "full"
@@ -306,6 +314,27 @@ def init_world_model(model: torch.nn.Module, source: str | os.PathLike, meanings
         print(f"  {note}")
 
 
+def load_teacher(source: str | os.PathLike, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The frozen U-Net of ``--distill-from`` (a simulator folder or its ``world_model/``), checked against
+    ``model`` (``SystemExit`` says what does not fit)."""
+    from dws_gym.models.unet import UNET_WEIGHTS_NAME, UNetWorldModel
+
+    folder = Path(source)
+    if (folder / "world_model").is_dir():
+        folder = folder / "world_model"
+    if not isinstance(model, UNetWorldModel):
+        raise SystemExit("--distill-from distils a pixel U-Net: pass --backbone unet with it.")
+    if not (folder / UNET_WEIGHTS_NAME).is_file():
+        raise SystemExit(f"--distill-from {source}: no {UNET_WEIGHTS_NAME} in {folder}; pass a U-Net simulator folder "
+                         "(it holds world_model/) or its world-model folder.")
+    try:
+        teacher = UNetWorldModel.from_pretrained(folder, device=device)
+        model.check_teacher(teacher)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise SystemExit(f"--distill-from {source}: {e}") from e
+    return teacher.requires_grad_(False)
+
+
 def backbone_flags(args: Args) -> Any:
     """The flag group of the chosen backbone (``args.unet`` or ``args.flow``)."""
     return args.unet if args.backbone == "unet" else args.flow
@@ -393,19 +422,31 @@ def check_args(args: Args) -> None:
                          f"{args.reward_dream_windows} and {args.reward_dream_horizon}.")
     if args.prefetch < 0:
         raise SystemExit(f"--prefetch must be >= 0 (0 reads each batch in turn), got {args.prefetch}.")
+    if args.distill_weight < 0:
+        raise SystemExit(f"--distill-weight must be >= 0, got {args.distill_weight}.")
+    if args.distill_from is not None and args.backbone != "unet":
+        raise SystemExit("--distill-from distils a pixel U-Net: pass --backbone unet with it.")
     if args.retrain_reward_head and not args.resume:
         raise SystemExit("--retrain-reward-head retrains the head of a finished run; pass it with --resume.")
 
 
 class _LossModule(torch.nn.Module):
-    """DDP wraps ``forward`` only: route the world model's training loss through it."""
+    """DDP wraps ``forward`` only: route the world model's training loss through it (with the distillation
+    teacher, kept out of the module's parameters so DDP neither syncs nor checkpoints it)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, teacher: torch.nn.Module | None = None,
+                 distill_weight: float = 1.0) -> None:
         super().__init__()
         self.model = model
+        self._teacher = (teacher,)  # a tuple: not a registered submodule
+        self.distill_weight = distill_weight
 
     def forward(self, frames, actions, mask, generator):  # noqa: D102
-        return self.model.training_loss(frames, actions, mask, generator=generator)
+        teacher = self._teacher[0]
+        if teacher is None:
+            return self.model.training_loss(frames, actions, mask, generator=generator)
+        return self.model.training_loss(frames, actions, mask, generator=generator, teacher=teacher,
+                                        distill_weight=self.distill_weight)
 
 
 if __name__ == "__main__":
@@ -503,7 +544,8 @@ if __name__ == "__main__":
     else:
         trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
-    loss_module = _LossModule(model)
+    teacher = None if args.distill_from is None else load_teacher(args.distill_from, model, device)
+    loss_module = _LossModule(model, teacher, args.distill_weight)
     if dist.enabled:
         loss_module = torch.nn.parallel.DistributedDataParallel(
             loss_module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
@@ -626,8 +668,9 @@ if __name__ == "__main__":
             bar.set_postfix(loss=f"{logs['loss']:.4f}", mse=f"{logs['mse']:.4f}", copy=f"{logs['copy_mse']:.4f}",
                             sps=f"{sps:.1f}")
             if not args.progress:  # background runs: one plain line per log interval instead of a bar
+                teacher_part = f" teacher {logs['teacher_mse']:.5f}" if "teacher_mse" in logs else ""
                 print(f"step {step + 1}/{args.total_steps} loss {logs['loss']:.5f} mse {logs['mse']:.5f} "
-                      f"copy {logs['copy_mse']:.5f} samples/s {sps:.1f}", flush=True)
+                      f"copy {logs['copy_mse']:.5f}{teacher_part} samples/s {sps:.1f}", flush=True)
         now = time.perf_counter()
         # Time-based decisions must agree across ranks: rank 0 decides, the others follow.
         due = now - last_ckpt > 60 * args.checkpoint_minutes
@@ -732,6 +775,9 @@ if __name__ == "__main__":
         )
         if args.init_from is not None:
             sim_config.training["initialised_from"] = describe_init_source(args.init_from)
+        if args.distill_from is not None:
+            sim_config.training["distilled_from"] = (f"{describe_init_source(args.distill_from)}, teacher term "
+                                                     f"weight {args.distill_weight}")
         if calibration is not None:
             sim_config.training["reward_head_calibration"] = calibration.card_entry(args.reward_calibrate_windows,
                                                                                      args.reward_dream_horizon)

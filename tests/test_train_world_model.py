@@ -193,6 +193,31 @@ def test_the_script_checks_its_flags_before_any_work(tmp_path):
     assert not (tmp_path / "store").exists()  # failed before collecting anything
 
 
+def test_distill_from_trains_a_narrower_unet_on_a_simulator_and_records_its_teacher(trained, tmp_path):
+    cwd, _ = trained
+    tiny = list(TINY)
+    tiny[tiny.index("--unet.widths") + 2] = "8"  # --unet.widths 8 8 16: the student is narrower than its teacher
+    proc = run(["--data", str(cwd / "store"), "--total-steps", "2", "--output-dir", "student", "--distill-from",
+                str(cwd / "run" / "simulator"), "--distill-weight", "0.5"] + tiny, tmp_path)
+    assert re.search(r"step 2/2 loss \S+ mse \S+ copy \S+ teacher \d", proc.stdout), proc.stdout[-2000:]
+    sim = Simulator.from_pretrained(tmp_path / "student" / "simulator")
+    assert list(sim.world_model.config.widths) == [8, 8, 16]
+    assert sim.config.training["distilled_from"].startswith(f"{cwd / 'run' / 'simulator'} (a simulator of ")
+    assert sim.config.training["distilled_from"].endswith("teacher term weight 0.5")
+    # A teacher that reads other inputs, or a flow student, is refused before training.
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    other = [a if a != "3" else "4" for a in tiny]  # --context-frames 4
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--data", str(cwd / "store"), "--total-steps", "1",
+                          "--output-dir", "bad", "--distill-from", str(cwd / "run" / "simulator")] + other,
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "context_frames 3 (teacher) vs 4" in bad.stderr + bad.stdout
+    flow = subprocess.run([sys.executable, str(SCRIPT), "--data", "store", "--backbone", "flow", "--distill-from",
+                           str(cwd / "run" / "simulator")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert flow.returncode != 0 and "--backbone unet" in flow.stderr + flow.stdout
+    assert not (tmp_path / "store").exists()
+
+
 def test_resume_with_other_model_flags_names_them_and_keeps_the_checkpoint(trained, tmp_path):
     cwd, _ = trained
     run_dir = tmp_path / "run"

@@ -226,3 +226,36 @@ def test_t_one_hypotheses_is_training_only_and_saved(tmp_path):
                        best.eval().sample_next(frames[:, :3], actions[:, :2], actions[:, 2], generator=g()))
     best.save_pretrained(tmp_path / "wm")
     assert UNetWorldModel.from_pretrained(tmp_path / "wm").config.t_one_hypotheses == 3
+
+
+def test_distillation_regresses_onto_the_teacher_and_trains_only_the_student():
+    """With a teacher, every target is also regressed onto its prediction from the same context, actions and noise:
+    a teacher equal to the student adds nothing; another one is a target a narrower student moves towards, and the
+    teacher itself gets no gradient. A teacher that reads other inputs is refused."""
+    frames, actions = clip(b=2, f=5)
+    student = tiny(seed=1, perturb=True, widths=(8, 8, 16))
+    twin = tiny(seed=1, perturb=True, widths=(8, 8, 16)).requires_grad_(False)
+    alone, _ = student.training_loss(frames, actions, generator=torch.Generator().manual_seed(3))
+    with_twin, logs = student.training_loss(frames, actions, generator=torch.Generator().manual_seed(3),
+                                            teacher=twin, distill_weight=2.0)
+    assert logs["teacher_mse"] == 0.0 and torch.allclose(with_twin, alone)
+
+    teacher = tiny(seed=2, perturb=True).requires_grad_(False)  # wider: widths (8, 16, 16)
+    optimizer = torch.optim.Adam(student.parameters(), lr=3e-3)
+    first = None
+    for _ in range(25):
+        loss, logs = student.training_loss(frames, actions, generator=torch.Generator().manual_seed(3),
+                                           teacher=teacher, distill_weight=10.0)
+        first = logs["teacher_mse"] if first is None else first
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert logs["teacher_mse"] < 0.5 * first, (first, logs["teacher_mse"])
+    assert all(p.grad is None for p in teacher.parameters())
+
+    with pytest.raises(ValueError, match="context_frames 4 \\(teacher\\) vs 3"):
+        student.training_loss(frames, actions, teacher=tiny(context_frames=4))
+    with pytest.raises(ValueError, match="num_actions 6 \\(teacher\\) vs 4"):
+        student.check_teacher(tiny(num_actions=6))
+    with pytest.raises(ValueError, match="must be a pixel U-Net"):
+        student.check_teacher(torch.nn.Linear(2, 2))

@@ -302,6 +302,8 @@ class UNetWorldModel(nn.Module):
         actions: torch.Tensor,
         mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        teacher: UNetWorldModel | None = None,
+        distill_weight: float = 1.0,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Motion-weighted x0 loss over the ``H`` targets of a clip of ``K + H`` frames.
 
@@ -310,10 +312,18 @@ class UNetWorldModel(nn.Module):
             actions: int64 ``(B, K + H - 1)``; ``actions[:, i]`` leads from frame ``i`` to ``i + 1``.
             mask: bool ``(B, K + H)``, False for frames past an episode's end (their targets are skipped).
             generator: Source of the noise and noise levels (a CPU generator).
+            teacher: Distillation: a trained (frozen) model whose predictions from the same context, actions, noise
+                and noise level this model also regresses onto, with the same frame loss, weighted by
+                ``distill_weight`` (see :meth:`check_teacher`). At ``t = 1`` the teacher's output is a
+                deterministic function of the noise, so it is a far less noisy target than the data's one future,
+                which is what lets a smaller, faster network learn a trained simulator's one-step map in few steps.
+                It sees this model's own unrolled context, so it also shows how to recover from this model's errors.
+            distill_weight: Weight of the teacher term (the data term keeps weight 1).
 
         Returns:
             ``(loss, logs)`` with ``logs`` holding ``loss``, ``mse`` (plain MSE of ``x0_hat`` on valid targets,
-            in ``[-1, 1]`` units) and ``copy_mse`` (the same for copying the last real frame).
+            in ``[-1, 1]`` units) and ``copy_mse`` (the same for copying the last real frame); with a teacher also
+            ``teacher_mse`` (plain MSE to the teacher's prediction).
         """
         k = self.config.context_frames
         if frames.ndim != 5 or frames.dtype != torch.uint8 or frames.shape[1] <= k:
@@ -337,7 +347,9 @@ class UNetWorldModel(nn.Module):
             noise = torch.randn(context0.shape, generator=generator).to(self.device)
             context0 = (1.0 - s) * context0 + s * noise
         window = list(context0.unbind(1))
-        losses, mses, copies, counts = [], [], [], []
+        if teacher is not None:
+            self.check_teacher(teacher)
+        losses, mses, copies, counts, to_teacher = [], [], [], [], []
         for j in range(horizon):
             target = x[:, k + j]
             context = torch.stack(window[-k:], dim=1)
@@ -360,6 +372,15 @@ class UNetWorldModel(nn.Module):
                 err = err * w_j
             per = changed_share_mean(err, changed, cfg.changed_share)
             ok = valid[:, k + j].float()
+            if teacher is not None:
+                with torch.no_grad():
+                    x0_teacher = teacher.predict_x0(context.to(teacher.dtype), actions[:, j: j + k],
+                                                    x_t.to(teacher.dtype), t, validate=False).float()
+                d_err = (x0_hat - x0_teacher).pow(2).mean(dim=1)
+                to_teacher.append((d_err.detach().flatten(1).mean(dim=1) * ok).sum())
+                if w_j is not None:
+                    d_err = d_err * w_j
+                per = per + distill_weight * changed_share_mean(d_err, changed, cfg.changed_share)
             losses.append((per * ok).sum())
             mses.append((plain.detach() * ok).sum())
             copies.append(((x[:, k + j - 1] - target).pow(2).flatten(1).mean(dim=1) * ok).sum())
@@ -369,7 +390,22 @@ class UNetWorldModel(nn.Module):
         loss = torch.stack(losses).sum() / n
         logs = {"loss": float(loss.detach()), "mse": float(torch.stack(mses).sum() / n),
                 "copy_mse": float(torch.stack(copies).sum() / n)}
+        if to_teacher:
+            logs["teacher_mse"] = float(torch.stack(to_teacher).sum() / n)
         return loss, logs
+
+    def check_teacher(self, teacher: UNetWorldModel) -> None:
+        """Refuse a distillation teacher that does not read this model's inputs (``ValueError`` says what differs):
+        it must be a :class:`UNetWorldModel` of the same frame size, channels, context frames and number of actions.
+        Its widths, action embedding and training settings may differ."""
+        if not isinstance(teacher, UNetWorldModel):
+            raise ValueError(f"a distillation teacher must be a pixel U-Net world model, got {type(teacher).__name__}")
+        names = ("frame_size", "channels", "context_frames", "num_actions")
+        differ = {n: (getattr(teacher.config, n), getattr(self.config, n)) for n in names
+                  if getattr(teacher.config, n) != getattr(self.config, n)}
+        if differ:
+            raise ValueError("the distillation teacher reads other inputs than this model: "
+                             + ", ".join(f"{n} {a} (teacher) vs {b}" for n, (a, b) in differ.items()))
 
     @torch.no_grad()
     def _best_t_one_noise(self, context: torch.Tensor, window: torch.Tensor, target: torch.Tensor, t: torch.Tensor,
