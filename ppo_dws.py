@@ -71,6 +71,7 @@ from dws_gym.rl import (
     gae,
     minibatch_plan,
     ppo_losses,
+    real_start_priorities,
     start_priorities,
     valid_steps,
 )
@@ -382,6 +383,7 @@ if __name__ == "__main__":
 
         # ---- real rollout
         first_done = prev_done.clone()
+        emitted: list = []  # (step, envs, ids) of the start windows this rollout yields
         for step in range(0, args.num_steps):
             global_step += args.num_envs
             obs[step] = torch.as_tensor(next_obs, device=device)
@@ -414,13 +416,15 @@ if __name__ == "__main__":
                 w_frames, w_actions = recorder.step(action.cpu().numpy(), next_obs[:, -1], new_episode,
                                                     done if next_step_mode else np.zeros(args.num_envs, bool))
                 if len(w_frames):
-                    buffer.add(w_frames, w_actions)
+                    emitted.append((step, np.flatnonzero(recorder.emitted), buffer.add(w_frames, w_actions)))
 
         valid = valid_steps(dones, first_done, next_step=next_step_mode)
         with torch.no_grad():
             next_value = agent.get_value(torch.as_tensor(next_obs, device=device)).flatten()
-        advantages, returns, _ = gae(rewards, values, next_value, terms, truncs, valid, gamma=args.gamma,
-                                     lam=args.gae_lambda, same_step=not next_step_mode)
+        advantages, returns, real_deltas = gae(rewards, values, next_value, terms, truncs, valid, gamma=args.gamma,
+                                               lam=args.gae_lambda, same_step=not next_step_mode)
+        if emitted:  # the new windows' first priorities: the real TD error at their last frame
+            buffer.update_priorities(*real_start_priorities(real_deltas, valid, emitted))
         writer.add_scalar("charts/real_reward_mean", rewards[valid].mean().item() if valid.any() else 0.0,
                           global_step)
 
@@ -457,10 +461,11 @@ if __name__ == "__main__":
             # the cut at the horizon is a truncation: gae bootstraps the last step from V(s_H)
             d_advantages, d_returns, d_deltas = gae(d_rewards, d_values, d_next_value, d_terms, d_truncs, d_valid,
                                                     gamma=args.gamma, lam=args.gae_lambda)
-            ids, priorities = start_priorities(d_deltas, d_valid, d_starts)
-            dreams.update_priorities(ids, priorities)
+            # weights of the probabilities the starts were drawn with: before their priorities change
             d_weights = torch.as_tensor(buffer.importance_weights(d_starts.reshape(-1)), dtype=torch.float32,
                                         device=device)
+            ids, priorities = start_priorities(d_deltas, d_valid, d_starts)
+            dreams.update_priorities(ids, priorities)
             n_imagined = args.horizon * args.num_dream_envs
             writer.add_scalar("charts/imagined_reward_mean", d_rewards[d_valid].mean().item(), global_step)
             writer.add_scalar("charts/td_priority_mean", float(priorities.mean()) if len(priorities) else 0.0,

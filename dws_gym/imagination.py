@@ -313,8 +313,13 @@ class PrioritizedStartStates:
     priority seen so far (1.0 before any update), so every window is likely to be tried once.
 
     The bias of prioritized draws is corrected by :meth:`importance_weights`, ``w_i = (N * P(i)) ** -beta / max_j w_j``
-    (``N`` windows held; the max over the whole buffer, so weights lie in ``(0, 1]``), with ``beta`` annealed towards 1
+    (``N`` windows held; the max over the drawn batch, so weights lie in ``(0, 1]``), with ``beta`` annealed towards 1
     over training by :meth:`set_beta`. ``alpha = 0`` is uniform sampling over the same buffer (every weight 1).
+
+    A window's first priority should be a TD error too: a trainer that knows it (``ppo_dws.py`` sets the real
+    rollout's ``|delta|`` at the window's last frame right after adding it) passes it to :meth:`update_priorities`.
+    Windows left at the insertion priority would otherwise decide most draws whenever far more windows enter than
+    dreams start (a real rollout yields one per env step).
 
     Args:
         capacity: Most windows held; the oldest are evicted beyond it. Memory: ``capacity * K * H * W * 3`` bytes
@@ -453,15 +458,21 @@ class PrioritizedStartStates:
         return p / self.tree.total if self.tree.total > 0 else p
 
     def importance_weights(self, ids: Any) -> np.ndarray:
-        """``w_i = (N * P(i)) ** -beta / max_j w_j`` for held windows ``ids`` (float64 in ``(0, 1]``; 1 for evicted
-        ones, which are no longer part of the distribution)."""
+        """``w_i = (N * P(i)) ** -beta / max_j w_j`` for held windows ``ids``, the max over the ``ids`` given (the
+        drawn batch): float64 in ``(0, 1]``, 1 for evicted ones, which are no longer part of the distribution.
+
+        Call it before the drawn windows' priorities are updated: the weights correct the probabilities they were
+        drawn with. Normalising over the batch, not over the whole buffer's least likely window, keeps the largest
+        weight of every batch at 1, so the corrected loss keeps its scale (with the buffer-wide minimum a single
+        rarely-drawn window would shrink every weight, and the imagined data's share of the loss with them).
+        """
         i = self._check_ids(ids)
         live = self._live(i)
         p = self.tree.get(i % self.capacity)
-        # (N P(i))^-beta / (N P_min)^-beta = (p_i / p_min)^-beta
         w = np.ones(i.shape, dtype=np.float64)
         if live.any():
-            w[live] = (p[live] / self.tree.min) ** (-self.beta)
+            # (N P(i))^-beta / (N P_k)^-beta = (p_i / p_k)^-beta, with p_k the smallest priority among ids
+            w[live] = (p[live] / p[live].min()) ** (-self.beta)
         return w
 
     # ------------------------------------------------------------------------------------------- persistence

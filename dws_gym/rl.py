@@ -26,6 +26,7 @@ __all__ = [
     "gae",
     "minibatch_plan",
     "ppo_losses",
+    "real_start_priorities",
     "start_priorities",
     "stack_from_windows",
     "valid_steps",
@@ -114,6 +115,42 @@ def start_priorities(deltas: Any, valid: Any, start_ids: Any) -> tuple[np.ndarra
     ids, inverse = np.unique(s[keep].astype(np.int64), return_inverse=True)
     values = np.bincount(inverse, weights=d[keep].astype(np.float64)) / np.bincount(inverse)
     return ids, values
+
+
+def real_start_priorities(deltas: Any, valid: Any, emitted: list[tuple[int, np.ndarray, np.ndarray]]
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """First TD priorities of the start windows a real rollout yielded: ``|delta|`` of the real step taken from
+    each window's last frame under the critic that acted.
+
+    A window recorded after rollout step ``s`` ends at the observation step ``s + 1`` acts on, so its value is
+    ``|deltas[s + 1]|`` of its env; a window from the rollout's last step (its step is in the next rollout) or from
+    a masked step gets the mean ``|delta|`` of the rollout's valid steps. Without this, new windows would enter the
+    buffer at a priority unrelated to their TD error and, far outnumbering the windows dreams have scored, would
+    decide most draws (see :class:`~dws_gym.imagination.PrioritizedStartStates`).
+
+    Args:
+        deltas: float ``(T, N)`` TD errors of the real rollout (from :func:`gae`).
+        valid: bool ``(T, N)``.
+        emitted: ``(s, envs, ids)`` per rollout step that yielded windows: the step, the int indices of the envs
+            whose windows it yielded and the ids the buffer gave them.
+
+    Returns:
+        ``(ids int64 (m,), values float64 (m,))`` for ``PrioritizedStartStates.update_priorities``.
+    """
+    d = np.abs(deltas.detach().cpu().numpy() if torch.is_tensor(deltas) else np.asarray(deltas, dtype=np.float64))
+    v = (valid.cpu().numpy() if torch.is_tensor(valid) else np.asarray(valid)).astype(bool)
+    fallback = float(d[v].mean()) if v.any() else 0.0
+    ids, values = [], []
+    for s, envs, window_ids in emitted:
+        envs = np.asarray(envs, dtype=np.int64)
+        if s + 1 < d.shape[0]:
+            values.append(np.where(v[s + 1, envs], d[s + 1, envs], fallback))
+        else:
+            values.append(np.full(len(envs), fallback))
+        ids.append(np.asarray(window_ids, dtype=np.int64))
+    if not ids:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+    return np.concatenate(ids), np.concatenate(values).astype(np.float64)
 
 
 def minibatch_plan(
@@ -207,6 +244,8 @@ class StartWindowRecorder:
         self.frames = np.zeros((num_envs, self.k, *frame_shape), dtype=np.uint8)
         self.actions = np.zeros((num_envs, max(self.k - 1, 0)), dtype=np.int64)
         self.length = np.zeros(num_envs, dtype=np.int64)
+        self.emitted = np.zeros(num_envs, dtype=bool)
+        """bool (N,): the envs whose windows the last :meth:`step` returned, in the order it returned them"""
 
     def reset(self, frames: np.ndarray, mask: np.ndarray | None = None) -> None:
         """Episodes start at ``frames`` (N, H, W, C) for the envs in ``mask`` (all by default)."""
@@ -238,6 +277,7 @@ class StartWindowRecorder:
         self.length[cont] += 1
         self.reset(frames, new_episode)
         emit = (self.length >= self.k) & ~np.asarray(ended, dtype=bool)
+        self.emitted = emit
         return self.frames[emit].copy(), self.actions[emit].copy()
 
 

@@ -150,6 +150,11 @@ def test_importance_weights():
         w = (5 * prob) ** -beta
         np.testing.assert_allclose(buf.importance_weights(ids), w / w.max())
     assert buf.importance_weights(ids)[3] == pytest.approx(1.0)  # the least likely window has the largest weight
+    # normalised over the batch asked for: its least likely window has weight 1, whatever else the buffer holds
+    batch = ids[[0, 1, 2]]
+    w = (5 * prob[[0, 1, 2]]) ** -1.0
+    np.testing.assert_allclose(buf.importance_weights(batch), w / w.max())
+    assert buf.importance_weights(batch).max() == pytest.approx(1.0)
     buf.set_beta(0.0)
     np.testing.assert_allclose(buf.importance_weights(ids), 1.0)
     with pytest.raises(ValueError, match="beta"):

@@ -19,6 +19,7 @@ from dws_gym.rl import (
     gae,
     minibatch_plan,
     ppo_losses,
+    real_start_priorities,
     stack_from_windows,
     start_priorities,
     valid_steps,
@@ -138,6 +139,41 @@ def test_start_priorities_average_abs_td_per_start_window():
     ids, values = start_priorities(deltas, valid, starts)
     np.testing.assert_array_equal(ids, [3, 7, 8])
     np.testing.assert_allclose(values, [(1 + 2 + 3) / 3, 0.5, 1.0])
+
+
+def test_new_windows_start_at_the_real_td_error_of_their_last_frame():
+    """A window recorded after step s ends at the frame step s + 1 acts on: its first priority is |delta[s + 1]|;
+    one from the last step, or whose next step is masked, takes the rollout's mean |delta|. In the buffer these
+    priorities, not the insertion one, then decide the draws."""
+    from dws_gym.imagination import PrioritizedStartStates
+
+    deltas = torch.tensor([[0.5, -1.0, 0.0], [-2.0, 3.0, 0.0], [4.0, 0.0, 1.0]])
+    valid = torch.tensor([[1, 1, 1], [1, 1, 1], [1, 0, 1]], dtype=torch.bool)
+    mean = (0.5 + 1 + 0 + 2 + 3 + 0 + 4 + 1) / 8
+    emitted = [(0, np.array([0, 1]), np.array([10, 11])), (1, np.array([0, 1]), np.array([12, 13])),
+               (2, np.array([2]), np.array([14]))]
+    ids, values = real_start_priorities(deltas, valid, emitted)
+    np.testing.assert_array_equal(ids, [10, 11, 12, 13, 14])
+    np.testing.assert_allclose(values, [2.0, 3.0, 4.0, mean, mean])
+    assert len(real_start_priorities(deltas, valid, [])[0]) == 0
+
+    buf = PrioritizedStartStates(8, alpha=1.0, eps=1e-3)
+    frames = np.zeros((4, 3, 2, 2, 3), np.uint8)
+    new = buf.add(frames, np.zeros((4, 2), np.int64))
+    np.testing.assert_allclose(buf.probabilities(new), 0.25)  # all at the insertion priority
+    buf.update_priorities(*real_start_priorities(torch.tensor([[0.0, 0.0], [0.1, 3.0]]), torch.ones(2, 2).bool(),
+                                                 [(0, np.array([0, 1]), new[:2])]))
+    p = buf.probabilities(new[:2])
+    assert p[1] > 10 * p[0]  # the window with the larger real TD error is drawn far more often
+
+
+def test_start_window_recorder_names_the_envs_of_its_windows():
+    rec = StartWindowRecorder(3, 2, (1, 1, 1))
+    f = lambda *x: np.array(x, dtype=np.uint8).reshape(-1, 1, 1, 1)  # noqa: E731
+    rec.reset(f(1, 2, 3))
+    frames, _ = rec.step([0, 0, 0], f(4, 5, 6), np.array([False, True, False]), np.array([False, False, True]))
+    np.testing.assert_array_equal(np.flatnonzero(rec.emitted), [0])  # env 1 restarted, env 2 ended
+    np.testing.assert_array_equal(frames.reshape(-1), [1, 4])
 
 
 def test_minibatch_plan_covers_the_real_batch_and_mixes_imagined_at_the_ratio():
