@@ -463,6 +463,7 @@ if __name__ == "__main__":
         calibration_dreams,
         fit_reward_head,
         prior_correction,
+        reward_ends_episode_in,
         reward_head_batches,
         sign_values_from_rewards,
         with_dreams,
@@ -552,10 +553,14 @@ if __name__ == "__main__":
         )
     generator = torch.Generator().manual_seed(args.seed * 1000 + dist.rank)
     np_rng = np.random.default_rng(args.seed * 1000 + dist.rank)
-    # The head pays what the game pays where each sign has one reward value (CoinRun's coin: 10), else +-1.
+    # The head pays what the game pays where each sign has one reward value (CoinRun's coin: 10), else +-1; in a
+    # game that ends on every reward (CoinRun, Ninja) a dreamed reward ends the dream too.
+    records = transitions.step_records()
     reward_head = RewardHead(RewardConfig(context_frames=args.context_frames, num_actions=len(meanings),
                                           frame_shape=tuple(meta.obs_shape),
-                                          sign_values=sign_values_from_rewards(transitions.step_records()["reward"]))
+                                          sign_values=sign_values_from_rewards(records["reward"]),
+                                          reward_ends_episode=reward_ends_episode_in(records["reward"],
+                                                                                     records["terminated"]))
                              ).to(device)
     start_step = 0
     reward_trained = False

@@ -118,7 +118,12 @@ def _check(args: RetrainArgs) -> None:
 def retrain_reward_head(args: RetrainArgs, command: str | None = None) -> Path:
     """Do what ``args`` describes; returns the written simulator folder."""
     from dws_gym.data import TrajectoryStore, env_episodes, split_episodes
-    from dws_gym.models.reward_training import calibrate_reward_rate, calibration_dreams, sign_values_from_rewards
+    from dws_gym.models.reward_training import (
+        calibrate_reward_rate,
+        calibration_dreams,
+        reward_ends_episode_in,
+        sign_values_from_rewards,
+    )
     from dws_gym.simulator import Simulator
 
     sim = Simulator.from_pretrained(args.simulator, device=args.device)
@@ -159,9 +164,13 @@ def retrain_reward_head(args: RetrainArgs, command: str | None = None) -> Path:
         if calibration_set is not None:
             calibration = calibrate_reward_rate(head, calibration_set)
             print(f"calibrated the simulator's head: {calibration.describe()}", flush=True)
+    records = transitions.step_records()
     if head.config.mode == "sign":  # pay what the game pays (CoinRun's coin: 10) where each sign has one value
-        head.set_sign_values(sign_values_from_rewards(transitions.step_records()["reward"]))
+        head.set_sign_values(sign_values_from_rewards(records["reward"]))
         print(f"the head pays {head.config.sign_values} for a negative / no / positive reward", flush=True)
+    head.config.reward_ends_episode = reward_ends_episode_in(records["reward"], records["terminated"])
+    if head.config.reward_ends_episode:
+        print("every reward in the data ends its episode: a dreamed reward ends the dream too", flush=True)
     sim.reward_head = head
     training = dict(sim.config.training or {})
     command = command or "python -m dws_gym.retrain_reward_head " + " ".join(sys.argv[1:])

@@ -32,6 +32,7 @@ from dws_gym.models.reward_training import (
     balance_weights_from_data,
     fit_reward_head,
     mixed_batches,
+    reward_ends_episode_in,
     reward_head_batches,
     sign_values_from_rewards,
 )
@@ -286,6 +287,32 @@ def test_sign_values_follow_the_data_where_each_sign_has_one_value(tmp_path) -> 
         with pytest.raises(ValueError, match="sign_values"):
             head.set_sign_values(bad)
     assert head.config.sign_values == (-3.0, 0.0, 2.0)  # a rejected change leaves the head as it was
+
+
+def test_in_a_game_that_ends_on_every_reward_a_dreamed_reward_terminates(tmp_path) -> None:
+    coinrun_rewards, coinrun_terms = np.array([0, 0, 10, 0, 0]), np.array([0, 0, 1, 0, 1], bool)  # a coin; a death
+    assert reward_ends_episode_in(coinrun_rewards, coinrun_terms) is True
+    assert reward_ends_episode_in(np.array([0, 1, 0, 4]), np.array([0, 0, 0, 1], bool)) is False  # Breakout
+    assert reward_ends_episode_in(np.zeros(4), np.ones(4, bool)) is False  # no reward seen: no rule
+    with pytest.raises(ValueError, match="one entry per step"):
+        reward_ends_episode_in(np.zeros(4), np.zeros(3, bool))
+    cfg = RewardConfig(sign_values=(-1.0, 0.0, 10.0), reward_ends_episode=True, **SMALL)
+    assert RewardConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))).reward_ends_episode is True
+    head = RewardHead(cfg)
+    ctx, act, nxt = _inputs(cfg, 4)
+    with torch.no_grad():
+        head.reward_out.bias.copy_(torch.tensor([0.0, 0.0, 10.0]))  # every transition pays
+        head.termination_out.weight.zero_()
+        head.termination_out.bias.fill_(-20.0)  # and the termination output says "goes on"
+    for sample in (False, True):
+        reward, terminated = head.predict(ctx, act, nxt, sample=sample, generator=torch.Generator().manual_seed(0))
+        assert reward.tolist() == [10.0] * 4 and terminated.all()
+    reloaded = load_reward_head(save_reward_head(head, tmp_path / "r.safetensors"))
+    assert reloaded.config.reward_ends_episode and reloaded.predict(ctx, act, nxt)[1].all()
+    head.config.reward_ends_episode = False  # the rule off: the termination output decides
+    assert not head.predict(ctx, act, nxt)[1].any()
+    with pytest.raises(ValueError, match="reward_ends_episode"):
+        RewardConfig(reward_ends_episode="yes", **SMALL)
 
 
 # --------------------------------------------------------------------------------------------------------------------

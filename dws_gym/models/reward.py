@@ -243,6 +243,9 @@ class RewardConfig:
         termination_logit_offset: the same for the termination logit (``logit p_data - logit p_train``).
         sign_values: the reward paid for each sign class in sign mode (negative, zero, positive), e.g.
             ``(-1, 0, 10)`` for a game whose only reward is 10; ignored in two-hot mode.
+        reward_ends_episode: the game ends on every reward (Procgen CoinRun's coin and Ninja's mushroom are the last
+            step of an episode): a predicted non-zero reward also terminates, so a dream cannot pay twice or go on
+            past its goal (:func:`dws_gym.models.reward_training.reward_ends_episode_in` reads it from the data).
     """
 
     mode: Literal["sign", "twohot"] = "sign"
@@ -266,6 +269,7 @@ class RewardConfig:
     reward_logit_offset: tuple[float, ...] | None = None
     termination_logit_offset: float = 0.0
     sign_values: tuple[float, float, float] = SIGN_VALUES
+    reward_ends_episode: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("sign", "twohot"):
@@ -328,6 +332,8 @@ class RewardConfig:
             raise ValueError(f"RewardConfig.sign_values must be (negative, 0, positive) finite floats, "
                              f"got {self.sign_values!r}")
         self.sign_values = sv  # type: ignore[assignment]
+        if not isinstance(self.reward_ends_episode, bool):
+            raise ValueError(f"RewardConfig.reward_ends_episode must be true or false, got {self.reward_ends_episode!r}")
 
     @property
     def num_classes(self) -> int:
@@ -621,16 +627,17 @@ class RewardHead(nn.Module):
             logits = logits + torch.tensor(self.config.reward_logit_offset, device=logits.device)
         p_term = torch.sigmoid(out.termination_logit.float() + self.config.termination_logit_offset)
         if not sample:
-            return self.reward_values(logits).float(), p_term > 0.5
-        probs = torch.softmax(logits, dim=-1)
-        dev = generator.device if generator is not None else probs.device
-        idx = torch.multinomial(probs.to(dev), 1, generator=generator).squeeze(1).to(probs.device)
-        u = torch.rand(p_term.shape, generator=generator, device=dev).to(p_term.device)
-        if self.config.mode == "sign":
-            reward = self.sign_values[idx]
+            reward, terminated = self.reward_values(logits).float(), p_term > 0.5
         else:
-            reward = symexp(self.bins[idx])
-        return reward.float(), u < p_term
+            probs = torch.softmax(logits, dim=-1)
+            dev = generator.device if generator is not None else probs.device
+            idx = torch.multinomial(probs.to(dev), 1, generator=generator).squeeze(1).to(probs.device)
+            u = torch.rand(p_term.shape, generator=generator, device=dev).to(p_term.device)
+            reward = (self.sign_values[idx] if self.config.mode == "sign" else symexp(self.bins[idx])).float()
+            terminated = u < p_term
+        if self.config.reward_ends_episode:
+            terminated = terminated | (reward != 0)
+        return reward, terminated
 
     # ---------------------------------------------------------------------------------------------------------------
     # Training

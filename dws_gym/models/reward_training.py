@@ -43,6 +43,7 @@ __all__ = [
     "fit_reward_head",
     "mixed_batches",
     "prior_correction",
+    "reward_ends_episode_in",
     "reward_head_batches",
     "reward_margins",
     "sign_values_from_rewards",
@@ -69,6 +70,20 @@ def sign_values_from_rewards(rewards: ArrayLike) -> tuple[float, float, float]:
         if len(distinct) == 1:
             values[cls] = float(distinct[0])
     return values[0], values[1], values[2]
+
+
+def reward_ends_episode_in(rewards: ArrayLike, terminated: ArrayLike) -> bool:
+    """Whether the data's game ends on every reward: at least one non-zero reward, and every non-zero reward on a
+    terminating step (Procgen CoinRun and Ninja: True; Breakout: False). The result goes to
+    ``RewardConfig.reward_ends_episode``."""
+    def flat(x: ArrayLike) -> np.ndarray:
+        return np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x).reshape(-1)
+
+    r, term = flat(rewards).astype(np.float64), flat(terminated).astype(bool)
+    if r.shape != term.shape:
+        raise ValueError(f"rewards and terminated must have one entry per step, got {r.shape} and {term.shape}")
+    paid = r != 0
+    return bool(paid.any() and term[paid].all())
 
 
 def balance_weights_from_data(
