@@ -24,6 +24,7 @@ copying the last frame) is printed, and the simulator folder is saved (and pushe
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -314,9 +315,11 @@ def init_world_model(model: torch.nn.Module, source: str | os.PathLike, meanings
         print(f"  {note}")
 
 
-def load_teacher(source: str | os.PathLike, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def load_teacher(source: str | os.PathLike, model: torch.nn.Module, device: torch.device, env_id: str,
+                 meanings: list[str]) -> torch.nn.Module:
     """The frozen U-Net of ``--distill-from`` (a simulator folder or its ``world_model/``), checked against
-    ``model`` (``SystemExit`` says what does not fit)."""
+    ``model`` and against the game of the data (``env_id`` and its action ``meanings``, where the teacher's simulator
+    config records them): ``SystemExit`` says what does not fit."""
     from dws_gym.models.unet import UNET_WEIGHTS_NAME, UNetWorldModel
 
     folder = Path(source)
@@ -324,6 +327,14 @@ def load_teacher(source: str | os.PathLike, model: torch.nn.Module, device: torc
         folder = folder / "world_model"
     if not isinstance(model, UNetWorldModel):
         raise SystemExit("--distill-from distils a pixel U-Net: pass --backbone unet with it.")
+    config = _source_config(folder) or {}
+    if config.get("env_id") not in (None, env_id):
+        raise SystemExit(f"--distill-from {source} simulates {config['env_id']}, but the data is {env_id}: a teacher "
+                         "must simulate the game it teaches.")
+    theirs = _source_action_meanings(folder)
+    if theirs is not None and theirs != list(meanings):
+        raise SystemExit(f"--distill-from {source}: its actions {theirs} are not the data's {list(meanings)} (in that "
+                         "order).")
     if not (folder / UNET_WEIGHTS_NAME).is_file():
         raise SystemExit(f"--distill-from {source}: no {UNET_WEIGHTS_NAME} in {folder}; pass a U-Net simulator folder "
                          "(it holds world_model/) or its world-model folder.")
@@ -422,7 +433,7 @@ def check_args(args: Args) -> None:
                          f"{args.reward_dream_windows} and {args.reward_dream_horizon}.")
     if args.prefetch < 0:
         raise SystemExit(f"--prefetch must be >= 0 (0 reads each batch in turn), got {args.prefetch}.")
-    if args.distill_weight < 0:
+    if not math.isfinite(args.distill_weight) or args.distill_weight < 0:
         raise SystemExit(f"--distill-weight must be >= 0, got {args.distill_weight}.")
     if args.distill_from is not None and args.backbone != "unet":
         raise SystemExit("--distill-from distils a pixel U-Net: pass --backbone unet with it.")
@@ -545,7 +556,8 @@ if __name__ == "__main__":
     else:
         trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
-    teacher = None if args.distill_from is None else load_teacher(args.distill_from, model, device)
+    teacher = (None if args.distill_from is None
+               else load_teacher(args.distill_from, model, device, args.env_id, meanings))
     loss_module = _LossModule(model, teacher, args.distill_weight)
     if dist.enabled:
         loss_module = torch.nn.parallel.DistributedDataParallel(
@@ -559,8 +571,8 @@ if __name__ == "__main__":
     reward_head = RewardHead(RewardConfig(context_frames=args.context_frames, num_actions=len(meanings),
                                           frame_shape=tuple(meta.obs_shape),
                                           sign_values=sign_values_from_rewards(records["reward"]),
-                                          reward_ends_episode=reward_ends_episode_in(records["reward"],
-                                                                                     records["terminated"]))
+                                          reward_ends_episode=reward_ends_episode_in(
+                                              records["reward"], records["terminated"], records["truncated"]))
                              ).to(device)
     start_step = 0
     reward_trained = False

@@ -168,7 +168,8 @@ def retrain_reward_head(args: RetrainArgs, command: str | None = None) -> Path:
     if head.config.mode == "sign":  # pay what the game pays (CoinRun's coin: 10) where each sign has one value
         head.set_sign_values(sign_values_from_rewards(records["reward"]))
         print(f"the head pays {head.config.sign_values} for a negative / no / positive reward", flush=True)
-    head.config.reward_ends_episode = reward_ends_episode_in(records["reward"], records["terminated"])
+    head.config.reward_ends_episode = head.config.mode == "sign" and reward_ends_episode_in(
+        records["reward"], records["terminated"], records["truncated"])
     if head.config.reward_ends_episode:
         print("every reward in the data ends its episode: a dreamed reward ends the dream too", flush=True)
     sim.reward_head = head

@@ -437,12 +437,15 @@ class Simulator:
             frame,
             sample=sample_reward or sample_termination,
             generator=generator,
+            end_on_reward=False,
         )
         if sample_reward != sample_termination:
             # predict() samples both or neither: recompute the deterministic part that was not asked to be sampled.
-            det_reward, det_term = self.reward_head.predict(state.frames, a, frame, sample=False)
+            det_reward, det_term = self.reward_head.predict(state.frames, a, frame, sample=False, end_on_reward=False)
             reward = reward if sample_reward else det_reward
             terminated = terminated if sample_termination else det_term
+        if self.reward_head.config.reward_ends_episode:  # on the pair returned: a paid step ends the game
+            terminated = terminated | (reward != 0)
         frames = torch.cat([state.frames[:, 1:], frame[:, None]], dim=1)
         actions = torch.cat([state.actions[:, 1:], a[:, None]], dim=1) if state.actions.shape[1] else state.actions
         reward = reward.to(self.device, torch.float32)

@@ -296,6 +296,12 @@ def test_in_a_game_that_ends_on_every_reward_a_dreamed_reward_terminates(tmp_pat
     assert reward_ends_episode_in(np.zeros(4), np.ones(4, bool)) is False  # no reward seen: no rule
     with pytest.raises(ValueError, match="one entry per step"):
         reward_ends_episode_in(np.zeros(4), np.zeros(3, bool))
+    # Procgen's time limit can fall on the coin's step: recorded as truncated, still the episode's end
+    timeout_coin = np.array([0, 1, 0, 0, 1], bool)
+    assert reward_ends_episode_in(np.array([0, 10, 10, 0, 0]), coinrun_terms, timeout_coin) is True
+    assert reward_ends_episode_in([0, 10, 10, 0, 0], coinrun_terms) is False
+    with pytest.raises(ValueError, match="needs mode='sign'"):
+        RewardConfig(mode="twohot", reward_ends_episode=True, **SMALL)
     cfg = RewardConfig(sign_values=(-1.0, 0.0, 10.0), reward_ends_episode=True, **SMALL)
     assert RewardConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))).reward_ends_episode is True
     head = RewardHead(cfg)

@@ -57,6 +57,31 @@ def test_step_is_reproducible_with_generator():
         assert torch.equal(x, y)
 
 
+def test_a_game_that_ends_on_every_reward_ends_the_dream_on_a_dreamed_reward():
+    """With ``reward_ends_episode`` every paid step terminates, also when only one of reward and termination is
+    sampled (the two come from different calls and are merged)."""
+    sim = tiny_sim(perturb=True)
+    head = sim.reward_head
+    head.config.reward_ends_episode = True
+    with torch.no_grad():  # pays about half the time when sampled, never terminates on its own
+        head.reward_out.weight.zero_()
+        head.reward_out.bias.copy_(torch.tensor([-20.0, 0.0, 0.0]))
+        head.termination_out.weight.zero_()
+        head.termination_out.bias.fill_(-20.0)
+    state = sim.init_state(sim.start_frames, sim.start_actions)
+    paid = 0
+    for flags in ({}, {"sample_reward": True}, {"sample_termination": True},
+                  {"sample_reward": True, "sample_termination": True}):
+        for seed in range(4):
+            _, reward, term, _ = sim.step(state, [1] * 5, generator=torch.Generator().manual_seed(seed), **flags)
+            assert torch.equal(term, reward != 0), flags
+            paid += int((reward != 0).sum())
+    assert paid > 0
+    head.config.reward_ends_episode = False
+    _, reward, term, _ = sim.step(state, [1] * 5, generator=torch.Generator().manual_seed(0), sample_reward=True)
+    assert (reward != 0).any() and not term.any()
+
+
 def test_reset_where_replaces_only_masked_envs():
     sim = tiny_sim()
     state = sim.init_state(sim.start_frames[:3], sim.start_actions[:3])

@@ -1,5 +1,6 @@
 """train_world_model.py end to end at tiny sizes: collect -> train -> checkpoint -> resume -> table -> simulator; DDP."""
 
+import json
 import math
 import os
 import re
@@ -211,6 +212,14 @@ def test_distill_from_trains_a_narrower_unet_on_a_simulator_and_records_its_teac
                           "--output-dir", "bad", "--distill-from", str(cwd / "run" / "simulator")] + other,
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "context_frames 3 (teacher) vs 4" in bad.stderr + bad.stdout
+    other_game = tmp_path / "pong_teacher"  # the same network, recorded as another game's simulator
+    shutil.copytree(cwd / "run" / "simulator", other_game)
+    config = json.loads((other_game / "simulator_config.json").read_text())
+    (other_game / "simulator_config.json").write_text(json.dumps({**config, "env_id": "ALE/Pong-v5"}))
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--data", str(cwd / "store"), "--total-steps", "1",
+                          "--output-dir", "bad", "--distill-from", str(other_game)] + tiny,
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "simulates ALE/Pong-v5, but the data is ALE/Breakout-v5" in bad.stderr + bad.stdout
     flow = subprocess.run([sys.executable, str(SCRIPT), "--data", "store", "--backbone", "flow", "--distill-from",
                            str(cwd / "run" / "simulator")], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120)

@@ -245,7 +245,8 @@ class RewardConfig:
             ``(-1, 0, 10)`` for a game whose only reward is 10; ignored in two-hot mode.
         reward_ends_episode: the game ends on every reward (Procgen CoinRun's coin and Ninja's mushroom are the last
             step of an episode): a predicted non-zero reward also terminates, so a dream cannot pay twice or go on
-            past its goal (:func:`dws_gym.models.reward_training.reward_ends_episode_in` reads it from the data).
+            past its goal (:func:`dws_gym.models.reward_training.reward_ends_episode_in` reads it from the data;
+            sign mode only).
     """
 
     mode: Literal["sign", "twohot"] = "sign"
@@ -334,6 +335,9 @@ class RewardConfig:
         self.sign_values = sv  # type: ignore[assignment]
         if not isinstance(self.reward_ends_episode, bool):
             raise ValueError(f"RewardConfig.reward_ends_episode must be true or false, got {self.reward_ends_episode!r}")
+        if self.reward_ends_episode and self.mode != "sign":
+            raise ValueError("RewardConfig.reward_ends_episode needs mode='sign': a two-hot head's point reward is "
+                             "almost never exactly 0, so every step would end the episode")
 
     @property
     def num_classes(self) -> int:
@@ -607,6 +611,7 @@ class RewardHead(nn.Module):
         next_frame: ArrayLike,
         sample: bool = False,
         generator: torch.Generator | None = None,
+        end_on_reward: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reward and termination of each transition, without gradients.
 
@@ -617,6 +622,9 @@ class RewardHead(nn.Module):
                 and termination drawn from a Bernoulli.
             generator: the only source of randomness when sampling (drawn on the generator's device); ``None``
                 uses torch's global generator. Ignored when ``sample`` is False.
+            end_on_reward: apply ``config.reward_ends_episode`` (a paid step terminates); ``None`` follows the config.
+                A caller that merges rewards and terminations of different calls passes ``False`` and applies
+                the rule to the merged pair.
 
         Returns:
             ``(reward, terminated)``: float32 ``(B,)`` and bool ``(B,)`` on the head's device.
@@ -635,7 +643,7 @@ class RewardHead(nn.Module):
             u = torch.rand(p_term.shape, generator=generator, device=dev).to(p_term.device)
             reward = (self.sign_values[idx] if self.config.mode == "sign" else symexp(self.bins[idx])).float()
             terminated = u < p_term
-        if self.config.reward_ends_episode:
+        if self.config.reward_ends_episode if end_on_reward is None else end_on_reward:
             terminated = terminated | (reward != 0)
         return reward, terminated
 

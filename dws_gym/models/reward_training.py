@@ -72,18 +72,24 @@ def sign_values_from_rewards(rewards: ArrayLike) -> tuple[float, float, float]:
     return values[0], values[1], values[2]
 
 
-def reward_ends_episode_in(rewards: ArrayLike, terminated: ArrayLike) -> bool:
-    """Whether the data's game ends on every reward: at least one non-zero reward, and every non-zero reward on a
-    terminating step (Procgen CoinRun and Ninja: True; Breakout: False). The result goes to
-    ``RewardConfig.reward_ends_episode``."""
+def reward_ends_episode_in(rewards: ArrayLike, terminated: ArrayLike, truncated: ArrayLike | None = None) -> bool:
+    """Whether the data's game ends on every reward: at least one non-zero reward, and every non-zero reward on the
+    last step of its episode (Procgen CoinRun and Ninja: True; Breakout: False). An end counts whether it is a
+    termination or a truncation: Procgen ends an episode at its time limit even on the step that collects the coin,
+    and such a step is recorded as truncated. The result goes to ``RewardConfig.reward_ends_episode``."""
     def flat(x: ArrayLike) -> np.ndarray:
         return np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x).reshape(-1)
 
-    r, term = flat(rewards).astype(np.float64), flat(terminated).astype(bool)
-    if r.shape != term.shape:
-        raise ValueError(f"rewards and terminated must have one entry per step, got {r.shape} and {term.shape}")
+    r, ends = flat(rewards).astype(np.float64), flat(terminated).astype(bool)
+    if r.shape != ends.shape:
+        raise ValueError(f"rewards and terminated must have one entry per step, got {r.shape} and {ends.shape}")
+    if truncated is not None:
+        trunc = flat(truncated).astype(bool)
+        if trunc.shape != r.shape:
+            raise ValueError(f"rewards and truncated must have one entry per step, got {r.shape} and {trunc.shape}")
+        ends = ends | trunc
     paid = r != 0
-    return bool(paid.any() and term[paid].all())
+    return bool(paid.any() and ends[paid].all())
 
 
 def balance_weights_from_data(
