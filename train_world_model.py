@@ -204,7 +204,7 @@ class Args:
     num_start_states: int = 64
     """real start clips bundled with the simulator"""
     output_dir: str | None = None
-    """run folder (checkpoint + simulator); default runs/{run_name}"""
+    """run folder (checkpoint, simulator, TensorBoard logs); default runs/{run_name}"""
     resume: bool = False
     """continue the run in --output-dir from its last checkpoint"""
     progress: bool = True
@@ -511,7 +511,7 @@ if __name__ == "__main__":
 
             wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                        config=asdict(args), name=run_name, save_code=True)
-        writer = SummaryWriter(f"runs/{run_name}")
+        writer = SummaryWriter(str(out_dir))  # with the run's checkpoint and simulator (a resume adds a file)
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in flat_args(args).items()))
 
     # ---------------------------------------------------------------- data

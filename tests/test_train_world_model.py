@@ -70,8 +70,9 @@ def test_pipeline_writes_simulator_table_and_logs(trained):
     state = sim.init_state(sim.start_frames[:2], sim.start_actions[:2])
     frame, *_ = sim.step(state, [1, 2], generator=torch.Generator().manual_seed(0))
     assert frame.shape == (2, 64, 64, 3)
-    events = list((cwd / "runs").rglob("events.out.tfevents.*"))
-    assert events, "TensorBoard logs are written under runs/{run_name}"
+    events = list((cwd / "run").glob("events.out.tfevents.*"))
+    assert events, "TensorBoard logs are written into the run's --output-dir"
+    assert not (cwd / "runs").exists()  # nothing outside it
 
 
 SIDES = ("model", "copy", "shuffled")
