@@ -20,6 +20,10 @@ only calibrates the simulator's existing head:
     python -m dws_gym.retrain_reward_head --simulator runs/breakout-dreamhead --data data/breakout-tracker \
         --no-train --calibrate-windows 1024 --out runs/breakout-final
 
+Every run also reads two rules of the game from the data and writes them into the head: what each reward sign pays
+(CoinRun's coin: 10) and whether every reward ends its episode (CoinRun, Ninja: a dreamed reward then ends the dream).
+``--no-train`` alone applies only these to the existing head.
+
 Only the training episodes are used: the last ``--held-out-fraction`` of the store's episodes of the simulator's
 env id stay out, as ``train_world_model.py`` and ``python -m dws_gym.evaluation`` split them. The world model is not
 changed (except its stepping threshold with ``--keep-below``). The command is appended to the simulator's recorded
@@ -109,8 +113,6 @@ def _check(args: RetrainArgs) -> None:
         usage_error("--candidates > 1 picks the best head on the calibration dreams: pass --calibrate-windows too")
     if args.candidates > 1 and not args.train:
         usage_error("--candidates > 1 trains several heads; it cannot be combined with --no-train")
-    if not args.train and not args.calibrate_windows and args.keep_below is None:
-        usage_error("--no-train without --calibrate-windows or --keep-below would change nothing")
     if args.keep_below is not None and not (math.isfinite(args.keep_below) and 0 <= args.keep_below < 1):
         usage_error(f"--keep-below must be in [0, 1), got {args.keep_below}")
 

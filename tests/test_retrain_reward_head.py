@@ -90,14 +90,33 @@ def test_candidates_keep_the_best_head_on_the_calibration_dreams(folders, tmp_pa
                                             (["--dream-windows", "0"], "--dream-windows"),
                                             (["--keep-below", "1.5"], "--keep-below"),
                                             (["--candidates", "2"], "--calibrate-windows"),
-                                            (["--calibrate-windows", "-1"], "--calibrate-windows"),
-                                            (["--no-train"], "would change nothing")])
+                                            (["--calibrate-windows", "-1"], "--calibrate-windows")])
 def test_bad_flags_stop_before_writing(folders, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
         main(["--simulator", str(folders / "sim"), "--data", str(folders / "store"), "--out", str(tmp_path / "new")]
              + SMALL + flags)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+def test_no_train_alone_writes_the_games_reward_rules_into_the_existing_head(folders, tmp_path, capsys):
+    """Data in which every reward ends its episode (as in CoinRun) turns the rule on; the weights stay."""
+    store = TrajectoryStore(tmp_path / "goal", create=True)
+    rng = np.random.default_rng(0)
+    for length in (30, 25, 40, 35, 28, 33, 31, 27, 36, 29, 34):
+        rewards = np.zeros(length, np.float32)
+        rewards[-1] = 10.0 * (length % 2)  # half the episodes end on the goal, the others without a reward
+        store.add_episode(rng.integers(0, 256, (length + 1, 64, 64, 3), dtype=np.uint8),
+                          rng.integers(0, 4, length), rewards, np.eye(1, length, length - 1, dtype=bool)[0],
+                          np.zeros(length, bool), env_id="ALE/Breakout-v5", action_meanings=BREAKOUT)
+    out = main(["--simulator", str(folders / "sim"), "--data", str(tmp_path / "goal"), "--out", str(tmp_path / "new"),
+                "--no-train"] + SMALL)
+    assert "a dreamed reward ends the dream too" in capsys.readouterr().out
+    before, after = Simulator.from_pretrained(folders / "sim"), Simulator.from_pretrained(out)
+    assert not before.reward_head.config.reward_ends_episode and after.reward_head.config.reward_ends_episode
+    assert after.reward_head.config.sign_values == (-1.0, 0.0, 10.0)
+    for a, b in zip(before.reward_head.state_dict().values(), after.reward_head.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_a_store_of_another_game_is_named(folders, tmp_path):
