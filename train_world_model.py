@@ -239,10 +239,31 @@ def _source_action_meanings(folder: Path) -> list[str] | None:
     return list(meanings) if isinstance(meanings, list) else None
 
 
-def describe_init_source(source: str | os.PathLike) -> str:
+def _source_unet_config(folder: Path) -> Any:
+    """The :class:`~dws_gym.models.unet.UNetConfig` of a U-Net simulator folder (or its ``world_model/``), else
+    None (another backbone, or no readable config)."""
+    from dws_gym.models.unet import UNET_CONFIG_NAME, UNetConfig
+
+    if (folder / "world_model").is_dir():
+        folder = folder / "world_model"
+    path = folder / UNET_CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        return UNetConfig.from_dict(json.loads(path.read_text()), source=str(path))
+    except (ValueError, TypeError):
+        return None
+
+
+def describe_init_source(source: str | os.PathLike, widths: tuple[int, ...] | None = None) -> str:
     """``--init-from``'s folder and what its config says of it (for the card's provenance): the game it simulates
-    and where its own weights came from (a pre-trained backbone, another simulator, or from scratch)."""
+    and where its own weights came from (a pre-trained backbone, another simulator, or from scratch); with the
+    U-Net ``widths`` of the model it initialised, also whether its channels were pruned to them."""
     config = _source_config(Path(source))
+    unet = _source_unet_config(Path(source))
+    pruned = ""
+    if widths is not None and unet is not None and tuple(unet.widths) != tuple(widths):
+        pruned = f"; its channels pruned from widths {tuple(unet.widths)} to {tuple(widths)}"
     if config is not None and "env_id" in config:
         training = config.get("training") if isinstance(config.get("training"), dict) else {}
         if training.get("initialised_from"):
@@ -251,15 +272,20 @@ def describe_init_source(source: str | os.PathLike) -> str:
             origin = f"fine-tuned from the pre-trained {config['pretrained_backbone']}"
         else:
             origin = "trained from scratch"
-        return f"{source} (a simulator of {config['env_id']}, {origin})"
-    return f"{source} (no simulator config beside it: its origin is not recorded)"
+        return f"{source} (a simulator of {config['env_id']}, {origin}{pruned})"
+    return f"{source} (no simulator config beside it: its origin is not recorded{pruned})"
 
 
 def init_world_model(model: torch.nn.Module, source: str | os.PathLike, meanings: list[str] | None = None) -> None:
     """Load the world-model weights of a simulator folder (or its ``world_model/`` folder) into ``model``.
 
     The training-only settings of ``model``'s config (loss, noise, unroll) stay as built from the flags; only weights
-    are taken, and every weight must fit, with two exceptions that let a simulator of another game be the start:
+    are taken, and every weight must fit, with three exceptions:
+
+    * a pixel U-Net source wider than ``model`` (``--unet.widths`` narrower than its widths) is pruned to ``model``'s
+      widths first (:func:`dws_gym.models.unet_prune.prune_unet_state`): the start of a faster student;
+
+    and two that let a simulator of another game be the start:
 
     * buffers built from the game's own text (action sentences, prompt) keep ``model``'s;
     * a discrete action table is rebuilt when the source's game has another number of actions, or other action
@@ -270,7 +296,8 @@ def init_world_model(model: torch.nn.Module, source: str | os.PathLike, meanings
     from dws_gym.fileio import load_safetensors
     from dws_gym.models.actions import transfer_action_table
     from dws_gym.models.flow_config import FLOW_WEIGHTS_NAME
-    from dws_gym.models.unet import UNET_WEIGHTS_NAME
+    from dws_gym.models.unet import UNET_WEIGHTS_NAME, UNetWorldModel
+    from dws_gym.models.unet_prune import prune_unet_state
 
     folder = Path(source)
     if (folder / "world_model").is_dir():
@@ -283,10 +310,19 @@ def init_world_model(model: torch.nn.Module, source: str | os.PathLike, meanings
         state, _ = load_safetensors(folder / names[0], "the world model to start from", fix="re-download or re-save it")
     except ValueError as e:
         raise SystemExit(f"--init-from: {e}") from e
+    notes: list[str] = []
+    unet = _source_unet_config(folder)
+    if isinstance(model, UNetWorldModel) and unet is not None and tuple(unet.widths) != tuple(model.config.widths):
+        # A narrower student starts from the trained model's most important channels (see unet_prune).
+        try:
+            state, _ = prune_unet_state(state, unet, model.config.widths)
+        except ValueError as e:
+            raise SystemExit(f"--init-from {source}: {e}; --unet.widths must keep or narrow its widths.") from e
+        notes.append(f"pruned its channels from widths {tuple(unet.widths)} to {tuple(model.config.widths)} "
+                     "(the weights that matter most in each group; fine-tune it, e.g. with --distill-from)")
     own = model.state_dict()
     source_meanings = _source_action_meanings(folder)
     other_actions = meanings is not None and source_meanings is not None and source_meanings != list(meanings)
-    notes: list[str] = []
     for name, value in own.items():
         if name not in state:
             continue
@@ -791,7 +827,8 @@ if __name__ == "__main__":
             },
         )
         if args.init_from is not None:
-            sim_config.training["initialised_from"] = describe_init_source(args.init_from)
+            sim_config.training["initialised_from"] = describe_init_source(
+                args.init_from, getattr(model.config, "widths", None))
         if args.distill_from is not None:
             sim_config.training["distilled_from"] = (f"{describe_init_source(args.distill_from)}, teacher term "
                                                      f"weight {args.distill_weight}")

@@ -93,6 +93,11 @@ def gae(
     return advantages, advantages + values, deltas
 
 
+def _numpy(x: Any, dtype: Any = None) -> np.ndarray:
+    """A tensor (any device) or array-like as a host numpy array (``dtype`` applies to array-likes only)."""
+    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x, dtype=dtype)
+
+
 def start_priorities(deltas: Any, valid: Any, start_ids: Any) -> tuple[np.ndarray, np.ndarray]:
     """TD priority of every start window of an imagined rollout: the mean ``|delta_t|`` over its valid steps.
 
@@ -106,9 +111,9 @@ def start_priorities(deltas: Any, valid: Any, start_ids: Any) -> tuple[np.ndarra
         ``(ids int64 (m,), values float64 (m,))``, one entry per distinct id (envs that drew the same window are
         averaged together).
     """
-    d = np.abs(deltas.detach().cpu().numpy() if torch.is_tensor(deltas) else np.asarray(deltas, dtype=np.float64))
-    v = valid.cpu().numpy() if torch.is_tensor(valid) else np.asarray(valid)
-    s = start_ids.cpu().numpy() if torch.is_tensor(start_ids) else np.asarray(start_ids)
+    d = np.abs(_numpy(deltas, np.float64))
+    v = _numpy(valid)
+    s = _numpy(start_ids)
     keep = v.astype(bool) & (s >= 0)
     if not keep.any():
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
@@ -137,8 +142,8 @@ def real_start_priorities(deltas: Any, valid: Any, emitted: list[tuple[int, np.n
     Returns:
         ``(ids int64 (m,), values float64 (m,))`` for ``PrioritizedStartStates.update_priorities``.
     """
-    d = np.abs(deltas.detach().cpu().numpy() if torch.is_tensor(deltas) else np.asarray(deltas, dtype=np.float64))
-    v = (valid.cpu().numpy() if torch.is_tensor(valid) else np.asarray(valid)).astype(bool)
+    d = np.abs(_numpy(deltas, np.float64))
+    v = _numpy(valid).astype(bool)
     fallback = float(d[v].mean()) if v.any() else 0.0
     ids, values = [], []
     for s, envs, window_ids in emitted:
