@@ -107,9 +107,10 @@ class Args:
     init_from: str | None = None
     """start from the world-model weights of this simulator folder (or its `world_model/` folder) instead of a
     fresh model: fine-tune a shipped simulator on new data, a new recipe or another game (the model flags must match
-    it; a game with other actions gets a rebuilt action table: its actions that press the same keys as the
-    source's start from their rows, the others at random at the table's scale; the reward head is trained anew;
-    ignored by --resume, whose checkpoint holds the weights)"""
+    it, except narrower --unet.widths, which prune a U-Net source to its most important channels; a game with
+    other actions gets a rebuilt action table: its actions that press the same keys as the source's start from their
+    rows, the others at random at the table's scale; the reward head is trained anew; ignored by --resume, whose
+    checkpoint holds the weights)"""
     distill_from: str | None = None
     """distil this simulator folder's (or world_model/ folder's) U-Net into the model being trained: every target is
     also regressed onto the teacher's prediction from the same context, actions and noise (see
@@ -314,10 +315,14 @@ def init_world_model(model: torch.nn.Module, source: str | os.PathLike, meanings
     unet = _source_unet_config(folder)
     if isinstance(model, UNetWorldModel) and unet is not None and tuple(unet.widths) != tuple(model.config.widths):
         # A narrower student starts from the trained model's most important channels (see unet_prune).
+        if unet.groups != model.config.groups:
+            raise SystemExit(f"--init-from {source}: pruning keeps the group norms' grouping, but the source has "
+                             f"groups={unet.groups} and --unet.groups is {model.config.groups}; pass "
+                             f"--unet.groups {unet.groups}.")
         try:
             state, _ = prune_unet_state(state, unet, model.config.widths)
         except ValueError as e:
-            raise SystemExit(f"--init-from {source}: {e}; --unet.widths must keep or narrow its widths.") from e
+            raise SystemExit(f"--init-from {source}: {e}.") from e
         notes.append(f"pruned its channels from widths {tuple(unet.widths)} to {tuple(model.config.widths)} "
                      "(the weights that matter most in each group; fine-tune it, e.g. with --distill-from)")
     own = model.state_dict()
@@ -345,7 +350,8 @@ def init_world_model(model: torch.nn.Module, source: str | os.PathLike, meanings
         model.load_state_dict(state)
     except RuntimeError as e:
         raise SystemExit(f"--init-from: the weights in {folder} do not fit the model these flags build (pass the "
-                         f"--backbone / --unet.widths / --context-frames it was trained with): {str(e)[:400]}") from e
+                         f"--backbone / --context-frames it was trained with, and its --unet.widths or narrower ones, "
+                         f"which prune it): {str(e)[:400]}") from e
     print(f"initialised the world model from {folder}")
     for note in notes:
         print(f"  {note}")
@@ -637,6 +643,8 @@ if __name__ == "__main__":
         if ckpt.get("total_steps") is not None and args.budget_minutes is not None:
             args.total_steps = int(ckpt["total_steps"])  # the budget's choice, made once
         commands = list(ckpt.get("commands", [])) + [command]
+        if args.init_from is None and ckpt.get("args", {}).get("init_from"):
+            args.init_from = ckpt["args"]["init_from"]  # the card keeps where the weights came from (and any pruning)
         seconds_before = float(ckpt.get("train_seconds", 0.0))
         sps_before = ckpt.get("samples_per_second")
         if "reward_head" in ckpt and not args.retrain_reward_head:  # a finished head is kept as it is

@@ -16,7 +16,9 @@ concatenations of two sets, so their slices are built from both.
 Which channels to keep. A channel's importance is the norm of the weights that write it times the norm of the weights
 that read it (a channel written large and read large carries the most signal; one either side near zero carries
 little), a data-free rule in the spirit of filter-norm pruning (Li et al., 2017). The selection is made per group-norm
-group (the same number kept in each of the ``groups`` contiguous groups), so the group norms keep their grouping.
+group of each set (the same number kept in each of its ``groups`` contiguous groups), so the group norms over one set
+keep their grouping. The two over skip concatenations (``up1`` and ``up0``'s first norms) do not: their groups
+straddle the two sets' groups, so their statistics move more, and the fine-tuning that follows absorbs it.
 """
 
 from __future__ import annotations
@@ -75,7 +77,9 @@ def _layout() -> list[tuple[str, int, list[_Segment], bool]]:
 def pruned_config(source: UNetConfig, widths: tuple[int, int, int] | list[int]) -> UNetConfig:
     """``source`` with narrower ``widths`` (``ValueError`` if a width grows or does not fit the group norms)."""
     widths = tuple(int(w) for w in widths)
-    if len(widths) != 3 or any(v > w for v, w in zip(widths, source.widths)):
+    if len(widths) != 3:
+        raise ValueError(f"a U-Net has 3 widths, got {widths}")
+    if any(v > w for v, w in zip(widths, source.widths)):
         raise ValueError(f"pruning keeps or narrows every width: {tuple(source.widths)} cannot become {widths}")
     data = source.to_dict()
     data["widths"] = list(widths)
@@ -87,7 +91,7 @@ def _keep_per_group(score: torch.Tensor, keep: int, groups: int) -> torch.Tensor
     size = score.numel() // groups
     per = keep // groups
     top = score.view(groups, size).topk(per, dim=1).indices.sort(dim=1).values
-    return (top + torch.arange(groups)[:, None] * size).flatten()
+    return (top + torch.arange(groups, device=score.device)[:, None] * size).flatten()
 
 
 def prune_unet_state(state: dict[str, torch.Tensor], source: UNetConfig,
