@@ -200,10 +200,18 @@ def test_distill_from_trains_a_narrower_unet_on_a_simulator_and_records_its_teac
     tiny = list(TINY)
     tiny[tiny.index("--unet.widths") + 2] = "8"  # --unet.widths 8 8 16: the student is narrower than its teacher
     proc = run(["--data", str(cwd / "store"), "--total-steps", "2", "--output-dir", "student", "--distill-from",
-                str(cwd / "run" / "simulator"), "--distill-weight", "0.5"] + tiny, tmp_path)
+                str(cwd / "run" / "simulator"), "--distill-weight", "0.5", "--init-from",
+                str(cwd / "run" / "simulator")] + tiny, tmp_path)
     assert re.search(r"step 2/2 loss \S+ mse \S+ copy \S+ teacher \d", proc.stdout), proc.stdout[-2000:]
+    assert "pruned its channels from widths (8, 16, 16) to (8, 8, 16)" in proc.stdout
     sim = Simulator.from_pretrained(tmp_path / "student" / "simulator")
     assert list(sim.world_model.config.widths) == [8, 8, 16]
+    pruned = "its channels pruned from widths (8, 16, 16) to (8, 8, 16)"
+    assert pruned in sim.config.training["initialised_from"]
+    # A resume without --init-from keeps the provenance on the card.
+    run(["--data", str(cwd / "store"), "--total-steps", "3", "--output-dir", "student", "--resume", "--distill-from",
+         str(cwd / "run" / "simulator"), "--distill-weight", "0.5"] + tiny, tmp_path)
+    assert pruned in Simulator.from_pretrained(tmp_path / "student" / "simulator").config.training["initialised_from"]
     assert sim.config.training["distilled_from"].startswith(f"{cwd / 'run' / 'simulator'} (a simulator of ")
     assert sim.config.training["distilled_from"].endswith("teacher term weight 0.5")
     # A teacher that reads other inputs, or a flow student, is refused before training.
