@@ -612,6 +612,7 @@ class Simulator:
             )
         elif c.training.get("initialised_from"):
             provenance = (
+                "The backbone was **not pre-trained** on general video. "
                 f"The world model's weights started from those of `{c.training['initialised_from']}` and were "
                 "fine-tuned with DWS (the action module and the motion-reinforced loss) on the data below."
             )
