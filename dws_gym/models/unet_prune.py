@@ -23,8 +23,6 @@ straddle the two sets' groups, so their statistics move more, and the fine-tunin
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
 
 from .unet import UNetConfig
@@ -114,19 +112,17 @@ def prune_unet_state(state: dict[str, torch.Tensor], source: UNetConfig,
     if missing:
         raise ValueError(f"not the weights of a pixel U-Net world model: missing {missing[:4]}")
     # Importance: norm of the writing weights (dim 0) times norm of the reading weights (dim 1), per channel set.
-    written: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(0))
-    read: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(0))
+    written: dict[str, torch.Tensor] = {}
+    read: dict[str, torch.Tensor] = {}
     for name, dim, segments, scored in specs:
         if not scored:
             continue
-        w = state[name].detach().float()
-        per_channel = w.transpose(0, dim).flatten(1).pow(2).sum(dim=1)
+        per_channel = state[name].detach().float().transpose(0, dim).flatten(1).pow(2).sum(dim=1)
+        into = written if dim == 0 else read
         start = 0
         for set_name, level in segments:
-            part = per_channel[start: start + old[level]]
+            into[set_name] = into.get(set_name, 0.0) + per_channel[start: start + old[level]]
             start += old[level]
-            into = written if dim == 0 else read
-            into[set_name] = part.clone() if into[set_name].numel() == 0 else into[set_name] + part
     levels = {set_name: level for _, _, segments, _ in specs for set_name, level in segments}
     keep = {}
     for set_name, level in levels.items():
