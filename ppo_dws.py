@@ -17,10 +17,10 @@ seeds short rollouts dreamed by the simulator, and PPO learns from both. Each it
    importance weight of its start window (``beta`` annealed linearly to 1 over the run).
 
 Defaults follow CleanRL's ppo_atari.py for ALE ids (Nature-CNN, 8 envs x 128 steps, lr 2.5e-4 annealed, clip 0.1,
-4 epochs x 4 minibatches, rewards clipped to their sign in the loss, a life loss ends the value target) and
-ppo_procgen.py for Procgen ids (IMPALA-CNN, 64 envs x 256 steps, lr 5e-4, gamma 0.999, clip 0.2, 3 epochs x 8
-minibatches, rewards scaled by a running return std and clipped to [-10, 10]). ``--total-timesteps`` counts real
-env steps only.
+4 epochs x 4 minibatches, rewards clipped to their sign in the loss, a life loss ends the value target when nothing
+is dreamed: simulators predict game over, not a lost life) and ppo_procgen.py for Procgen ids (IMPALA-CNN, 64 envs
+x 256 steps, lr 5e-4, gamma 0.999, clip 0.2, 3 epochs x 8 minibatches, rewards scaled by a running return std and
+clipped to [-10, 10]). ``--total-timesteps`` counts real env steps only.
 
 Gymnasium 1.x autoreset: ALE and the dream env reset ``NEXT_STEP`` (the step after an end ignores its action and
 returns the next episode's first frame); those steps are masked out of the loss and of GAE, and the final
@@ -47,7 +47,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -141,7 +143,10 @@ class Args:
     frame_stack: int = 4
     """frames stacked in every observation (real and dreamed)"""
     episodic_life: bool = True
-    """ALE: a lost life ends the value target (as CleanRL's EpisodicLifeEnv), the game goes on"""
+    """ALE: a lost life ends the value target (as CleanRL's EpisodicLifeEnv), the game goes on. Only with
+    --imagination none: simulators predict game over, not a lost life, so dreams would bootstrap across the lost
+    lives that end the real targets (two targets for one state); with imagination it is turned off, and asking for
+    it is an error"""
     norm_reward: bool | None = None
     """scale rewards by a running std of the discounted return, clip to [-10, 10] (default: off ALE, on Procgen)"""
     procgen_num_levels: int = 0
@@ -204,12 +209,13 @@ class Args:
 
 
 RESUME_FIELDS = ("env_id", "imagination", "arch", "frame_stack", "num_envs", "num_steps", "start_buffer_size",
-                 "num_dream_envs", "horizon")
+                 "num_dream_envs", "horizon", "episodic_life")
 """Args a resumed run must keep (they shape the model, the buffers or the batch)."""
 
 
-def fill_defaults(args: Args) -> bool:
-    """Fill the game-family defaults (CleanRL's Atari or Procgen PPO); return True for Procgen."""
+def fill_defaults(args: Args, argv: Sequence[str] = ()) -> bool:
+    """Fill the game-family defaults (CleanRL's Atari or Procgen PPO); return True for Procgen. ``argv``: the command
+    line, to tell an explicit ``--episodic-life`` from the default."""
     procgen = parse_env_id(args.env_id)[0] == "procgen"
     defaults = dict(learning_rate=(2.5e-4, 5e-4), num_envs=(8, 64), num_steps=(128, 256), anneal_lr=(True, False),
                     gamma=(0.99, 0.999), num_minibatches=(4, 8), update_epochs=(4, 3), clip_coef=(0.1, 0.2),
@@ -219,6 +225,12 @@ def fill_defaults(args: Args) -> bool:
             setattr(args, name, pg if procgen else ale)
     if not 0.0 <= args.imagined_ratio:
         raise SystemExit(f"--imagined-ratio must be >= 0, got {args.imagined_ratio}.")
+    if procgen or args.imagination != "none":
+        if args.episodic_life and not procgen and "--episodic-life" in argv:
+            raise SystemExit("--episodic-life needs --imagination none: the simulator predicts game over, not a lost "
+                             "life, so dreams would bootstrap across the lost lives that end the real value targets. "
+                             "Drop the flag (imagination turns it off) or pass --imagination none.")
+        args.episodic_life = False  # Procgen has no lives; dreams have no life loss
     return procgen
 
 
@@ -255,7 +267,7 @@ def buffer_state(buffer: PrioritizedStartStates | None) -> dict | None:
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    procgen = fill_defaults(args)
+    procgen = fill_defaults(args, sys.argv[1:])
     args.batch_size = int(args.num_envs * args.num_steps)
     args.minibatch_size = int(args.batch_size // args.num_minibatches)
     args.num_iterations = args.total_timesteps // args.batch_size
@@ -394,7 +406,7 @@ if __name__ == "__main__":
             next_obs, reward, term, trunc, info = envs.step(action.cpu().numpy())
             done = term | trunc
             reset_step = prev_done.cpu().numpy() if next_step_mode else np.zeros(args.num_envs, bool)
-            life_lost = info["life_lost"] if args.episodic_life and not procgen else np.zeros(args.num_envs, bool)
+            life_lost = info["life_lost"] if args.episodic_life else np.zeros(args.num_envs, bool)
             r = clip_real(reward, procgen)
             if scaler is not None:
                 r = np.clip(scaler.scale(r, done, ~reset_step), -10, 10)

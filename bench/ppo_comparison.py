@@ -30,6 +30,10 @@ Definitions (every "± x" is numpy's population std over seeds, ``ddof=0``):
   (per-transition rewards as they enter the loss: the sign of the reward for Atari); how far the dreams' reward
   rate is from the real one under the same policy.
 
+Every arm runs with ``--no-episodic-life`` unless ``--extra`` says otherwise: simulators predict game over, not a
+lost life, so the imagined arms cannot end value targets at a lost life, and the plain arm follows the same rule so
+that the arms differ only in imagination.
+
 ``--resume`` keeps runs whose checkpoint reached the budget (``ppo_dws.py`` writes its last checkpoint after the last
 iteration and its final evaluation) and continues the others with ``ppo_dws.py --resume``; a run without a checkpoint
 starts afresh. Each run's console output goes to ``{run folder}/stdout.log``.
@@ -328,7 +332,10 @@ def run_all(args: Args) -> list[str]:
                        str(folder)]
                 if args.simulator:
                     cmd += ["--simulator", args.simulator]
-                cmd += shlex.split(args.extra)
+                extra = shlex.split(args.extra)
+                if not {"--episodic-life", "--no-episodic-life"} & set(extra):
+                    cmd.append("--no-episodic-life")  # the same value targets in every arm (see the module doc)
+                cmd += extra
                 if args.resume and (folder / "checkpoint" / "training_state.pt").is_file():
                     cmd.append("--resume")
                 else:  # a fresh run: old event files in its folder belong to a run it replaces

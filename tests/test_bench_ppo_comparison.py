@@ -117,6 +117,8 @@ def test_tiny_comparison_end_to_end_and_resume(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert [r.split("|")[1].strip() for r in rows[1:]] == ["none", "uniform"]
+    launched = [line for line in proc.stdout.splitlines() if line.startswith("== ") and "ppo_dws.py" in line]
+    assert len(launched) == 2 and all("--no-episodic-life" in line for line in launched)  # one value-target rule
     cells = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]] for r in rows[1:]}
     assert cells["none"][4] == "0" and cells["none"][5] == "n/a"
     assert cells["uniform"][4] == "8"  # 2 iterations x 2 dreams x horizon 2

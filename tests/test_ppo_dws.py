@@ -245,6 +245,34 @@ def _scalars(folder: Path) -> dict:
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+def _script_module():
+    """ppo_dws.py imported as a module (its run sits under ``if __name__ == "__main__"``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ppo_dws_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_life_loss_ends_real_targets_only_when_nothing_is_dreamed():
+    ppo = _script_module()
+    for env_id, imagination, argv, expected in [
+        ("ALE/Breakout-v5", "none", [], True),  # CleanRL's EpisodicLifeEnv
+        ("ALE/Breakout-v5", "none", ["--no-episodic-life"], False),
+        ("ALE/Breakout-v5", "prioritized", [], False),  # dreams predict no lost life: off for both halves
+        ("ALE/Breakout-v5", "uniform", ["--no-episodic-life"], False),
+        ("procgen/coinrun", "none", [], False),  # no lives
+    ]:
+        args = ppo.Args(env_id=env_id, imagination=imagination, episodic_life="--no-episodic-life" not in argv)
+        ppo.fill_defaults(args, argv)
+        assert args.episodic_life is expected, (env_id, imagination, argv)
+    with pytest.raises(SystemExit, match="--episodic-life needs --imagination none"):
+        ppo.fill_defaults(ppo.Args(env_id="ALE/Breakout-v5", imagination="uniform"), ["--episodic-life"])
+    assert "episodic_life" in ppo.RESUME_FIELDS  # a resumed run keeps its value targets
+
+
 @pytest.mark.parametrize("mode", ["prioritized", "uniform", "none"])
 def test_smoke_runs_every_imagination_mode(tmp_path, tiny_simulator, mode):
     out = tmp_path / "run"
