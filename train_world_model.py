@@ -618,6 +618,7 @@ if __name__ == "__main__":
                              ).to(device)
     start_step = 0
     reward_trained = False
+    reward_prior_offsets: tuple | None = None  # prior_correction of the head's training batches, once trained
     command = "python train_world_model.py " + " ".join(os.sys.argv[1:])
     commands = [command]  # every invocation of this run, resumes included: the card's whole story
     seconds_before = 0.0  # world-model training time of earlier invocations
@@ -649,6 +650,7 @@ if __name__ == "__main__":
         sps_before = ckpt.get("samples_per_second")
         if "reward_head" in ckpt and not args.retrain_reward_head:  # a finished head is kept as it is
             reward_head.load_state_dict(ckpt["reward_head"])
+            reward_prior_offsets = ckpt.get("reward_prior_offsets")  # absent in older checkpoints: real data only
             reward_trained = True
         print(f"resumed {out_dir} at step {start_step}")
 
@@ -676,6 +678,7 @@ if __name__ == "__main__":
                      "samples_per_second": samples / max(spent, 1e-9) if t0 is not None and samples else sps_before}
             if reward_done:
                 state["reward_head"] = reward_head.state_dict()
+                state["reward_prior_offsets"] = reward_prior_offsets
             save_checkpoint(out_dir / "checkpoint", state)
 
     # ---------------------------------------------------------------- train the world model
@@ -793,10 +796,15 @@ if __name__ == "__main__":
                             batch_size=args.reward_batch_size, generator=np_rng, progress=args.progress,
                             class_weights=class_w, pos_weight=pos_w)
             reward_head.eval()
+            # The batches' prior, real and dreamed parts mixed, is known only here: kept with the head.
+            reward_prior_offsets = prior_correction(
+                transitions.step_records(), args.reward_rare_fraction,
+                dreamed.step_records() if args.reward_dream_share > 0 else None, args.reward_dream_share)
             checkpoint(done_steps, reward_done=True, collective=False)
         if args.reward_prior_correction and args.reward_rare_fraction > 0:
             # Oversampled batches inflate the head's odds of rare events; predict with the data's prior instead.
-            offsets, t_offset = prior_correction(transitions.step_records(), args.reward_rare_fraction)
+            offsets, t_offset = reward_prior_offsets or prior_correction(transitions.step_records(),
+                                                                         args.reward_rare_fraction)
             reward_head.config.reward_logit_offset, reward_head.config.termination_logit_offset = offsets, t_offset
             print(f"reward head prior correction: reward logits {tuple(round(o, 3) for o in offsets)}, "
                   f"termination logit {t_offset:.3f}", flush=True)

@@ -209,6 +209,7 @@ def _train_heads(args: RetrainArgs, sim: Any, store: Any, train_ids: Any, transi
 
     k = sim.context_frames
     sample_fn, class_w, pos_w = reward_head_batches(transitions, args.rare_fraction)
+    dreamed = None
     if args.dream_share > 0:
         t0 = time.time()
         sample_fn, dreamed = with_dreams(sample_fn, sim.world_model,
@@ -233,7 +234,8 @@ def _train_heads(args: RetrainArgs, sim: Any, store: Any, train_ids: Any, transi
         print(f"reward head (seed {args.seed + i}): {args.steps} steps in {time.time() - t0:.0f} s, last loss "
               f"{logs[-1]['loss']:.4f}", flush=True)
         if args.prior_correction and args.rare_fraction > 0:
-            offsets, t_offset = prior_correction(transitions.step_records(), args.rare_fraction)
+            offsets, t_offset = prior_correction(transitions.step_records(), args.rare_fraction,
+                                                 None if dreamed is None else dreamed.step_records(), args.dream_share)
             head.config.reward_logit_offset, head.config.termination_logit_offset = offsets, t_offset
         if calibration_set is None:
             return head, None

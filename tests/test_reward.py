@@ -594,6 +594,38 @@ def test_prior_correction_undoes_the_oversampled_prior():
     assert prior_correction({"reward": reward, "terminated": term}, 0.0) == ((0.0, 0.0, 0.0), 0.0)
 
 
+def test_prior_correction_with_dreamed_batches_uses_the_mixed_prior():
+    import math
+
+    from dws_gym.models.reward_training import prior_correction
+
+    reward = np.zeros(100, dtype=np.float32)
+    reward[:2] = 1.0
+    term = np.zeros(100, dtype=bool)
+    term[50] = True
+    real = {"reward": reward, "terminated": term}
+    d_reward = np.zeros(40, dtype=np.float32)
+    d_reward[:4] = 1.0  # dreamed windows are drawn around events: 10% rewarded, 5% game overs
+    d_term = np.zeros(40, dtype=bool)
+    d_term[[10, 11]] = True
+    dreamed = {"reward": d_reward, "terminated": d_term}
+    offsets, t_off = prior_correction(real, 0.15, dreamed, 0.5)
+    real_pos, dream_pos = 0.15 * 2 / 3 + 0.85 * 0.02, 0.15 * 4 / 6 + 0.85 * 0.1
+    assert offsets[2] == pytest.approx(math.log(0.02 / (0.5 * real_pos + 0.5 * dream_pos)))  # p_data: real only
+
+    def logit(p):
+        return math.log(p / (1 - p))
+
+    real_term, dream_term = 0.15 * 1 / 3 + 0.85 * 0.01, 0.15 * 2 / 6 + 0.85 * 0.05
+    assert t_off == pytest.approx(logit(0.01) - logit(0.5 * real_term + 0.5 * dream_term))
+    assert t_off < prior_correction(real, 0.15)[1]  # the richer dreamed half calls for a larger correction
+    assert prior_correction(real, 0.15, dreamed, 0.0) == prior_correction(real, 0.15)
+    with pytest.raises(ValueError, match="dreamed="):
+        prior_correction(real, 0.15, None, 0.5)
+    with pytest.raises(ValueError, match="dream_share"):
+        prior_correction(real, 0.15, dreamed, 1.0)
+
+
 def test_logit_offsets_change_predictions_and_survive_save_load(tmp_path):
     from dws_gym.models.reward import RewardConfig, RewardHead, load_reward_head, save_reward_head
 

@@ -151,6 +151,10 @@ def test_retrain_reward_head_keeps_world_model_and_trains_a_new_head(trained, tm
                                                      after.reward_head.state_dict().values()))
     ckpt = torch.load(run_dir / "checkpoint" / "training_state.pt", weights_only=False)
     assert "reward_head" in ckpt and ckpt["step"] == 2
+    # the prior correction of the real + dreamed batches is kept with the head, and is the head's
+    offsets, t_offset = ckpt["reward_prior_offsets"]
+    assert tuple(after.reward_head.config.reward_logit_offset) == pytest.approx(offsets)
+    assert after.reward_head.config.termination_logit_offset == pytest.approx(t_offset)
 
 
 def test_a_run_can_end_with_the_head_calibrated_to_the_real_payment_rate(tmp_path):

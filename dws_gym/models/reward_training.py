@@ -334,35 +334,58 @@ def with_dreams(
     return mixed_batches(sample_fn, dream_fn, share), dreamed
 
 
-def prior_correction(records: Mapping[str, np.ndarray], rare_fraction: float) -> tuple[tuple[float, float, float],
-                                                                                      float]:
-    """Logit offsets that undo the prior shift of :class:`RareEventSampler` batches (sign mode).
+def _batch_prior(records: Mapping[str, np.ndarray], rare_fraction: float) -> tuple[np.ndarray, float]:
+    """The reward-sign prior ``(r < 0, r = 0, r > 0)`` and termination rate of :class:`RareEventSampler` batches
+    over these transitions (a share ``f`` of each batch drawn among the rare ones, the rest uniformly)."""
+    reward = np.sign(np.asarray(records["reward"], dtype=np.float64))
+    term = np.asarray(records["terminated"], dtype=bool)
+    n = max(len(reward), 1)
+    rare = (reward != 0) | term
+    f = float(rare_fraction) if rare.any() else 0.0
+    data = np.array([(reward < 0).sum(), (reward == 0).sum(), (reward > 0).sum()], dtype=np.float64) / n
+    in_rare = np.array([(reward[rare] < 0).sum(), (reward[rare] == 0).sum(), (reward[rare] > 0).sum()],
+                       dtype=np.float64) / max(int(rare.sum()), 1)
+    p_term = float(term.mean()) if len(term) else 0.0
+    return f * in_rare + (1 - f) * data, f * (float(term[rare].mean()) if rare.any() else 0.0) + (1 - f) * p_term
+
+
+def prior_correction(records: Mapping[str, np.ndarray], rare_fraction: float,
+                     dreamed: Mapping[str, np.ndarray] | None = None,
+                     dream_share: float = 0.0) -> tuple[tuple[float, float, float], float]:
+    """Logit offsets that undo the prior shift of the head's training batches (sign mode).
 
     Oversampling rare transitions to a share ``f`` of each batch multiplies the odds the head learns for them
     (about 7x for Breakout's ~2% rewarded steps at ``f = 0.15``), so a head that is right on its training batches
     predicts rewards where the data has none. Adding ``log p_data(c) - log p_train(c)`` to each class logit (and the
     same on the logit scale for termination) is the Bayes correction for a known change of class prior.
 
+    Batches with a dreamed share (:func:`with_dreams`) have a prior of their own: the dreamed windows are drawn with
+    half of them around a reward or termination, then balanced with the same ``f``. ``p_train`` is then the mixture
+    of both sources' batch priors at ``dream_share``, while ``p_data`` stays the real transitions' rates.
+
     Args:
-        records: ``step_records()`` of the training transitions (``reward``, ``terminated``).
+        records: ``step_records()`` of the real training transitions (``reward``, ``terminated``).
         rare_fraction: the sampler's ``f`` (0 gives zero offsets).
+        dreamed: ``step_records()`` of the dreamed transitions mixed into every batch, if any.
+        dream_share: their share of each batch, in ``[0, 1)``.
 
     Returns:
         ``(reward_offsets for classes (r < 0, r = 0, r > 0), termination_offset)``.
     """
-    reward = np.sign(np.asarray(records["reward"], dtype=np.float64))
-    term = np.asarray(records["terminated"], dtype=bool)
-    n = max(len(reward), 1)
-    rare = (reward != 0) | term
-    data = np.array([(reward < 0).sum(), (reward == 0).sum(), (reward > 0).sum()], dtype=np.float64) / n
-    f = float(rare_fraction) if rare.any() else 0.0
-    in_rare = np.array([(reward[rare] < 0).sum(), (reward[rare] == 0).sum(), (reward[rare] > 0).sum()],
-                       dtype=np.float64) / max(int(rare.sum()), 1)
-    train = f * in_rare + (1 - f) * data
+    if not (math.isfinite(dream_share) and 0.0 <= dream_share < 1.0):
+        raise ValueError(f"dream_share must be in [0, 1), got {dream_share!r}")
+    if dream_share > 0 and dreamed is None:
+        raise ValueError("dream_share > 0 needs the dreamed transitions' step_records() as dreamed=")
+    if rare_fraction == 0:
+        return (0.0, 0.0, 0.0), 0.0
+    data, p_data = _batch_prior(records, 0.0)  # f = 0: the real rates
+    train, p_train = _batch_prior(records, rare_fraction)
+    if dreamed is not None and dream_share > 0:
+        d_train, d_p_train = _batch_prior(dreamed, rare_fraction)
+        train = (1 - dream_share) * train + dream_share * d_train
+        p_train = (1 - dream_share) * p_train + dream_share * d_p_train
     with np.errstate(divide="ignore", invalid="ignore"):
         offsets = np.where((data > 0) & (train > 0), np.log(data / train), 0.0)
-    p_data = term.mean() if len(term) else 0.0
-    p_train = f * (term[rare].mean() if rare.any() else 0.0) + (1 - f) * p_data
 
     def logit(p: float) -> float:
         return math.log(p / (1 - p))
