@@ -19,7 +19,9 @@ __all__ = ["PROCGEN_LEVELS", "describe_levels", "evaluate_on_levels", "evaluate_
 
 PROCGEN_LEVELS: dict[str, dict[str, int]] = {
     "train": {"start_level": 0, "num_levels": 200},
-    "test": {"start_level": 250, "num_levels": 0},  # 0 levels = unlimited: every level from 250 on
+    # Procgen ignores start_level when num_levels is 0 (it then draws any level seed, 0-199 included), so the unseen
+    # range is a finite one from 250: level seeds 250 .. 2,000,000,249 (Procgen's seeds are 32-bit signed ints).
+    "test": {"start_level": 250, "num_levels": 2_000_000_000},
 }
 """Procgen level ranges: ``train`` = levels 0-199, ``test`` = levels >= 250 (never seen in training data)."""
 
@@ -120,7 +122,7 @@ def _range_name(name: str) -> str:
     if levels is None:
         return "the real game" if name == "real" else name
     first, count = levels["start_level"], levels["num_levels"]
-    return f"{name} levels {first}-{first + count - 1}" if count else f"levels >= {first}"
+    return f"{name} levels {first}-{first + count - 1}" if 0 < count < 1_000_000 else f"levels >= {first}"
 
 
 def describe_levels(result: dict[str, dict[str, float]]) -> str:

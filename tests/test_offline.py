@@ -218,7 +218,7 @@ def test_procgen_evaluation_uses_the_named_level_ranges(monkeypatch):
 
     assert level_ranges("procgen/coinrun") == PROCGEN_LEVELS
     assert PROCGEN_LEVELS == {"train": {"start_level": 0, "num_levels": 200},
-                              "test": {"start_level": 250, "num_levels": 0}}
+                              "test": {"start_level": 250, "num_levels": 2_000_000_000}}
     assert level_ranges("ALE/Breakout-v5") == {"real": {}}
     made = []
     real_make = policy_eval.make_real_env
@@ -230,7 +230,26 @@ def test_procgen_evaluation_uses_the_named_level_ranges(monkeypatch):
     monkeypatch.setattr(policy_eval, "make_real_env", recording_make)
     result = evaluate_on_levels(RandomPolicy(15, seed=0), "procgen/coinrun", 1, max_steps=5)
     assert set(result) == {"train", "test"} and all(r["episodes"] == 1 for r in result.values())
-    assert [(m["start_level"], m["num_levels"]) for m in made] == [(0, 200), (250, 0)]
+    assert [(m["start_level"], m["num_levels"]) for m in made] == [(0, 200), (250, 2_000_000_000)]
+
+
+def test_procgen_level_ranges_hold_the_levels_they_name():
+    """Procgen ignores start_level when num_levels is 0: the test range must be a finite range from 250."""
+    from dws_gym.envs.real import make_real_env
+    from dws_gym.policy_eval import describe_levels
+
+    for name, (low, high) in {"train": (0, 199), "test": (250, 2_000_000_249)}.items():
+        envs = make_real_env("procgen/coinrun", 32, **PROCGEN_LEVELS[name])
+        try:
+            _, info = envs.reset(seed=0)
+            seeds = np.asarray(info["level_seed"])
+        finally:
+            envs.close()
+        assert ((seeds >= low) & (seeds <= high)).all(), (name, seeds)
+    result = {"train": {"return": 1.0, "return_std": 0.0, "episodes": 2},
+              "test": {"return": 2.0, "return_std": 0.0, "episodes": 2}}
+    assert describe_levels(result) == ("mean return 1.00 +- 0.00 on train levels 0-199 (2 episodes), "
+                                       "2.00 +- 0.00 on levels >= 250 (2 episodes)")
 
 
 @pytest.mark.parametrize("depth,workers", [(0, 1), (2, 1), (3, 3)])
