@@ -454,13 +454,17 @@ class ActorCritic(nn.Module):
             generator: torch.Generator | None = None) -> ObsLike:
         """Actions for a collector: int64 (N,), numpy if ``obs`` is numpy, else a tensor on the policy's device.
 
+        A policy whose logits are Q-values (``config.extra["logits"] == "q_values"``, as ``offline/cql.py`` saves
+        its Q-network) always takes its greedy action, argmax Q: a softmax over values is not a policy the learner
+        trained, and its randomness would depend on the reward scale. Explore with the collectors' epsilon instead.
+
         Args:
             obs: uint8 observations (N, ...).
             deterministic: take the most likely action instead of sampling.
             generator: torch generator driving the sampling (reproducible runs); torch's global RNG when None.
         """
         logits, _ = self(obs)
-        if deterministic:
+        if deterministic or self.config.extra.get("logits") == "q_values":
             actions = logits.argmax(dim=1)
         else:
             actions = _sample(torch.softmax(logits, dim=1), generator)

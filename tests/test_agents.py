@@ -186,6 +186,15 @@ def test_act_is_reproducible_with_seeded_generator_and_argmax_when_deterministic
     assert isinstance(policy, Policy)
 
 
+def test_a_q_value_policy_acts_greedily_even_when_asked_to_sample():
+    policy = make_policy()
+    policy.config.extra["logits"] = "q_values"  # offline/cql.py's Q-network
+    obs = frames(64)
+    greedy = policy(obs)[0].argmax(1).numpy()
+    for seed in range(3):  # logits near 0 at init: a softmax draw would differ from argmax on most rows
+        np.testing.assert_array_equal(policy.act(obs, generator=torch.Generator().manual_seed(seed)), greedy)
+
+
 def test_random_policy():
     obs = frames(500)
     a = RandomPolicy(4, seed=3).act(obs)

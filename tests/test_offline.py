@@ -132,6 +132,11 @@ def test_replay_refuses_mismatched_or_unmarked_synthetic_stores(tmp_path, real_s
     _add(unmarked, rng, 5)
     with pytest.raises(ValueError, match="not marked synthetic"):
         OfflineReplay(real_store, unmarked)
+    mixed = TrajectoryStore(tmp_path / "mixed", create=True)
+    for synthetic in (False, True, False, True, False):
+        _add(mixed, rng, 5, synthetic=synthetic)
+    with pytest.raises(ValueError, match="holds 2 episodes marked synthetic"):  # nor dreams counted as real data
+        OfflineReplay(mixed)
     with pytest.raises(ValueError, match="needs a synthetic store"):
         OfflineReplay(real_store, synthetic_fraction=0.5)
     with pytest.raises(ValueError, match="holds no episode"):
@@ -213,6 +218,27 @@ def test_augment_killed_mid_run_and_resumed_writes_exactly_n_unique_transitions(
 
 
 # ---------------------------------------------------------------------------------------------------------- evaluation
+def test_data_levels_read_the_collected_level_range_and_mode(tmp_path):
+    from dws_gym.offline.runner import data_levels
+
+    rng = np.random.default_rng(4)
+
+    def store(name, *levels, synthetic_levels=None):
+        st = TrajectoryStore(tmp_path / name, create=True)
+        for lv in levels:
+            _add(st, rng, 3, extra={} if lv is None else {"levels": lv})
+        if synthetic_levels is not None:  # dreams record no levels of their own: not counted
+            _add(st, rng, 3, synthetic=True)
+        return st
+
+    train = {"start_level": 0, "num_levels": 200, "distribution_mode": "easy"}
+    assert data_levels(store("train", train, train, synthetic_levels=True)) == ("easy", True)
+    assert data_levels(store("hard", {**train, "distribution_mode": "hard"})) == ("hard", True)
+    assert data_levels(store("every", train, {**train, "num_levels": 0})) == ("easy", False)  # every level
+    assert data_levels(store("high", {"start_level": 200, "num_levels": 100})) == ("easy", False)  # 250-299 seen
+    assert data_levels(store("unknown", None)) == ("easy", False)  # unrecorded: not known to be unseen
+
+
 def test_procgen_evaluation_uses_the_named_level_ranges(monkeypatch):
     import dws_gym.policy_eval as policy_eval
 
@@ -409,6 +435,9 @@ def test_table2_smoke_runs_all_four_arms_and_cql_resumes(tmp_path, real_store):
     bad = subprocess.run([*cmd, "--total-steps", "6", "--resume", "--synthetic-dataset", str(syn.root)],
                          capture_output=True, text=True, timeout=300, env=_env())
     assert bad.returncode != 0 and "synthetic_dataset" in bad.stderr
+    other_rule = subprocess.run([*cmd, "--total-steps", "6", "--resume", "--alpha", "1.0"], capture_output=True,
+                                text=True, timeout=300, env=_env())  # CQL's own hyperparameter is kept too
+    assert other_rule.returncode != 0 and "'alpha': (4.0, 1.0)" in other_rule.stderr
 
 
 def test_action_profile_tells_a_constant_policy_from_a_state_dependent_one(tmp_path, real_store):

@@ -69,7 +69,8 @@ class OfflineReplay:
 
     Raises:
         ValueError: an empty store, stores of different games / frame shapes / action counts, a ``synthetic`` store
-            whose episodes are not marked synthetic, or a fraction outside ``[0, 1]``.
+            whose episodes are not marked synthetic, a ``dataset`` holding synthetic episodes, or a fraction outside
+            ``[0, 1]``.
     """
 
     def __init__(self, dataset: TrajectoryStore | str, synthetic: TrajectoryStore | str | None = None, *,
@@ -77,6 +78,9 @@ class OfflineReplay:
                  terminal_on_truncation: bool = False) -> None:
         real = dataset if isinstance(dataset, TrajectoryStore) else TrajectoryStore(dataset)
         self.info = describe_store(real)
+        if self.info.synthetic_episodes:  # they would be counted, and learned from, as real
+            raise ValueError(f"--dataset {real.root} holds {self.info.synthetic_episodes} episodes marked synthetic: "
+                             "pass real data only as --dataset and offline/augment.py's output as --synthetic-dataset.")
         self.real = TransitionDataset(real, frame_stack=frame_stack, keep_unknown_final=True)
         self.synthetic: TransitionDataset | None = None
         self.synthetic_info: StoreInfo | None = None

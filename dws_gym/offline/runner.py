@@ -13,7 +13,7 @@ import json
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -24,13 +24,21 @@ from dws_gym.agents import ActorCritic, PolicyConfig, save_policy
 from dws_gym.data import ReadAhead, TrajectoryStore
 from dws_gym.envs.real import parse_env_id
 from dws_gym.offline.replay import OfflineReplay, describe_store
-from dws_gym.policy_eval import evaluate_on_levels
+from dws_gym.policy_eval import PROCGEN_LEVELS, evaluate_on_levels
 from dws_gym.training import global_rng_states, load_checkpoint, restore_global_rng_states, save_checkpoint
 
-__all__ = ["RESUME_FIELDS", "OfflineAlgorithm", "OfflineConfig", "OfflineRun", "start_run", "train"]
+__all__ = ["RESUME_FIELDS", "OfflineAlgorithm", "OfflineConfig", "OfflineRun", "data_levels", "start_run", "train"]
 
-RESUME_FIELDS = ("env_id", "dataset", "synthetic_dataset", "synthetic_fraction", "frame_stack", "arch", "batch_size")
-"""Config fields a resumed run must keep (they shape the networks or the data)."""
+RESUME_FIELDS = ("env_id", "dataset", "synthetic_dataset", "synthetic_fraction", "frame_stack", "arch", "batch_size",
+                 "seed", "learning_rate", "gamma", "tau", "max_grad_norm")
+"""Config fields a resumed run must keep (they shape the networks, the data or the learning rule). The fields an
+algorithm's config adds to :class:`OfflineConfig` (CQL's ``alpha``, IQL's ``expectile``, ...) are kept too."""
+
+
+def _resume_fields(config: OfflineConfig) -> tuple[str, ...]:
+    """:data:`RESUME_FIELDS` plus the algorithm's own hyperparameters."""
+    shared = {f.name for f in fields(OfflineConfig)}
+    return RESUME_FIELDS + tuple(f.name for f in fields(config) if f.name not in shared)
 
 
 @dataclass
@@ -127,6 +135,10 @@ class OfflineRun:
     rng: np.random.Generator
     writer: Any
     checkpoint: dict[str, Any] | None
+    distribution_mode: str = "easy"
+    """Procgen: the mode the data was collected in, which the evaluation plays"""
+    test_levels_unseen: bool | None = None
+    """Procgen: whether no real episode was collected on levels >= 250 (``None``: ALE)"""
 
     def network(self, **extra: Any) -> ActorCritic:
         """A fresh :class:`ActorCritic` for the data's observations and actions (``extra`` goes in its config)."""
@@ -139,6 +151,25 @@ class OfflineRun:
     def reward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The reward the loss sees: raw for Procgen, its sign for ALE (as CleanRL's DQN clips it)."""
         return batch["reward"] if self.procgen else torch.sign(batch["reward"])
+
+
+def data_levels(store: TrajectoryStore) -> tuple[str, bool]:
+    """What the real episodes of a Procgen store record of their levels (``collect.py``'s ``extra["levels"]``):
+    ``(distribution mode, test levels unseen)``. The mode is the one the episodes share (``"easy"`` when they record
+    none or several); the test levels (``PROCGEN_LEVELS["test"]``, from 250) are unseen when every episode records a
+    finite level range that ends before them."""
+    first_test = PROCGEN_LEVELS["test"]["start_level"]
+    modes, unseen = set(), True
+    for ep in store.episode_ids():
+        meta = store.meta(ep)
+        if meta.synthetic:
+            continue
+        levels = meta.extra.get("levels") or {}
+        if levels.get("distribution_mode"):
+            modes.add(levels["distribution_mode"])
+        count = levels.get("num_levels")
+        unseen &= bool(count) and int(levels.get("start_level", 0)) + int(count) <= first_test
+    return (modes.pop() if len(modes) == 1 else "easy"), unseen
 
 
 def start_run(config: OfflineConfig, algorithm: str) -> OfflineRun:
@@ -158,8 +189,8 @@ def start_run(config: OfflineConfig, algorithm: str) -> OfflineRun:
         if config.output_dir is None:
             raise SystemExit("--resume continues the run in --output-dir: pass that folder.")
         ckpt = load_checkpoint(out_dir / "checkpoint")
-        changed = {k: (ckpt["config"][k], getattr(config, k)) for k in RESUME_FIELDS
-                   if ckpt["config"][k] != getattr(config, k)}
+        changed = {k: (ckpt["config"].get(k), getattr(config, k)) for k in _resume_fields(config)
+                   if ckpt["config"].get(k) != getattr(config, k)}
         if changed:
             raise SystemExit(f"--resume: the run in {out_dir} used other settings {changed} (saved, given); pass "
                              "the saved ones.")
@@ -184,8 +215,13 @@ def start_run(config: OfflineConfig, algorithm: str) -> OfflineRun:
     print(f"data: {len(replay.real)} real transitions ({config.dataset})"
           + (f" + {len(replay.synthetic)} synthetic ({config.synthetic_dataset}), {replay.synthetic_fraction:.2f} of "
              "each minibatch" if replay.synthetic is not None else ""), flush=True)
+    mode, unseen = data_levels(dataset) if procgen else ("easy", None)
+    if unseen is False:
+        print("note: some episodes of the dataset were played on levels >= 250 (or on every level), so the 'test' "
+              "evaluation is not on unseen levels for this policy: collect with --num-levels 200 for the split",
+              flush=True)
     return OfflineRun(config, algorithm, env_id, procgen, out_dir, run_name, device, replay,
-                      np.random.default_rng(config.seed), writer, ckpt)
+                      np.random.default_rng(config.seed), writer, ckpt, mode, unseen)
 
 
 def train(run: OfflineRun, algo: OfflineAlgorithm, policy: ActorCritic, *, deterministic_eval: bool,
@@ -217,7 +253,7 @@ def train(run: OfflineRun, algo: OfflineAlgorithm, policy: ActorCritic, *, deter
         policy.eval()
         result = evaluate_on_levels(policy, run.env_id, cfg.eval_episodes, frame_stack=cfg.frame_stack,
                                     seed=cfg.seed + 100_000, max_steps=cfg.eval_max_steps,
-                                    deterministic=deterministic_eval)
+                                    deterministic=deterministic_eval, distribution_mode=run.distribution_mode)
         policy.train(was_training)
         for name, r in result.items():
             writer.add_scalar(f"eval/{name}_return", r["return"], step)
@@ -253,7 +289,7 @@ def train(run: OfflineRun, algo: OfflineAlgorithm, policy: ActorCritic, *, deter
                "dataset": cfg.dataset, "synthetic_dataset": cfg.synthetic_dataset,
                "synthetic_fraction": replay.synthetic_fraction, "real_transitions": len(replay.real),
                "synthetic_transitions": 0 if replay.synthetic is None else len(replay.synthetic),
-               "eval": result, "config": asdict(cfg)}
+               "eval": result, "test_levels_unseen": run.test_levels_unseen, "config": asdict(cfg)}
     (run.out_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"finished at step {step}; policy, checkpoint and results.json in {run.out_dir}", flush=True)
     writer.close()
