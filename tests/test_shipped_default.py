@@ -243,3 +243,11 @@ def test_headless_play_records_both_sides(tmp_path):
                                     out=str(tmp_path / "dream.gif"), device="cpu"))
     assert result.path.is_file() and result.num_frames == 5
     assert result.real_returns.shape == result.dream_returns.shape == (2,)
+
+
+def test_shipped_heads_end_a_dream_on_a_reward_only_where_the_game_does():
+    """Every CoinRun coin ends its episode, so a dreamed coin ends the dream; a Breakout brick does not."""
+    assert Simulator.from_pretrained(FOLDER).reward_head.config.reward_ends_episode is False
+    coinrun = Simulator.from_pretrained(DREAM_GAMES["dws/CoinRun-v0"].default_simulator)
+    assert coinrun.reward_head.config.reward_ends_episode is True
+    assert coinrun.reward_head.config.sign_values[2] == 10.0  # and pays what the game pays
