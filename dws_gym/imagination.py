@@ -117,7 +117,8 @@ class UniformStartSampler:
 
 
 class StoreStartSampler:
-    """Uniform sampling over every window of ``K`` consecutive real frames in a trajectory store.
+    """Uniform sampling over every window of ``K`` consecutive real frames in a trajectory store, except those that
+    end on the frame after a termination (a game-over screen).
 
     Windows are read from the memory-mapped store when drawn, so a store of any size costs no RAM. ``ids`` are window
     indices of the store's clip view (:meth:`locate` maps them back to ``(episode_id, first frame)``).
@@ -143,21 +144,24 @@ class StoreStartSampler:
         self.context_frames = int(context_frames)
         # A window of K - 1 context frames plus one target is exactly K real frames and the K - 1 actions between.
         self._clips = ClipDataset(store, self.context_frames - 1, 1, episode_ids=episode_ids)
-        if len(self._clips) == 0:
-            raise ValueError(f"{store.root}: no episode holds {self.context_frames} frames, so no start window "
-                             "can be drawn; collect longer episodes or use a simulator with fewer context frames.")
+        # A window whose last frame follows a termination shows the game-over screen: no dream starts there.
+        self._windows = np.flatnonzero(~self._clips.step_records()["terminated"][:, -1])
+        if len(self._windows) == 0:
+            raise ValueError(f"{store.root}: no episode holds {self.context_frames} frames before its end, so no "
+                             "start window can be drawn; collect longer episodes or use a simulator with fewer "
+                             "context frames.")
 
     def __len__(self) -> int:
-        return len(self._clips)
+        return len(self._windows)
 
     def locate(self, ids: Any) -> tuple[np.ndarray, np.ndarray]:
         """``(episode_ids, first_frames)`` int64 arrays of the windows ``ids``."""
-        return self._clips.locate(ids)
+        return self._clips.locate(self._windows[np.asarray(ids, dtype=np.int64)])
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``n`` windows drawn with ``rng``: frames uint8 (n, K, H, W, 3), actions int64 (n, K-1), ids int64 (n,)."""
         ids = _draw_uniform_ids(n, rng, len(self))
-        batch = self._clips.get_batch(ids)
+        batch = self._clips.get_batch(self._windows[ids])
         return batch["frames"], batch["actions"].astype(np.int64), ids
 
     def update_priorities(self, ids: np.ndarray, values: np.ndarray) -> None:

@@ -161,6 +161,7 @@ def test_same_step_autoreset_reports_final_obs(sims):
     envs.reset(seed=0)
     obs, reward, term, trunc, info = envs.step(np.array([0, 3]))
     assert term.all() and info["_final_obs"].all() and info["_start_id"].all()
+    assert info["final_info"] == {} and info["_final_info"].all()  # gymnasium's SAME_STEP keys, as SyncVectorEnv
     np.testing.assert_array_equal(obs, envs.simulator.start_frames[info["start_id"], -1].numpy())
     assert info["final_obs"][0].shape == (64, 64, 3)
     assert not all(np.array_equal(info["final_obs"][i], obs[i]) for i in range(2))

@@ -146,7 +146,11 @@ def test_replay_refuses_mismatched_or_unmarked_synthetic_stores(tmp_path, real_s
 # ---------------------------------------------------------------------------------------------------------- starts
 def test_store_start_sampler_draws_real_windows_of_k_frames(real_store):
     sampler = StoreStartSampler(real_store, 3)
-    assert len(sampler) == (12 + 1 - 2) + (9 + 1 - 2) + (15 + 1 - 2)  # starts with K frames inside the episode
+    # starts with K frames inside the episode, but none ending on the frame after the terminal step
+    assert len(sampler) == (12 + 1 - 2) + (9 + 1 - 2) + (15 + 1 - 2) - 3
+    every_eps, every_first = sampler.locate(np.arange(len(sampler)))
+    lengths = {i: real_store.meta(i).length for i in real_store.episode_ids()}
+    assert all(first + 3 <= lengths[int(ep)] for ep, first in zip(every_eps, every_first))
     frames, actions, ids = sampler.sample(5, np.random.default_rng(0))
     assert frames.shape == (5, 3, 64, 64, 3) and actions.shape == (5, 2) and actions.dtype == np.int64
     eps, first = sampler.locate(ids)
@@ -154,7 +158,7 @@ def test_store_start_sampler_draws_real_windows_of_k_frames(real_store):
         episode = real_store.episode(int(eps[i]))
         np.testing.assert_array_equal(frames[i], episode["obs"][first[i]:first[i] + 3])
         np.testing.assert_array_equal(actions[i], episode["actions"][first[i]:first[i] + 2])
-    with pytest.raises(ValueError, match="no episode holds 20 frames"):
+    with pytest.raises(ValueError, match="no episode holds 20 frames before its end"):
         StoreStartSampler(real_store, 20)
 
 

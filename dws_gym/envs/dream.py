@@ -374,6 +374,10 @@ class DreamVectorEnv(VectorEnv):
                 for i in np.flatnonzero(done):
                     info["final_obs"][i] = final[i]
                 info["_final_obs"] = done.copy()
+                # gymnasium's SAME_STEP convention also hands back the ended step's info; a dream's step info is
+                # empty until the restart below, so the merged final info holds no keys, only its mask
+                info["final_info"] = {}
+                info["_final_info"] = done.copy()
         else:
             restart = np.zeros(n, dtype=bool)
         if restart.any():
