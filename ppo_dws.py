@@ -343,6 +343,7 @@ if __name__ == "__main__":
             buffer.load_state_dict(ckpt["buffer"])
         if scaler is not None and ckpt.get("scaler") is not None:
             scaler.load_state_dict(ckpt["scaler"])
+            scaler.returns[:] = 0.0  # the real envs restart their episodes: no discounted return carries over
         print(f"resumed {out_dir} at global_step={global_step} (iteration {start_iteration})", flush=True)
 
     def save_agent(evaluation: dict | None = None) -> None:
