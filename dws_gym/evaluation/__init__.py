@@ -58,7 +58,6 @@ from dws_gym.data import split_episodes
 from dws_gym.evaluation.acceptance import (
     ACCEPTANCE_HORIZON,
     MIN_RETURN_CORRELATION,
-    CORRELATION_SLACK,
     MIN_REWARD_PRECISION,
     MIN_REWARD_RECALL,
     RETURN_TOLERANCE,
@@ -107,7 +106,6 @@ __all__ = [
     "MIN_REWARD_PRECISION",
     "RETURN_TOLERANCE",
     "MIN_RETURN_CORRELATION",
-    "CORRELATION_SLACK",
     "ClosedLoopResult",
     "EvalResult",
     "EventResult",

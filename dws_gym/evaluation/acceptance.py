@@ -30,7 +30,6 @@ __all__ = [
     "MIN_REWARD_PRECISION",
     "RETURN_TOLERANCE",
     "MIN_RETURN_CORRELATION",
-    "CORRELATION_SLACK",
     "acceptance_summary",
     "check_acceptance",
     "check_event_acceptance",
@@ -48,11 +47,10 @@ MIN_REWARD_RECALL: float = 0.6
 MIN_REWARD_PRECISION: float = 0.5
 #: Closed-loop acceptance: mean dream return within this fraction of the mean real return ...
 RETURN_TOLERANCE: float = 0.3
-#: ... and per-episode Pearson correlation of real and dream returns at least this, or, where two real runs of
-#: the same actions correlate less (a stochastic game), at least that reference minus CORRELATION_SLACK.
+#: ... and per-episode Pearson correlation of real and dream returns at least this. The closed loop's reference (a
+#: real game reset with another seed under the same actions) starts elsewhere, so it measures how much the start
+#: decides a return, not the game's own randomness: it is reported as a baseline and does not lower this bar.
 MIN_RETURN_CORRELATION: float = 0.5
-#: Sampling slack on the reference correlation (about one standard error of a correlation over 100 episodes).
-CORRELATION_SLACK: float = 0.1
 
 
 # ------------------------------------------------------------------------------- held-out acceptance
@@ -236,14 +234,10 @@ def _event_criteria(
                                                f"of mean real return {real_mean:.3g}")  # fmt: skip
         corr = closed_loop.correlation
         note = f"; {closed_loop.correlation_note}" if closed_loop.correlation_note else ""
-        need, why = min_correlation, ""
         ref = closed_loop.reference_correlation
-        if not math.isnan(ref) and ref < min_correlation:
-            # Two real runs of the same actions agree this little: no simulator can do better than the game itself.
-            need = ref - CORRELATION_SLACK
-            why = f" (two real runs of the same actions correlate {ref:.3f}; that minus {CORRELATION_SLACK:g})"
-        out["closed_loop_correlation"] = (corr >= need,
-                                          f"per-episode return correlation {corr:.3f} >= {need:.3g}{why}{note}")
+        baseline = "" if math.isnan(ref) else f" (a real game from another start under the same actions: {ref:.3f})"
+        out["closed_loop_correlation"] = (corr >= min_correlation, f"per-episode return correlation {corr:.3f} >= "
+                                                                   f"{min_correlation:g}{baseline}{note}")
     return out
 
 
@@ -262,9 +256,8 @@ def check_event_acceptance(
     * ``reward_precision``: overall reward-event precision ``>= min_reward_precision`` (0.5);
     * ``closed_loop_return``: ``|mean dream return - mean real return| <= return_tolerance * |mean real return|``
       (±30 %; with a real mean of 0 only a dream mean of 0 passes);
-    * ``closed_loop_correlation``: per-episode Pearson correlation ``>= min_correlation`` (0.5), or, when the
-      result holds a real-vs-real reference correlation below that (the game's own randomness decides much of an
-      episode's return), ``>= reference - CORRELATION_SLACK``.
+    * ``closed_loop_correlation``: per-episode Pearson correlation ``>= min_correlation`` (0.5); the result's
+      real-vs-real reference, a game from another start, is named in the message as a baseline only.
 
     NaN (no events, undefined correlation) fails. Only the criteria of the results passed are returned, plus
     ``all``.

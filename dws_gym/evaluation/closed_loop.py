@@ -150,10 +150,11 @@ class ClosedLoopResult:
         correlation_note: Why the correlation is NaN, else ``None``.
         sampling_steps: Euler steps per dream step used (``None``: the simulator's default).
         reference_returns: float64 ``(E,)`` or ``None``: the same action sequences played by a second real env
-            reset with ``seed + 1`` (the game's own randomness drawn anew), cut the same way.
-        reference_correlation: Per-episode correlation of ``real_returns`` and ``reference_returns``: how much of
-            an episode's return its actions decide in this game. A stochastic game caps the correlation any
-            simulator can reach at about this value (NaN when undefined or not measured).
+            reset with ``seed + 1``, cut the same way. That reset is another start (other no-op starts, another
+            level), so the pair differs in its start, not only in the game's randomness.
+        reference_correlation: Per-episode correlation of ``real_returns`` and ``reference_returns``: how much the
+            actions alone decide a return when the start differs; a baseline a simulator that follows its own start
+            should beat, not a ceiling (NaN when undefined or not measured).
         real_rewards, dream_rewards: float64 ``(E, T)``: every step's reward on each side, uncut (for diagnosis;
             not serialised by :meth:`to_dict`).
     """
@@ -218,9 +219,10 @@ class ClosedLoopResult:
             f"Per-episode Pearson correlation of real and dream returns: {corr}{note}",
         ] + ([] if self.reference_returns is None else [
             "",
-            f"Reference: the same actions in a second real env (reset seed {self.seed + 1}) return "
+            f"Baseline: the same actions in a second real env (reset seed {self.seed + 1}, so another start) return "
             f"{s['reference_mean']:.3g} ± {s['reference_std']:.3g}; its per-episode correlation with the first real "
-            f"run is {self.reference_correlation:.3f}, the most any simulator of this stochastic game can expect.",
+            f"run is {self.reference_correlation:.3f}: how much the start alone decides a return, which a simulator "
+            "that follows its own start should beat.",
         ]))
 
     def to_dict(self) -> dict[str, Any]:
@@ -289,8 +291,8 @@ def closed_loop_returns(
         actions: int ``(E, K - 1 + T)`` action sequences to use instead of the seeded uniform ones (which draw
             every action of the game's action set with equal probability, FIRE included).
         env_kwargs: Passed to :func:`dws_gym.envs.real.make_real_env` (e.g. ``num_threads``).
-        reference: Also play the sequences in a second real env reset with ``seed + 1`` and report how well two
-            real runs of the same actions agree (``reference_correlation``; cheap next to the dream).
+        reference: Also play the sequences in a second real env reset with ``seed + 1`` (another start) and report
+            how well its returns follow the first run's (``reference_correlation``; cheap next to the dream).
         on_step: Passed to :func:`lockstep_rollout`: sees every compared step's real observation and dreamed frame.
 
     Returns:
