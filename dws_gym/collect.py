@@ -23,7 +23,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from dws_gym.data import TrajectoryStore
-from dws_gym.envs.real import make_real_env
+from dws_gym.envs.real import make_real_env, parse_env_id
 
 
 @dataclass
@@ -204,6 +204,10 @@ def collect(args: CollectArgs) -> CollectResult:
             extra={"seed": seed, "num_envs": args.num_envs, "env_index": env_index, **provenance, **(extra or {})},
         )
 
+    # ale-py's vector env ends its frame skip at game over (and at its frame cap) before it grabs the screen, so the
+    # frame returned with an ALE episode's end repeats the step before: it is not the final frame. Such an episode is
+    # stored as Procgen's are, without a final frame (its last step keeps its reward and flags).
+    stale_final = parse_env_id(args.env_id)[0] == "ale"
     obs, _ = envs.reset(seed=seed)
     frames = latest(obs)
     bufs = [_EpisodeBuffer(frames[i].copy()) for i in range(args.num_envs)]
@@ -234,8 +238,9 @@ def collect(args: CollectArgs) -> CollectResult:
                 if not (terms[i] or truncs[i]):
                     bufs[i].obs.append(frames[i].copy())
                 elif mode is AutoresetMode.NEXT_STEP:
-                    bufs[i].obs.append(frames[i].copy())
-                    written.append(write(bufs[i], i, final_known=True))
+                    if not stale_final:
+                        bufs[i].obs.append(frames[i].copy())
+                    written.append(write(bufs[i], i, final_known=not stale_final))
                     awaiting_reset[i] = True
                 else:  # SAME_STEP: the returned frame already belongs to the next episode
                     written.append(write(bufs[i], i, final_known=False))
