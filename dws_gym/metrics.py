@@ -488,7 +488,8 @@ def rollout_table(
             ``action_sensitivity`` column ``1 - model / shuffled`` computed on the per-horizon means (a ratio of
             means, robust to single near-zero samples). ``None`` or a missing metric skips the column.
         first_horizon: Label of the first horizon row (steps are ``first_horizon, first_horizon + 1, ...``).
-        mean_row: Append a ``mean`` row averaging each column over horizons.
+        mean_row: Append a ``mean`` row averaging each column over horizons (its ``action_sensitivity`` is
+            computed from that row's mean errors, so the row is consistent with itself).
         caps: Per-metric upper bound applied to per-sample values before averaging. Default
             ``{"psnr": 100.0}``: an exact copy has PSNR ``inf``, which would make any mean ``inf``; 100 dB is
             above every non-identical 8-bit image (one level of error in one 64x64x3 pixel is ~89 dB), so the
@@ -532,7 +533,12 @@ def rollout_table(
     ]
     if mean_row and rows:
         with _quiet_nanmean():
-            rows.append({"h": "mean", **{c: float(np.nanmean(v)) for c, v in series.items()}})
+            mean = {c: float(np.nanmean(v)) for c, v in series.items()}
+        if "action_sensitivity" in mean:  # from the row's own mean errors, not a mean of per-horizon ratios
+            mean["action_sensitivity"] = float(action_sensitivity(
+                np.asarray([mean[f"{sensitivity_metric} model"]]), np.asarray([mean[f"{sensitivity_metric} shuffled"]])
+            )[0])
+        rows.append({"h": "mean", **mean})
     return HeldOutTable(columns=columns, rows=rows, title=title)
 
 

@@ -227,7 +227,7 @@ def test_rollout_table_renders_model_copy_and_shuffled_columns():
     }
     model["moving_mse"][0, 0] = np.nan  # an empty moving region in one sample
     copy = {"psnr": np.full((n, horizon), np.inf), "moving_mse": np.full((n, horizon), 0.04)}
-    shuffled = {"psnr": 24 + rng.random((n, horizon)), "moving_mse": np.full((n, horizon), 0.02)}
+    shuffled = {"psnr": 24 + rng.random((n, horizon)), "moving_mse": np.tile([0.02, 0.04, 0.08], (n, 1))}
     table = rollout_table(model, copy, shuffled, title="Breakout held-out")
     assert isinstance(table, HeldOutTable)
     assert table.columns == [
@@ -245,6 +245,9 @@ def test_rollout_table_renders_model_copy_and_shuffled_columns():
     assert table.column("psnr copy")[0] == 100.0  # exact copies capped, not inf
     assert table.column("moving_mse model")[0] == pytest.approx(0.01)  # NaN sample skipped
     assert table.column("action_sensitivity")[0] == pytest.approx(0.5)
+    mean = table.rows[-1]  # the mean row's sensitivity follows from its own mean errors
+    assert mean["action_sensitivity"] == pytest.approx(1 - mean["moving_mse model"] / mean["moving_mse shuffled"])
+    assert mean["action_sensitivity"] == pytest.approx(1 - 0.01 / (0.14 / 3))  # not the mean of 0.5, 0.75, 0.875
     md = table.to_markdown()
     lines = md.splitlines()
     assert lines[0] == "**Breakout held-out**"
