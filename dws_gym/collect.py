@@ -176,6 +176,8 @@ def collect(args: CollectArgs) -> CollectResult:
             k: record[k] for k in ("algorithm", "global_step", "levels", "evaluation", "run_name") if k in record}}
     if "num_levels" in env_kwargs:  # Procgen: the level range and mode built above
         provenance["levels"] = dict(env_kwargs)
+    else:  # ALE: with sticky actions the stored action is not always the one the emulator ran
+        provenance["repeat_action_probability"] = float(args.repeat_action_probability)
     envs = make_real_env(args.env_id, args.num_envs, frame_stack=frame_stack, **env_kwargs)
     if saved_policy:
         from dws_gym.agents import check_policy_matches

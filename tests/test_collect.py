@@ -37,6 +37,10 @@ def test_stored_frames_follow_actions(tmp_path, env_id):
     # the game's own end loses the final frame (Procgen's reset; ale-py returns the step before's): only an
     # episode the collector cut keeps its last frame
     assert meta.final_frame_known == bool(meta.extra.get("cut_by_collector"))
+    if "procgen" in env_id:
+        assert meta.extra["levels"]["distribution_mode"] == "easy"
+    else:
+        assert meta.extra["repeat_action_probability"] == 0.0  # how the stored actions were executed
     for i in store.episode_ids():
         m = store.meta(i)
         assert m.num_frames == m.length + int(m.final_frame_known)
