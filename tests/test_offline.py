@@ -120,6 +120,22 @@ def test_replay_mixes_stores_at_the_fraction_and_ends_procgen_episodes(tmp_path,
     assert len(replay.real) == 5 and batch["reward"][-1] == 1.0
     done = replay.sample(200, np.random.default_rng(0))
     assert done["done"][done["reward"] == 1.0].all() and not done["done"][done["reward"] == 0.0].any()
+    assert replay.left_out == 0
+
+    # a time-limit end whose final frame is lost cannot be bootstrapped: it is never drawn
+    timeout = TrajectoryStore(tmp_path / "timeout", create=True)
+    trunc = np.zeros(4, bool)
+    trunc[-1] = True
+    timeout.add_episode(rng.integers(0, 256, size=(4, 64, 64, 3), dtype=np.uint8), rng.integers(0, 4, size=4),
+                        np.zeros(4, np.float32), np.zeros(4, bool), trunc, env_id="ALE/Breakout-v5",
+                        action_meanings=BREAKOUT, final_frame_known=False)
+    _add(timeout, rng, 5)
+    replay = OfflineReplay(timeout)
+    assert len(replay.real) == 9 and replay.left_out == 1
+    real_ids, _ = replay.draw(500, np.random.default_rng(0))
+    assert 3 not in set(real_ids.tolist()) and {0, 1, 2} <= set(real_ids.tolist())  # the first episode's last step
+    batch = replay.sample(64, np.random.default_rng(1))
+    assert batch["done"].tolist() == (batch["reward"] == 1.0).tolist()  # only the game's real end is terminal
 
 
 def test_replay_refuses_mismatched_or_unmarked_synthetic_stores(tmp_path, real_store):

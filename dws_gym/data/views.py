@@ -295,6 +295,11 @@ class TransitionDataset:
             "life_lost": eps.life_lost[flat],
         }
 
+    def next_obs_known(self) -> np.ndarray:
+        """bool ``(len,)``: whether each transition's next frame is stored (False only for the kept last step of an
+        episode whose final frame is unknown), without reading any frame."""
+        return self.step_index + 1 <= self._eps.frames[self._pos] - 1
+
     def step_records(self, indices: Any = None) -> dict[str, np.ndarray]:
         """The per-step records (``action``, ``reward``, ``terminated``, ``truncated``, ``life_lost``) of the given
         transitions (all when ``None``) without reading any frame: dataset statistics over millions of steps."""

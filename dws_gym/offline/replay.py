@@ -53,11 +53,36 @@ def describe_store(store: TrajectoryStore) -> StoreInfo:
     )
 
 
+def _bootstrappable(data: TransitionDataset, terminal_on_truncation: bool) -> np.ndarray | None:
+    """The transitions a TD target can use, or ``None`` for all of them.
+
+    Left out: a time-limit end (truncated, not terminated, no reward) whose next frame was lost (Procgen's 1000-step
+    timeout; an ALE frame cap). Its value cannot be bootstrapped, and a terminal target would teach the critic that
+    the time limit ends the game. An end that pays (a coin on the last allowed step) stays, as terminal.
+    """
+    if terminal_on_truncation:  # every truncation is terminal by request: nothing to bootstrap
+        return None
+    rec = data.step_records()
+    drop = ~data.next_obs_known() & rec["truncated"] & ~rec["terminated"] & (rec["reward"] == 0)
+    return np.flatnonzero(~drop) if drop.any() else None
+
+
+def _draw(data: TransitionDataset, ids: np.ndarray | None, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` transitions of ``data`` drawn uniformly with replacement, among ``ids`` when given."""
+    if ids is None:
+        return data.draw(n, rng)
+    if len(ids) == 0:
+        raise ValueError("no usable transitions: every transition is a time-limit end without a next frame")
+    return ids[rng.integers(0, len(ids), size=int(n))]
+
+
 class OfflineReplay:
     """Uniform minibatches of transitions from a real store, optionally mixed with a synthetic one.
 
-    Every step with a following frame is a transition; so is the last step of a Procgen episode, whose final frame is
-    lost: its reward counts and it is terminal (``next_obs`` then repeats the last stored frame and is never used).
+    Every step with a following frame is a transition; so is the last step of an episode whose final frame is lost
+    (Procgen; an ALE game over): its reward counts and it is terminal (``next_obs`` then repeats the last stored frame
+    and is never used). A time-limit end without a final frame is never drawn: its value cannot be bootstrapped
+    (:attr:`left_out` counts them).
 
     Args:
         dataset: the real store (or its folder).
@@ -109,6 +134,12 @@ class OfflineReplay:
         self.synthetic_fraction = float(synthetic_fraction)
         self.frame_stack = int(frame_stack)
         self.terminal_on_truncation = bool(terminal_on_truncation)
+        self._real_ids = _bootstrappable(self.real, self.terminal_on_truncation)
+        self._syn_ids = None if self.synthetic is None else _bootstrappable(self.synthetic,
+                                                                            self.terminal_on_truncation)
+        self.left_out = sum(len(d) - len(i) for d, i in ((self.real, self._real_ids),
+                                                          (self.synthetic, self._syn_ids)) if i is not None)
+        """Time-limit ends without a next frame, never drawn (see :func:`_bootstrappable`)."""
 
     def __len__(self) -> int:
         return len(self.real) + (0 if self.synthetic is None else len(self.synthetic))
@@ -131,8 +162,8 @@ class OfflineReplay:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         n_syn = int(round(batch_size * self.synthetic_fraction)) if self.synthetic is not None else 0
         empty = np.zeros(0, dtype=np.int64)
-        real = self.real.draw(batch_size - n_syn, rng) if batch_size - n_syn > 0 else empty
-        syn = self.synthetic.draw(n_syn, rng) if n_syn and self.synthetic is not None else empty
+        real = _draw(self.real, self._real_ids, batch_size - n_syn, rng) if batch_size - n_syn > 0 else empty
+        syn = _draw(self.synthetic, self._syn_ids, n_syn, rng) if n_syn and self.synthetic is not None else empty
         return real, syn
 
     def read(self, drawn: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:

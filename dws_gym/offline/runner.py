@@ -214,7 +214,9 @@ def start_run(config: OfflineConfig, algorithm: str) -> OfflineRun:
                            frame_stack=config.frame_stack)
     print(f"data: {len(replay.real)} real transitions ({config.dataset})"
           + (f" + {len(replay.synthetic)} synthetic ({config.synthetic_dataset}), {replay.synthetic_fraction:.2f} of "
-             "each minibatch" if replay.synthetic is not None else ""), flush=True)
+             "each minibatch" if replay.synthetic is not None else "")
+          + (f"; {replay.left_out} time-limit ends without a next frame left out" if replay.left_out else ""),
+          flush=True)
     mode, unseen = data_levels(dataset) if procgen else ("easy", None)
     if unseen is False:
         print("note: some episodes of the dataset were played on levels >= 250 (or on every level), so the 'test' "
