@@ -361,3 +361,40 @@ def test_check_acceptance_on_constructed_tables() -> None:
     assert check_acceptance(short, max_horizon=5)["psnr_not_below_copy"] is True
     with pytest.raises(ValueError, match="lacks columns"):
         check_acceptance(rollout_table({"psnr": ones}))
+
+
+def test_windows_that_reach_an_episode_end_score_its_last_step(tmp_path) -> None:
+    """Procgen-style episodes end on a rewarded step without a frame: only windows reaching the end can hold it."""
+    ends = TrajectoryStore(tmp_path / "ends", create=True)
+    rng = np.random.default_rng(0)
+    T = 24
+    for _ in range(6):
+        rewards, term = np.zeros(T, np.float32), np.zeros(T, bool)
+        rewards[-1], term[-1] = 10.0, True
+        ends.add_episode(rng.integers(0, 256, (T, 64, 64, 3), dtype=np.uint8), rng.integers(0, 4, T), rewards, term,
+                         np.zeros(T, bool), env_id="ALE/Breakout-v5", action_meanings=MEANINGS,
+                         final_frame_known=False)
+    ids = ends.episode_ids()
+    inside = sample_eval_clips(ends, ids, K, H, 64, np.random.default_rng(0), replace=True)
+    assert inside["mask"].all() and not inside["rewards"].any()  # a window inside its episode never holds the end
+    reach = sample_eval_clips(ends, ids, K, H, 64, np.random.default_rng(0), replace=True, reach_end=True)
+    paid = reach["rewards"][:, K - 1:] != 0
+    assert reach["rewards"].max() == 10.0 and (~reach["mask"]).any()
+    assert len(set(np.argmax(paid, axis=1)[paid.any(axis=1)].tolist())) > 3  # the end falls at many horizons
+    assert (reach["step_mask"] >= reach["mask"][:, 1:]).all()  # the frameless last step is a step of the episode
+
+    clips = _downsample(reach)
+    sim = make_sim(clips["frames"][:, :K], clips["actions"][:, : K - 1])
+    result = evaluate_held_out(sim, clips, horizon=H, generator=torch.Generator().manual_seed(0), shuffle_rng=0,
+                               events=True, keep_partial=True)
+    assert result.num_clips == 64 and result.num_dropped == 0
+    assert result.num_partial == int((~clips["mask"].all(axis=1)).sum()) > 0
+    assert f"{result.num_partial} windows reach past their episode's end" in result.to_markdown()
+    assert result.events.overall("reward")["real"] == int(paid.sum())  # every reachable end is scored
+    psnr = result.metrics["model"]["psnr"]
+    assert np.isnan(psnr[~clips["mask"][:, K:]]).all() and not np.isnan(psnr[clips["mask"][:, K:]]).any()
+    assert all(np.isfinite(v) for v in result.table.column("psnr copy"))  # every horizon keeps real frames
+    # without keep_partial the windows that cross the end are dropped, as before
+    dropped = evaluate_held_out(sim, clips, horizon=H, generator=torch.Generator().manual_seed(0), shuffle_rng=0,
+                                one_step_rewards=False)
+    assert dropped.num_dropped == int((~clips["mask"].all(axis=1)).sum()) > 0

@@ -71,6 +71,10 @@ class EvaluateArgs:
     """real games compared with their dreams under the same random actions (0: skip the closed-loop returns)"""
     closed_loop_steps: int = 100
     """steps per closed-loop game after the context"""
+    episode_ends: bool = True
+    """also draw windows that reach past their episode's end (the context real), so an episode's last step (a game
+    over, a Procgen coin) can be scored at every horizon; frames past the end are left out of the frame metrics
+    (--no-episode-ends: only windows inside their episodes, the protocol of cards recorded before this option)"""
 
 
 def evaluate(args: EvaluateArgs, simulator: Simulator | None = None) -> dict[int, EvalResult]:
@@ -80,13 +84,14 @@ def evaluate(args: EvaluateArgs, simulator: Simulator | None = None) -> dict[int
     sim = simulator if simulator is not None else Simulator.from_pretrained(args.simulator, device=args.device)
     store = TrajectoryStore(args.data)
     clips = held_out_windows(store, sim.config.env_id, sim.context_frames, args.horizon, args.clips,
-                             args.held_out_fraction, args.seed)
+                             args.held_out_fraction, args.seed, reach_end=args.episode_ends)
     results: dict[int, EvalResult] = {}
     for steps in args.sampling_steps or [int(sim.config.sampling_steps)]:
         generator = torch.Generator(device=sim.device).manual_seed(args.seed)
         result = evaluate_held_out(sim, clips, horizon=args.horizon, generator=generator, shuffle_rng=args.seed,
                                    batch_size=args.batch_size, steps=int(steps), events=args.events,
-                                   event_tolerance=args.event_tolerance, event_match_sign=args.event_match_sign)
+                                   event_tolerance=args.event_tolerance, event_match_sign=args.event_match_sign,
+                                   keep_partial=args.episode_ends)
         if args.closed_loop_episodes:
             result.closed_loop = closed_loop_returns(sim, sim.config.env_id, args.closed_loop_episodes,
                                                      args.closed_loop_steps, args.seed, sampling_steps=int(steps))

@@ -153,6 +153,8 @@ class EvalResult:
         context_frames: ``K``.
         num_clips: Windows evaluated.
         num_dropped: Windows of the input left out because part of them lay past an episode end.
+        num_partial: Windows kept although they reach past their episode's end (``keep_partial``): their frames
+            there are out of the frame metrics, their steps up to the end are scored.
         metrics: ``{"model" | "copy" | "shuffled": {metric: float64 (N, T)}}`` per-sample values (see
             :func:`frame_metrics`; ``moving_fraction`` is shared by all three and kept under ``"model"`` only).
         arrays: Raw arrays: ``rollout_rewards`` / ``rollout_terminated`` ``(N, T)`` (true actions),
@@ -172,6 +174,7 @@ class EvalResult:
     context_frames: int
     num_clips: int
     num_dropped: int = 0
+    num_partial: int = 0
     metrics: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     events: EventResult | None = None
@@ -193,7 +196,10 @@ class EvalResult:
             f"{self.num_clips} held-out windows, context {self.context_frames} real frames, {self.horizon} open-loop "
             "steps under the logged actions. `copy` repeats the last context frame; `shuffled` gives each clip "
             "another clip's actions; moving region = pixels where the real frame changes by > 0.05."
-            + (f" {self.num_dropped} windows crossing an episode end were left out." if self.num_dropped else ""),
+            + (f" {self.num_dropped} windows crossing an episode end were left out." if self.num_dropped else "")
+            + (f" {self.num_partial} windows reach past their episode's end, so that its last step (a game over, a "
+               "coin) is scored at every horizon; their frames past the end are left out of the frame metrics."
+               if self.num_partial else ""),
             "",
             self.table.to_markdown(),
         ]
@@ -219,6 +225,7 @@ class EvalResult:
             "context_frames": self.context_frames,
             "num_clips": self.num_clips,
             "num_dropped": self.num_dropped,
+            "num_partial": self.num_partial,
             "table": _table_dict(self.table),
             "reward_one_step": _table_dict(self.reward_one_step),
             "reward_rollout": _table_dict(self.reward_rollout),
@@ -251,13 +258,18 @@ def evaluate_held_out(
     events: bool = False,
     event_tolerance: int = EVENT_TOLERANCE,
     event_match_sign: bool = False,
+    keep_partial: bool = False,
 ) -> EvalResult:
     """Score open-loop rollouts of held-out windows against copying the last frame and shuffled actions.
 
     Only windows whose ``K + horizon`` frames are all real (``clips["mask"]`` all True on them) are evaluated;
     the others are dropped and counted in :attr:`EvalResult.num_dropped` (a rollout past an episode end has no
     real frame to compare with). :func:`sample_eval_clips` draws only full windows. Frames beyond ``K + horizon``
-    are ignored.
+    are ignored. With ``keep_partial`` a window that reaches past its episode's end is kept when its ``K`` context
+    frames are real: its frame metrics are NaN (left out of every mean) from the end on, and its rewards and
+    terminations count up to the episode's last step (``clips["step_mask"]`` when given, as
+    ``sample_eval_clips(..., reach_end=True)`` returns it, includes a last step without a frame, e.g. Procgen's
+    coin), so an episode's end can be scored at every horizon.
 
     The true-action and shuffled-action rollouts start from the same generator state, so with a seeded generator
     they share their sampling noise and differ only through the actions. Predicted terminations do not stop a
@@ -282,6 +294,7 @@ def evaluate_held_out(
         events: Also score the true-action rollout's rewards and terminations as events (:func:`score_events`,
             stored in :attr:`EvalResult.events`); ignored when the clips carry no rewards.
         event_tolerance, event_match_sign: The event matching's tolerance in steps and sign rule.
+        keep_partial: Keep windows that reach past their episode's end (see above).
 
     Returns:
         :class:`EvalResult`.
@@ -293,7 +306,8 @@ def evaluate_held_out(
     horizon = _check_positive_int("horizon", horizon)
     batch_size = _check_batch_size(batch_size)
     data = _check_clips(sim, clips, horizon)
-    full = data["mask"].all(axis=1)
+    k = sim.context_frames
+    full = data["mask"][:, :k].all(axis=1) if keep_partial else data["mask"].all(axis=1)
     num_dropped = int((~full).sum())
     if num_dropped:
         data = {key: value[full] for key, value in data.items()}
@@ -303,7 +317,10 @@ def evaluate_held_out(
             f"{n} window(s) lie fully inside their episodes ({num_dropped} dropped for crossing an episode end); "
             "evaluation needs at least 2, since shuffled actions come from another clip"
         )
-    k = sim.context_frames
+    # which dreamed frames have a real one to compare with, and which dreamed steps are steps of the episode
+    real_frame = data["mask"][:, k:]
+    real_step = data["step_mask"] if "step_mask" in data else data["mask"][:, 1:]
+    real_step = np.asarray(real_step, dtype=bool)[:, k - 1:]
     frames, actions = data["frames"], data["actions"]
     context, context_actions = frames[:, :k], actions[:, : k - 1]
     future = actions[:, k - 1 :]
@@ -326,6 +343,10 @@ def evaluate_held_out(
     shuffled_metrics = frame_metrics(shuffled["frames"], target, prev_target)
     for extra in (copy_metrics, shuffled_metrics):
         extra.pop("moving_fraction")  # identical for all three: it depends on the real frames only
+    if not real_frame.all():  # past an episode's end there is no real frame: out of every mean
+        for metrics in (model_metrics, copy_metrics, shuffled_metrics):
+            for values in metrics.values():
+                values[~real_frame] = np.nan
 
     table = rollout_table(
         {name: model_metrics[name] for name in FRAME_METRICS},
@@ -353,23 +374,28 @@ def evaluate_held_out(
 
     reward_one_step = reward_rollout = event_result = None
     if "rewards" in data:
-        true_rewards = data["rewards"][:, k - 1 :].astype(np.float32)
-        true_terminated = data["terminated"][:, k - 1 :].astype(bool)
+        true_rewards = np.where(real_step, data["rewards"][:, k - 1 :], 0).astype(np.float32)
+        true_terminated = data["terminated"][:, k - 1 :].astype(bool) & real_step
+        # the dream goes on past an episode's end; what it pays there belongs to no real step
+        dream_rewards = np.where(real_step, rollout["rewards"], 0).astype(np.float32)
+        dream_terminated = np.asarray(rollout["terminated"], dtype=bool) & real_step
         arrays["true_rewards"], arrays["true_terminated"] = true_rewards, true_terminated
         reward_rollout = reward_termination_table(
-            rollout["rewards"], true_rewards, rollout["terminated"], true_terminated,
+            dream_rewards[real_step], true_rewards[real_step], dream_terminated[real_step], true_terminated[real_step],
             title=f"Reward sign / termination over the open-loop rollout (h = 1..{horizon})",
         )  # fmt: skip
         if events:
-            event_result = score_events(rollout["rewards"], true_rewards, rollout["terminated"], true_terminated,
+            event_result = score_events(dream_rewards, true_rewards, dream_terminated, true_terminated,
                                         tolerance=event_tolerance, match_sign=event_match_sign)  # fmt: skip
         if one_step_rewards:
             one_r, one_t = _one_step_predictions(
                 sim, frames, actions, generator=generator, batch_size=batch_size, steps=steps
             )
             arrays["one_step_rewards"], arrays["one_step_terminated"] = one_r, one_t
+            # a one-step transition needs a real context: the step right after the context's last real frame
+            one_ok = real_step & np.concatenate([np.ones((n, 1), bool), real_frame[:, :-1]], axis=1)
             reward_one_step = reward_termination_table(
-                one_r, true_rewards, one_t, true_terminated,
+                one_r[one_ok], true_rewards[one_ok], one_t[one_ok], true_terminated[one_ok],
                 title="Reward sign / termination of one-step transitions (real context, simulated next frame)",
             )  # fmt: skip
 
@@ -381,6 +407,7 @@ def evaluate_held_out(
         context_frames=k,
         num_clips=n,
         num_dropped=num_dropped,
+        num_partial=int((~real_frame.all(axis=1)).sum()),
         metrics={"model": model_metrics, "copy": copy_metrics, "shuffled": shuffled_metrics},
         arrays=arrays,
         events=event_result,
@@ -399,6 +426,7 @@ def sample_eval_clips(
     rng: np.random.Generator,
     *,
     replace: bool = False,
+    reach_end: bool = False,
 ) -> dict[str, np.ndarray]:
     """Draw ``n`` windows of ``context + horizon`` frames lying entirely inside the given (held-out) episodes.
 
@@ -413,6 +441,10 @@ def sample_eval_clips(
         n: Windows to draw.
         rng: ``numpy.random.Generator`` (the only randomness).
         replace: Draw with replacement; by default the ``n`` windows are distinct.
+        reach_end: Also draw windows that reach past their episode's end (the ``K`` context frames real, at least
+            one real step after them); ``mask`` is then False from the end on, and ``step_mask`` ``(n, K + T - 1)``
+            says which steps are the episode's, the last one included where its frame is unknown (Procgen), whose
+            reward and flags are then filled in. For scoring episode ends (``evaluate_held_out(keep_partial=True)``).
 
     Returns:
         The dict of ``ClipDataset.get_batch``: ``frames`` uint8 ``(n, K + T, H, W, 3)``, ``actions``, ``rewards``,
@@ -436,7 +468,7 @@ def sample_eval_clips(
     if len(dataset):
         eps, starts = dataset.locate(np.arange(len(dataset)))
         frames_of = np.asarray([num_frames[int(e)] for e in eps], dtype=np.int64)
-        valid = np.flatnonzero(starts + length <= frames_of)
+        valid = np.flatnonzero(starts + (context + 1 if reach_end else length) <= frames_of)
     else:
         valid = np.zeros(0, dtype=np.int64)
     if valid.size == 0:
@@ -449,15 +481,21 @@ def sample_eval_clips(
             f"asked for {n} distinct windows but episodes {ids} hold only {valid.size} full windows of {length} "
             "frames; lower n or pass replace=True"
         )
-    batch = dataset.get_batch(rng.choice(valid, size=n, replace=replace))
-    if not batch["mask"].all():  # guards the window arithmetic above against a change of ClipDataset's indexing
+    chosen = rng.choice(valid, size=n, replace=replace)
+    batch = dataset.get_batch(chosen)
+    if reach_end:  # the step records again, with an episode's frameless last step (its reward, its end) kept
+        records = dataset.step_records(chosen, frameless_final=True)
+        for key in ("actions", "rewards", "terminated", "truncated", "life_lost", "step_mask"):
+            batch[key] = records[key]
+    elif not batch["mask"].all():  # guards the window arithmetic above against a change of ClipDataset's indexing
         raise RuntimeError("sample_eval_clips drew a window past an episode end; ClipDataset indexing changed")
     return batch
 
 
 def held_out_windows(store: TrajectoryStore, env_id: str, context: int, horizon: int, n: int,
-                     held_out_fraction: float, seed: int) -> dict[str, np.ndarray]:
-    """``n`` windows of ``context + horizon`` real frames from the held-out episodes of ``env_id`` in ``store``."""
+                     held_out_fraction: float, seed: int, *, reach_end: bool = False) -> dict[str, np.ndarray]:
+    """``n`` windows of ``context + horizon`` real frames from the held-out episodes of ``env_id`` in ``store``
+    (``reach_end``: also windows that reach past an episode's end, see :func:`sample_eval_clips`)."""
     _, held = split_episodes(store, held_out_fraction, episode_ids=env_episodes(store, env_id))
     rng = np.random.default_rng(seed)
-    return sample_eval_clips(store, held, context, horizon, n, rng, replace=True)
+    return sample_eval_clips(store, held, context, horizon, n, rng, replace=True, reach_end=reach_end)

@@ -159,6 +159,11 @@ def _check_clips(sim: Simulator, clips: Mapping[str, Any], horizon: int) -> dict
         out["mask"] = mask[:, :need]
     else:
         out["mask"] = np.ones((n, need), dtype=bool)
+    if "step_mask" in clips and clips["step_mask"] is not None:  # steps of the episode, a frameless last one too
+        step_mask = _as_numpy(clips["step_mask"], "clips['step_mask']").astype(bool)
+        if step_mask.shape != (n, length - 1):
+            raise ValueError(f"clips['step_mask'] must be bool ({n}, {length - 1}), got {step_mask.shape}")
+        out["step_mask"] = step_mask[:, : need - 1]
     for key in ("episode_id", "start"):
         if key in clips and clips[key] is not None:
             arr = _as_numpy(clips[key], f"clips[{key!r}]").reshape(-1)
