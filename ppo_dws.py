@@ -226,7 +226,8 @@ def fill_defaults(args: Args, argv: Sequence[str] = ()) -> bool:
     if not 0.0 <= args.imagined_ratio:
         raise SystemExit(f"--imagined-ratio must be >= 0, got {args.imagined_ratio}.")
     if procgen or args.imagination != "none":
-        if args.episodic_life and not procgen and "--episodic-life" in argv:
+        asked = any(a.split("=")[0].replace("_", "-") == "--episodic-life" for a in argv)  # tyro takes both
+        if args.episodic_life and not procgen and asked:
             raise SystemExit("--episodic-life needs --imagination none: the simulator predicts game over, not a lost "
                              "life, so dreams would bootstrap across the lost lives that end the real value targets. "
                              "Drop the flag (imagination turns it off) or pass --imagination none.")
@@ -278,7 +279,13 @@ if __name__ == "__main__":
         if args.output_dir is None:
             raise SystemExit("--resume continues the run in --output-dir: pass that folder.")
         ckpt = load_checkpoint(out_dir / "checkpoint")
-        changed = {k: (ckpt["args"][k], getattr(args, k)) for k in RESUME_FIELDS if ckpt["args"][k] != getattr(args, k)}
+        saved = dict(ckpt["args"])
+        saved["episodic_life"] = saved["episodic_life"] and not procgen  # Procgen has no lives: the flag did nothing
+        changed = {k: (saved[k], getattr(args, k)) for k in RESUME_FIELDS if saved[k] != getattr(args, k)}
+        if "episodic_life" in changed and args.imagination != "none":
+            raise SystemExit(f"--resume: the run in {out_dir} ended real value targets at a lost life while its "
+                             "dreams did not, which ppo_dws.py no longer does (simulators predict no lost life); "
+                             "start a new run.")
         if changed:
             raise SystemExit(f"--resume: the run in {out_dir} used other settings {changed} (saved, given); pass "
                              "the saved ones.")

@@ -333,7 +333,8 @@ def run_all(args: Args) -> list[str]:
                 if args.simulator:
                     cmd += ["--simulator", args.simulator]
                 extra = shlex.split(args.extra)
-                if not {"--episodic-life", "--no-episodic-life"} & set(extra):
+                given = {a.split("=")[0].replace("_", "-") for a in extra}  # tyro takes --episodic_life too
+                if not {"--episodic-life", "--no-episodic-life"} & given:
                     cmd.append("--no-episodic-life")  # the same value targets in every arm (see the module doc)
                 cmd += extra
                 if args.resume and (folder / "checkpoint" / "training_state.pt").is_file():

@@ -207,8 +207,8 @@ def collect(args: CollectArgs) -> CollectResult:
         )
 
     # ale-py's vector env ends its frame skip at game over (and at its frame cap) before it grabs the screen, so the
-    # frame returned with an ALE episode's end repeats the step before: it is not the final frame. Such an episode is
-    # stored as Procgen's are, without a final frame (its last step keeps its reward and flags).
+    # frame returned with an ALE episode's end is not the final frame (mostly it repeats the step before's). Such an
+    # episode is stored as Procgen's are, without a final frame (its last step keeps its reward and flags).
     stale_final = parse_env_id(args.env_id)[0] == "ale"
     obs, _ = envs.reset(seed=seed)
     frames = latest(obs)

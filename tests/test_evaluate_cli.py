@@ -83,6 +83,7 @@ def test_record_writes_the_table_into_the_folder_and_card(store_path, tmp_path):
     sim = Simulator.from_pretrained(folder)
     assert sim.config.sampling_steps == 2 and sim.world_model.config.sampling_steps == 2
     assert sim.config.metrics["num_clips"] == 2 and "--record" in sim.config.metrics["evaluation_command"]
+    assert sim.config.metrics["evaluation_command"].endswith("--episode-ends")  # the draw is stated
     card = (folder / "README.md").read_text()
     assert sim.config.metrics["table_markdown"].splitlines()[0] in card and "2 Euler steps" in card
     # The event and closed-loop tables land in the config and the card too.

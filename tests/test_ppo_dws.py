@@ -268,8 +268,9 @@ def test_a_life_loss_ends_real_targets_only_when_nothing_is_dreamed():
         args = ppo.Args(env_id=env_id, imagination=imagination, episodic_life="--no-episodic-life" not in argv)
         ppo.fill_defaults(args, argv)
         assert args.episodic_life is expected, (env_id, imagination, argv)
-    with pytest.raises(SystemExit, match="--episodic-life needs --imagination none"):
-        ppo.fill_defaults(ppo.Args(env_id="ALE/Breakout-v5", imagination="uniform"), ["--episodic-life"])
+    for flag in ("--episodic-life", "--episodic_life"):
+        with pytest.raises(SystemExit, match="--episodic-life needs --imagination none"):
+            ppo.fill_defaults(ppo.Args(env_id="ALE/Breakout-v5", imagination="uniform"), [flag])
     assert "episodic_life" in ppo.RESUME_FIELDS  # a resumed run keeps its value targets
 
 
@@ -380,3 +381,21 @@ def test_a_procgen_behaviour_policy_records_its_levels_and_returns_and_its_datas
     assert behaviour["evaluation"] == saved and behaviour["levels"]["num_levels"] == 200
     assert meta.extra["levels"] == {"start_level": 0, "num_levels": 200, "distribution_mode": "easy"}
     assert meta.extra["deterministic"] is False
+
+
+def test_resuming_a_run_that_ended_real_targets_at_lost_lives_while_dreaming_is_refused(tmp_path, tiny_simulator):
+    """A run from before lost lives and imagination were kept apart cannot continue under the new rule."""
+    from dws_gym.training import save_checkpoint
+
+    out = tmp_path / "run"
+    first = subprocess.run(_cmd(out, tiny_simulator, "--total-timesteps", "64", "--imagination", "uniform",
+                                "--eval-episodes", "0"), capture_output=True, text=True, timeout=300, env=_env())
+    assert first.returncode == 0, first.stderr[-3000:]
+    state = load_checkpoint(out / "checkpoint")
+    assert state["args"]["episodic_life"] is False  # imagination turned it off
+    state["args"]["episodic_life"] = True  # as every run saved it before
+    save_checkpoint(out / "checkpoint", state)
+    again = subprocess.run(_cmd(out, tiny_simulator, "--total-timesteps", "128", "--imagination", "uniform",
+                                "--eval-episodes", "0", "--resume"), capture_output=True, text=True, timeout=300,
+                           env=_env())
+    assert again.returncode != 0 and "start a new run" in again.stderr

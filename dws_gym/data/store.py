@@ -99,8 +99,8 @@ class EpisodeMeta:
         synthetic: True when the frames came from a simulator rather than the real environment.
         source_simulator: the simulator (path or hub id) that produced a synthetic episode, else ``None``.
         final_frame_known: True when ``obs`` holds T + 1 frames; False when the frame after the last step
-            was lost (Procgen through gym3; an ALE episode that the game ended, whose returned frame repeats the
-            step before) and ``obs`` holds T frames.
+            was lost (Procgen through gym3; an ALE episode that the game ended, whose returned frame is not the
+            final one) and ``obs`` holds T frames.
         schema_version: schema version the episode was written with.
         created_at: UNIX time the episode was written.
         extra: free-form JSON-serialisable dict.

@@ -73,8 +73,8 @@ class EvaluateArgs:
     """steps per closed-loop game after the context"""
     episode_ends: bool = True
     """also draw windows that reach past their episode's end (the context real), so an episode's last step (a game
-    over, a Procgen coin) can be scored at every horizon; frames past the end are left out of the frame metrics
-    (--no-episode-ends: only windows inside their episodes, the protocol of cards recorded before this option)"""
+    over, a Procgen coin) can be scored at any horizon (from h = 2 where its frame is unknown); frames past the end
+    leave the frame metrics (--no-episode-ends: only windows inside their episodes, as cards recorded before)"""
 
 
 def evaluate(args: EvaluateArgs, simulator: Simulator | None = None) -> dict[int, EvalResult]:
@@ -136,7 +136,10 @@ def main(argv: list[str] | None = None) -> dict[int, EvalResult]:
         print(f"\nresults written to {args.out}")
     if args.record:
         ((steps, result),) = results.items()
-        command = "python -m dws_gym.evaluation " + " ".join(sys.argv[1:] if argv is None else argv)
+        given = list(sys.argv[1:] if argv is None else argv)
+        if not {"--episode-ends", "--no-episode-ends"} & {a.replace("_", "-") for a in given}:
+            given.append("--episode-ends" if args.episode_ends else "--no-episode-ends")  # the draw, stated
+        command = "python -m dws_gym.evaluation " + " ".join(given)
         record(sim.to("cpu"), folder, steps, result, command)
         print(f"\nrecorded in {folder / 'simulator_config.json'} and {folder / 'README.md'} ({steps} sampling steps)")
     return results

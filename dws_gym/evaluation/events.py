@@ -98,10 +98,10 @@ class EventResult:
     Life-loss events are not reported: the simulator's step protocol predicts reward and termination only, and a
     termination is not a life loss, so there is no dreamed life loss to score.
 
-    The windows are held-out windows of real frames (:func:`~dws_gym.evaluation.held_out.sample_eval_clips`), which
-    end inside their episodes: an episode's last step (a game over, a Procgen coin) falls only at the last horizon of
-    the one window ending there, and never where the episode's final frame is unknown (Procgen). Those events are
-    therefore rarely or never scored here; the closed-loop returns see them.
+    Drawn inside their episodes (:func:`~dws_gym.evaluation.held_out.sample_eval_clips` without ``reach_end``, or
+    ``python -m dws_gym.evaluation --no-episode-ends``), held-out windows hold an episode's last step (a game over, a
+    Procgen coin) only at the last horizon of the one window ending there, and never where the episode's final frame
+    is unknown (Procgen); windows that may reach past the end (the CLI's default) score those events too.
 
     Attributes:
         table: Columns ``h``, then per kind (``reward``, ``terminated``) ``recall``, ``precision``, ``real``

@@ -198,7 +198,7 @@ class EvalResult:
             "another clip's actions; moving region = pixels where the real frame changes by > 0.05."
             + (f" {self.num_dropped} windows crossing an episode end were left out." if self.num_dropped else "")
             + (f" {self.num_partial} windows reach past their episode's end, so that its last step (a game over, a "
-               "coin) is scored at every horizon; their frames past the end are left out of the frame metrics."
+               "coin) is scored at any horizon; their frames past the end are left out of the frame metrics."
                if self.num_partial else ""),
             "",
             self.table.to_markdown(),
@@ -269,7 +269,8 @@ def evaluate_held_out(
     frames are real: its frame metrics are NaN (left out of every mean) from the end on, and its rewards and
     terminations count up to the episode's last step (``clips["step_mask"]`` when given, as
     ``sample_eval_clips(..., reach_end=True)`` returns it, includes a last step without a frame, e.g. Procgen's
-    coin), so an episode's end can be scored at every horizon.
+    coin), so an episode's end can be scored at every horizon (from ``h = 2`` where its frame is unknown: a
+    window needs one real frame after its context).
 
     The true-action and shuffled-action rollouts start from the same generator state, so with a seeded generator
     they share their sampling noise and differ only through the actions. Predicted terminations do not stop a
@@ -430,8 +431,8 @@ def sample_eval_clips(
 ) -> dict[str, np.ndarray]:
     """Draw ``n`` windows of ``context + horizon`` frames lying entirely inside the given (held-out) episodes.
 
-    Unlike ``ClipDataset.sample``, no window reaches past an episode end: every returned ``mask`` is all True, so
-    every frame of a rollout has a real frame to be compared with.
+    Unlike ``ClipDataset.sample``, no window reaches past an episode end (unless ``reach_end``): every returned
+    ``mask`` is all True, so every frame of a rollout has a real frame to be compared with.
 
     Args:
         store: The trajectory store.

@@ -219,9 +219,9 @@ def start_run(config: OfflineConfig, algorithm: str) -> OfflineRun:
           flush=True)
     mode, unseen = data_levels(dataset) if procgen else ("easy", None)
     if unseen is False:
-        print("note: some episodes of the dataset were played on levels >= 250 (or on every level), so the 'test' "
-              "evaluation is not on unseen levels for this policy: collect with --num-levels 200 for the split",
-              flush=True)
+        print("note: some episodes of the dataset record no level range, or one that reaches levels >= 250, so the "
+              "'test' evaluation may not be on unseen levels for this policy: collect with --num-levels 200 for the "
+              "split", flush=True)
     return OfflineRun(config, algorithm, env_id, procgen, out_dir, run_name, device, replay,
                       np.random.default_rng(config.seed), writer, ckpt, mode, unseen)
 
