@@ -64,8 +64,15 @@ from dws_gym.agents import ActorCritic, PolicyConfig, save_policy
 from dws_gym.envs.dream import DreamVectorEnv
 from dws_gym.envs.real import make_real_env, parse_env_id
 from dws_gym.envs.registration import simulator_for_real_env
+from dws_gym.flags import flag_given
 from dws_gym.imagination import PrioritizedStartStates
-from dws_gym.policy_eval import PROCGEN_LEVELS, describe_levels, evaluate_on_levels, evaluate_policy, level_ranges
+from dws_gym.policy_eval import (
+    below_test_levels,
+    describe_levels,
+    evaluate_on_levels,
+    evaluate_policy,
+    level_ranges,
+)
 from dws_gym.rl import (
     ReturnScaler,
     StartWindowRecorder,
@@ -226,8 +233,7 @@ def fill_defaults(args: Args, argv: Sequence[str] = ()) -> bool:
     if not 0.0 <= args.imagined_ratio:
         raise SystemExit(f"--imagined-ratio must be >= 0, got {args.imagined_ratio}.")
     if procgen or args.imagination != "none":
-        asked = any(a.split("=")[0].replace("_", "-") == "--episodic-life" for a in argv)  # tyro takes both
-        if args.episodic_life and not procgen and asked:
+        if args.episodic_life and not procgen and flag_given(argv, "--episodic-life"):
             raise SystemExit("--episodic-life needs --imagination none: the simulator predicts game over, not a lost "
                              "life, so dreams would bootstrap across the lost lives that end the real value targets. "
                              "Drop the flag (imagination turns it off) or pass --imagination none.")
@@ -580,7 +586,7 @@ if __name__ == "__main__":
                                     seed=args.seed + 200_000, max_steps=args.eval_max_steps,
                                     distribution_mode=args.procgen_distribution_mode)
         # Levels >= 250 are unseen only when training kept to levels below them (num_levels 0 means every level).
-        unseen = 0 < args.procgen_num_levels <= PROCGEN_LEVELS["test"]["start_level"] if procgen else None
+        unseen = below_test_levels(0, args.procgen_num_levels) if procgen else None
         evaluation = {"global_step": global_step, "episodes": args.final_eval_episodes, "ranges": ranges,
                       "range_levels": level_ranges(args.env_id), "train_levels": levels, "test_levels_unseen": unseen}
         for name, result in ranges.items():

@@ -53,7 +53,7 @@ from typing import Any, Literal
 import numpy as np
 import tyro
 
-from dws_gym.flags import usage_error
+from dws_gym.flags import flag_given, usage_error
 from dws_gym.jobs import Job, run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -333,8 +333,7 @@ def run_all(args: Args) -> list[str]:
                 if args.simulator:
                     cmd += ["--simulator", args.simulator]
                 extra = shlex.split(args.extra)
-                given = {a.split("=")[0].replace("_", "-") for a in extra}  # tyro takes --episodic_life too
-                if not {"--episodic-life", "--no-episodic-life"} & given:
+                if not flag_given(extra, "--episodic-life", "--no-episodic-life"):
                     cmd.append("--no-episodic-life")  # the same value targets in every arm (see the module doc)
                 cmd += extra
                 if args.resume and (folder / "checkpoint" / "training_state.pt").is_file():

@@ -5,7 +5,8 @@ fields as its own flags: the copies drift (names, defaults, help) and every new 
 :func:`config_flags` makes a dataclass with the config's user-settable fields, their defaults and the help text of
 the config's ``Attributes:`` docstring, for tyro to nest under a prefix (``--unet.widths``); the fields a script
 derives from its data (frame size, number of actions, ...) are left out, and :func:`build_config` puts them back.
-:func:`usage_error` ends a command line on a value its types cannot rule out, as argparse would.
+:func:`usage_error` ends a command line on a value its types cannot rule out, as argparse would;
+:func:`flag_given` tells a flag the user gave from its default.
 """
 
 from __future__ import annotations
@@ -106,3 +107,10 @@ def usage_error(message: str) -> NoReturn:
     """Stop a command line the way argparse does on bad input: ``error: message`` on stderr, exit status 2."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def flag_given(argv: Sequence[str], *names: str) -> bool:
+    """Whether any of the flags ``names`` (``--episodic-life``) appears on the command line ``argv``, in any form tyro
+    accepts (``--episodic_life``, ``--flag=value``): to tell a flag the user gave from its default."""
+    wanted = {n.replace("_", "-") for n in names}
+    return any(a.split("=")[0].replace("_", "-") in wanted for a in argv)

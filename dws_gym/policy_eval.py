@@ -14,7 +14,7 @@ from gymnasium.vector import AutoresetMode
 
 from dws_gym.envs.real import make_real_env, parse_env_id
 
-__all__ = ["PROCGEN_LEVELS", "describe_levels", "evaluate_on_levels", "evaluate_policy", "level_ranges",
+__all__ = ["PROCGEN_LEVELS", "below_test_levels", "describe_levels", "evaluate_on_levels", "evaluate_policy", "level_ranges",
            "run_episodes"]
 
 PROCGEN_LEVELS: dict[str, dict[str, int]] = {
@@ -24,6 +24,12 @@ PROCGEN_LEVELS: dict[str, dict[str, int]] = {
     "test": {"start_level": 250, "num_levels": 2_000_000_000},
 }
 """Procgen level ranges: ``train`` = levels 0-199, ``test`` = levels >= 250 (never seen in training data)."""
+
+
+def below_test_levels(start_level: int, num_levels: int) -> bool:
+    """Whether the Procgen levels ``start_level .. start_level + num_levels - 1`` all lie below the ``test`` range, so
+    that its levels are unseen for a policy trained on them (``num_levels`` 0 means every level: False)."""
+    return 0 < num_levels and start_level + num_levels <= PROCGEN_LEVELS["test"]["start_level"]
 
 
 def level_ranges(env_id: str) -> dict[str, dict[str, int]]:

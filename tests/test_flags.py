@@ -77,3 +77,12 @@ def test_unet_flags_rebuild_the_config_they_come_from():
                          derived=("frame_size", "channels", "num_actions", "action_text_dim", "format_version"))
     derived = dict(frame_size=32, channels=3, num_actions=4, action_text_dim=None)
     assert build_config(UNetConfig, Flags(), **derived) == UNetConfig(**derived)
+
+
+def test_flag_given_finds_a_flag_in_every_form_tyro_accepts():
+    from dws_gym.flags import flag_given
+
+    assert flag_given(["--seed", "1", "--episodic_life"], "--episodic-life")
+    assert flag_given(["--episode-ends=True"], "--episode-ends", "--no-episode-ends")
+    assert not flag_given(["--episodic-life-x", "--seed", "1"], "--episodic-life")
+    assert not flag_given([], "--no-episode-ends")

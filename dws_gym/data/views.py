@@ -171,14 +171,15 @@ class ClipDataset:
             **({"step_mask": step_valid} if frameless_final else {}),
         }
 
-    def get_batch(self, indices: Any) -> dict[str, np.ndarray]:
-        """Stack the windows ``indices`` (any int array-like) into a dict of batched arrays (see class doc)."""
+    def get_batch(self, indices: Any, *, frameless_final: bool = False) -> dict[str, np.ndarray]:
+        """Stack the windows ``indices`` (any int array-like) into a dict of batched arrays (see class doc);
+        ``frameless_final`` as in :meth:`step_records` (adds ``step_mask``)."""
         eps = self._eps
         pos, start, fpos, mask = self._windows(indices)
         frames = eps.gather_frames(pos, np.minimum(fpos, eps.frames[pos][:, None] - 1))
         return {
             "frames": frames,
-            **self.step_records(indices),
+            **self.step_records(indices, frameless_final=frameless_final),
             "episode_id": eps.ids[pos],
             "start": start,
         }

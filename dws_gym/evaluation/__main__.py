@@ -31,6 +31,7 @@ import tyro
 
 from dws_gym.data import TrajectoryStore
 from dws_gym.evaluation import EvalResult, closed_loop_returns, evaluate_held_out, held_out_windows
+from dws_gym.flags import flag_given
 from dws_gym.simulator import Simulator
 
 
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict[int, EvalResult]:
     if args.record:
         ((steps, result),) = results.items()
         given = list(sys.argv[1:] if argv is None else argv)
-        if not {"--episode-ends", "--no-episode-ends"} & {a.replace("_", "-") for a in given}:
+        if not flag_given(given, "--episode-ends", "--no-episode-ends"):
             given.append("--episode-ends" if args.episode_ends else "--no-episode-ends")  # the draw, stated
         command = "python -m dws_gym.evaluation " + " ".join(given)
         record(sim.to("cpu"), folder, steps, result, command)

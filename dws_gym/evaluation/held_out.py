@@ -482,13 +482,9 @@ def sample_eval_clips(
             f"asked for {n} distinct windows but episodes {ids} hold only {valid.size} full windows of {length} "
             "frames; lower n or pass replace=True"
         )
-    chosen = rng.choice(valid, size=n, replace=replace)
-    batch = dataset.get_batch(chosen)
-    if reach_end:  # the step records again, with an episode's frameless last step (its reward, its end) kept
-        records = dataset.step_records(chosen, frameless_final=True)
-        for key in ("actions", "rewards", "terminated", "truncated", "life_lost", "step_mask"):
-            batch[key] = records[key]
-    elif not batch["mask"].all():  # guards the window arithmetic above against a change of ClipDataset's indexing
+    # with reach_end, an episode's frameless last step keeps its reward and its end (``step_mask``)
+    batch = dataset.get_batch(rng.choice(valid, size=n, replace=replace), frameless_final=reach_end)
+    if not reach_end and not batch["mask"].all():  # guards the window arithmetic above against a change of ClipDataset's indexing
         raise RuntimeError("sample_eval_clips drew a window past an episode end; ClipDataset indexing changed")
     return batch
 

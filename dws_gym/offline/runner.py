@@ -24,7 +24,7 @@ from dws_gym.agents import ActorCritic, PolicyConfig, save_policy
 from dws_gym.data import ReadAhead, TrajectoryStore
 from dws_gym.envs.real import parse_env_id
 from dws_gym.offline.replay import OfflineReplay, describe_store
-from dws_gym.policy_eval import PROCGEN_LEVELS, evaluate_on_levels
+from dws_gym.policy_eval import below_test_levels, evaluate_on_levels
 from dws_gym.training import global_rng_states, load_checkpoint, restore_global_rng_states, save_checkpoint
 
 __all__ = ["RESUME_FIELDS", "OfflineAlgorithm", "OfflineConfig", "OfflineRun", "data_levels", "start_run", "train"]
@@ -158,7 +158,6 @@ def data_levels(store: TrajectoryStore) -> tuple[str, bool]:
     ``(distribution mode, test levels unseen)``. The mode is the one the episodes share (``"easy"`` when they record
     none or several); the test levels (``PROCGEN_LEVELS["test"]``, from 250) are unseen when every episode records a
     finite level range that ends before them."""
-    first_test = PROCGEN_LEVELS["test"]["start_level"]
     modes, unseen = set(), True
     for ep in store.episode_ids():
         meta = store.meta(ep)
@@ -167,8 +166,7 @@ def data_levels(store: TrajectoryStore) -> tuple[str, bool]:
         levels = meta.extra.get("levels") or {}
         if levels.get("distribution_mode"):
             modes.add(levels["distribution_mode"])
-        count = levels.get("num_levels")
-        unseen &= bool(count) and int(levels.get("start_level", 0)) + int(count) <= first_test
+        unseen &= below_test_levels(int(levels.get("start_level", 0)), int(levels.get("num_levels") or 0))
     return (modes.pop() if len(modes) == 1 else "easy"), unseen
 
 
