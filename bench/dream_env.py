@@ -213,23 +213,26 @@ def describe_world_model(sim: Simulator) -> str:
 
 
 class Compiler:
-    """Turns ``torch.compile`` of the world model's network call on and off (:meth:`Simulator.compile`, compiled
-    once and kept)."""
+    """Turns ``torch.compile`` of the world model's network call and the reward head's tensor work on and off
+    (:meth:`Simulator.compile`, compiled once and kept)."""
 
     def __init__(self, sim: Simulator, backend: str, mode: str | None, dynamic: bool = False) -> None:
         options: dict[str, Any] = {"backend": backend, **({"mode": mode} if mode else {}),
                                    **({"dynamic": True} if dynamic else {})}
         self.sim = sim
         self.description = sim.compile(**options)
-        self.name = next(k for k in ("predict_x0", "_network") if k in sim.world_model.__dict__)
-        self.compiled = sim.world_model.__dict__[self.name]  # kept, so switching back on does not recompile
+        name = next(k for k in ("predict_x0", "_network") if k in sim.world_model.__dict__)
+        # kept, so switching back on does not recompile
+        self.compiled = [(sim.world_model, name, sim.world_model.__dict__[name]),
+                         (sim.reward_head, "logits", sim.reward_head.__dict__["logits"])]
         sim.compile(False)
 
     def set(self, on: bool) -> None:
-        if on:
-            setattr(self.sim.world_model, self.name, self.compiled)
-        else:
-            self.sim.world_model.__dict__.pop(self.name, None)
+        for owner, name, fn in self.compiled:
+            if on:
+                setattr(owner, name, fn)
+            else:
+                owner.__dict__.pop(name, None)
 
 
 def prepare_simulators(base: Simulator, device: torch.device, dtypes: Sequence[str],

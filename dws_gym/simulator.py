@@ -323,7 +323,8 @@ class Simulator:
 
     def compile(self, enabled: bool = True, **options: Any) -> str | None:
         """``torch.compile`` the world model's network call (the U-Net's ``predict_x0``, the flow transformer's
-        ``_network``), or undo it with ``enabled=False``. Returns a description of what runs, ``None`` when eager.
+        ``_network``) and the reward head's tensor work (:meth:`RewardHead.logits`), or undo both with
+        ``enabled=False``. Returns a description of what runs, ``None`` when eager.
 
         The first steps after compiling (and after each new batch size, until the compiler makes the batch dynamic)
         are slow while it compiles; every later step runs the compiled kernels. Measured on a shared 2-core AMX Xeon
@@ -342,13 +343,19 @@ class Simulator:
         name = next((n for n in ("predict_x0", "_network") if callable(getattr(type(wm), n, None))), None)
         if name is None:
             raise ValueError(f"Simulator.compile does not know the network call of {type(wm).__name__}.")
-        wm.__dict__.pop(name, None)  # back to the class's eager method
+        head = self.reward_head
+        wm.__dict__.pop(name, None)  # back to the class's eager methods
+        head.__dict__.pop("logits", None)
         if not enabled:
             self.compiled = None
             return None
-        setattr(wm, name, torch.compile(getattr(wm, name), **options))  # an instance attribute shadows the method
+        # An instance attribute shadows the method. The head's input checks stay eager (they read values on the
+        # host); its tensor work is about a quarter of a bf16 CPU step and compiling it saves ~20% of the step.
+        setattr(wm, name, torch.compile(getattr(wm, name), **options))
+        head.logits = torch.compile(head.logits, **options)  # type: ignore[method-assign]
         shown = ", ".join(f"{k}={v!r}" for k, v in options.items())
-        self.compiled = f"torch.compile({type(wm).__name__}.{name}{', ' + shown if shown else ''})"
+        self.compiled = (f"torch.compile({type(wm).__name__}.{name}, {type(head).__name__}.logits"
+                         f"{', ' + shown if shown else ''})")
         return self.compiled
 
     # ------------------------------------------------------------------------------------------- validation

@@ -571,6 +571,12 @@ class RewardHead(nn.Module):
             ValueError: wrong shapes, dtypes, batch sizes or action range.
         """
         context, action, next_frame = self._check_inputs(context, action, next_frame)
+        return self.logits(context, action, next_frame)
+
+    def logits(self, context: torch.Tensor, action: torch.Tensor, next_frame: torch.Tensor) -> RewardOutput:
+        """:meth:`forward` without its input checks: checked tensors on the head's device (uint8 frames, int64
+        actions or float embeddings). The tensor work alone, so that ``torch.compile`` sees no host syncs
+        (:meth:`dws_gym.simulator.Simulator.compile` compiles it)."""
         b, k = context.shape[:2]
         frames = torch.cat([context, next_frame.unsqueeze(1)], dim=1)  # (B, K+1, H, W, C)
         x = frames.flatten(0, 1).permute(0, 3, 1, 2).to(self.pos.dtype) / 127.5 - 1.0
