@@ -507,7 +507,7 @@ if __name__ == "__main__":
     from tqdm.auto import tqdm
 
     from dws_gym.collect import CollectArgs, collect
-    from dws_gym.data import ReadAhead, TrajectoryStore, env_episodes, split_episodes
+    from dws_gym.data import ReadAhead, TrajectoryStore, describe_policies, env_episodes, split_episodes
     from dws_gym.evaluation import evaluate_held_out, sample_eval_clips
     from dws_gym.models.conditioning import freeze_base
     from dws_gym.models.reward import RewardConfig, RewardHead
@@ -832,7 +832,8 @@ if __name__ == "__main__":
             backbone=args.backbone,
             pretrained_backbone=args.pretrained,
             training={
-                "data": f"{len(store)} episodes / {store.num_steps} steps of {args.env_id} (policy: {meta.policy})",
+                "data": f"{len(store)} episodes / {store.num_steps} steps of {args.env_id} "
+                        f"(policy: {describe_policies(store, ours)})",
                 "steps": done_steps,
                 "batch_size": args.batch_size * dist.world_size,
                 "samples_per_second": round(train_sps, 2),

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from dws_gym.data import TrajectoryStore, split_episodes
+from dws_gym.data import TrajectoryStore, describe_policies, split_episodes
 from dws_gym.data.merge import MergeArgs, main, merge_stores, parse_source
 from test_store import add_coded, coded_episode
 
@@ -187,3 +187,14 @@ def test_merge_refuses_bad_mixes(tmp_path):
     with pytest.raises(ValueError, match="to itself"):
         a.add_episode_from(a, a.episode_ids()[0])
     assert len(a) == 4 and not (tmp_path / "m").exists()  # refusals come before anything is written
+
+
+def test_describe_policies_names_each_behaviour_of_a_merged_store(tmp_path):
+    a = _store(tmp_path / "a", 10, T=5, base=0, policy="runner")
+    b = _store(tmp_path / "b", 20, T=3, base=100, policy="random")
+    assert describe_policies(a) == "runner" and describe_policies(b, b.episode_ids()[:2]) == "random"
+    merge_stores(MergeArgs(out=str(tmp_path / "m"), sources=[str(a.root), str(b.root)]))
+    merged = TrajectoryStore(tmp_path / "m")
+    # 18 episodes x 3 steps of random play against 9 x 5 of the runner: the larger share first
+    assert describe_policies(merged) == "random 54 steps (55%), runner 45 steps (45%)"
+    assert describe_policies(merged, []) == "none"

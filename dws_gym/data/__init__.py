@@ -10,7 +10,7 @@ Example::
 
 from dws_gym.data.importers import import_arrays
 from dws_gym.data.read_ahead import ReadAhead
-from dws_gym.data.splits import env_episodes, split_episodes
+from dws_gym.data.splits import describe_policies, env_episodes, split_episodes
 from dws_gym.data.store import (
     SCHEMA_VERSION,
     CorruptEpisodeError,
@@ -29,6 +29,7 @@ __all__ = [
     "TrajectoryStore",
     "TransitionDataset",
     "describe_action_space",
+    "describe_policies",
     "import_arrays",
     "env_episodes",
     "split_episodes",

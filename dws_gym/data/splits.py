@@ -16,7 +16,7 @@ from dws_gym.checks import check_positive_int
 if TYPE_CHECKING:
     from dws_gym.data.store import TrajectoryStore
 
-__all__ = ["env_episodes", "split_episodes"]
+__all__ = ["describe_policies", "env_episodes", "split_episodes"]
 
 
 def split_episodes(
@@ -76,3 +76,19 @@ def env_episodes(store: TrajectoryStore, env_id: str) -> list[int]:
         found = sorted({store.meta(i).env_id for i in store.episode_ids()})
         raise ValueError(f"{store.root} holds no {env_id} episodes (it has {found}); pass a store of that game")
     return ours
+
+
+def describe_policies(store: TrajectoryStore, episode_ids: Sequence[int] | None = None) -> str:
+    """Which behaviour policies acted in ``episode_ids`` (default: every episode), by steps: ``"random"`` for one
+    policy, ``"scripted:procgen-runner 100,010 steps (52%), random 92,076 steps (48%)"`` for a merged store
+    (:mod:`dws_gym.data.merge`), most steps first. A simulator card names its data with this."""
+    ids = list(store.episode_ids() if episode_ids is None else episode_ids)
+    steps: dict[str, int] = {}
+    for i in ids:
+        meta = store.meta(i)
+        steps[meta.policy] = steps.get(meta.policy, 0) + int(meta.length)
+    if len(steps) <= 1:
+        return next(iter(steps), "none")
+    total = sum(steps.values())
+    ranked = sorted(steps.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{name} {n:,} steps ({n / total:.0%})" for name, n in ranked)
