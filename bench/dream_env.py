@@ -221,10 +221,8 @@ class Compiler:
                                    **({"dynamic": True} if dynamic else {})}
         self.sim = sim
         self.description = sim.compile(**options)
-        name = next(k for k in ("predict_x0", "_network") if k in sim.world_model.__dict__)
         # kept, so switching back on does not recompile
-        self.compiled = [(sim.world_model, name, sim.world_model.__dict__[name]),
-                         (sim.reward_head, "logits", sim.reward_head.__dict__["logits"])]
+        self.compiled = [(owner, name, owner.__dict__[name]) for owner, name in sim.compile_targets()]
         sim.compile(False)
 
     def set(self, on: bool) -> None:
