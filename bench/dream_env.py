@@ -1,6 +1,6 @@
 """Dream-env throughput: transitions/s of DreamVectorEnv next to the real ALE vector env, in the same run.
 
-For every ``--num-envs`` value and every variant (``--dtype`` x ``--compile``) the bench builds
+For every ``--num-envs`` value and every variant (``--dtype`` x ``--compile`` x ``--rolling-cache``) the bench builds
 ``DreamVectorEnv(sim, num_envs, device=..., dtype=..., sampling_steps=...)``, resets it, runs ``--warmup`` steps, then
 times ``--steps`` steps of uniformly random actions (numpy observations back on the host, as a gymnasium user gets
 them; CUDA is synchronised around the timed loop). Transitions/s is ``num_envs * steps / seconds``. The real env,
@@ -13,8 +13,13 @@ Precision: ``--dtype fp32 auto`` (the default) times both; ``auto`` is bf16 wher
 (``Simulator.set_precision``: weights cast to bf16); ``--bf16-mode autocast`` instead keeps float32 weights and runs
 each step under ``torch.autocast`` (for comparing the two). Every run prints the CPU model and the path that ran.
 
+``--rolling-cache both`` adds rows without the rolling cache of the reward head's context tokens
+(``DreamVectorEnv(rolling_cache=False)``: every step embeds all ``K + 1`` frames), for comparison; the default keeps
+it, as the env does.
+
 ``--compile on`` (``both`` for eager and compiled rows) wraps the world model's network call in
-``torch.compile``: ``predict_x0`` of the U-Net, ``_network`` (the transformer call) of the flow backbone. Compilation
+``torch.compile`` (``Simulator.compile``): ``denoise`` of the U-Net (its sampling after the noise draw),
+``_network`` (the transformer call) of the flow backbone, and the reward head's two halves. Compilation
 happens in the warm-up steps, which are not timed.
 
 FLOPs: one steady-state ``env.step`` (after the warm-up, at the row's ``num_envs``) is counted with
@@ -82,10 +87,11 @@ H100_H200_BF16_TFLOPS = 989.0
 
 @dataclass(frozen=True)
 class Variant:
-    """How the dream env of a row runs: requested dtype, bf16 path, compiled or not."""
+    """How the dream env of a row runs: requested dtype, compiled or not, rolling head-token cache or not."""
 
     dtype: str
     compiled: bool = False
+    cached: bool = True
 
 
 @dataclass
@@ -97,6 +103,7 @@ class Row:
         precision: ``"fp32"`` or ``"bf16"``, what ran (``auto`` resolved).
         requested: The ``--dtype`` asked for (``"auto"``, ``"bf16"``, ``"fp32"``).
         compiled: Whether the world model's network call was ``torch.compile``-d.
+        cached: Whether the env kept the reward head's context tokens across steps (``rolling_cache``).
         steps: Dream steps timed (0 when the row failed before timing).
         dream_tps: Dream transitions/s (``num_envs * steps / seconds``); ``nan`` when it failed.
         seconds_per_step: Wall seconds of one dream ``step`` call.
@@ -111,6 +118,7 @@ class Row:
     num_envs: int
     precision: str = "fp32"
     compiled: bool = False
+    cached: bool = True
     requested: str = ""
     steps: int = 0
     dream_tps: float = float("nan")
@@ -362,7 +370,8 @@ def _is_oom(err: BaseException) -> bool:
 def measure_dream(sim: Simulator, num_envs: int, variant: Variant, args: Args, device: torch.device,
                   memory: _PeakMemory, compiler: Compiler | None = None) -> Row:
     """Time one ``num_envs`` x variant of the dream env; OOM (and a failed compile) is reported in ``Row.note``."""
-    row = Row(num_envs, precision=sim.precision.name, compiled=variant.compiled, requested=variant.dtype)
+    row = Row(num_envs, precision=sim.precision.name, compiled=variant.compiled, cached=variant.cached,
+              requested=variant.dtype)
     autocast = args.bf16_mode == "autocast" and resolve_precision(variant.dtype, device).bf16
     if autocast:
         row.precision = "bf16"
@@ -373,7 +382,7 @@ def measure_dream(sim: Simulator, num_envs: int, variant: Variant, args: Args, d
     memory.start()
     try:
         env = DreamVectorEnv(sim, num_envs, device=device, dtype="fp32" if autocast else variant.dtype,
-                             sampling_steps=args.sampling_steps, output=args.output)
+                             sampling_steps=args.sampling_steps, output=args.output, rolling_cache=variant.cached)
         env.reset(seed=args.seed)
         plan = rng.integers(0, env.single_action_space.n, (max(args.steps, 1), num_envs))
         with context():
@@ -472,7 +481,8 @@ def format_table(rows: Sequence[Row], *, peak_flops: float | None = None, synthe
     """The markdown table of a sweep; ``peak_flops`` (FLOP/s) adds a "% of peak" column, ``synthesize`` the
     estimated time for that many transitions."""
     cols = ["num_envs", "precision", "compiled", "steps timed", "dream transitions/s", "s / dream step", "simulated",
-            "real ALE transitions/s", "dream / real", "peak memory MiB", "FLOPs / transition", "achieved FLOP/s"]
+            "real ALE transitions/s", "dream / real", "peak memory MiB", "FLOPs / transition", "achieved FLOP/s",
+            "rolling cache"]
     if peak_flops:
         cols.append("% of peak FLOP/s")
     if synthesize:
@@ -485,7 +495,7 @@ def format_table(rows: Sequence[Row], *, peak_flops: float | None = None, synthe
                  _num(r.seconds_per_step, ".3f"),
                  _num(100 * r.simulated, ".1f") + ("%" if np.isfinite(r.simulated) else ""),
                  _num(r.real_tps, ",.0f"), _num(r.ratio, ".4g"), _num(r.peak_memory / MiB, ",.0f"),
-                 _si(r.flops_per_transition), _si(r.flops_per_s)]
+                 _si(r.flops_per_transition), _si(r.flops_per_s), "yes" if r.cached else "no"]
         if peak_flops:
             cells.append(_num(100 * r.flops_per_s / peak_flops, ".2f"))
         if synthesize:
@@ -536,6 +546,8 @@ class Args:
     """bf16: the simulator's cast weights (default) or float32 weights under torch.autocast"""
     compile: Literal["off", "on", "both"] = "off"
     """torch.compile the world model's network call: on, both (eager and compiled rows) or off"""
+    rolling_cache: Literal["off", "on", "both"] = "on"
+    """keep the reward head's context tokens across steps (DreamVectorEnv(rolling_cache=...)): on, off or both"""
     compile_backend: str = "inductor"
     """torch.compile backend (eager: trace only)"""
     compile_mode: str | None = None
@@ -619,7 +631,8 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     compiled = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     compilers = ({d: Compiler(sims[d], args.compile_backend, args.compile_mode, args.compile_dynamic)
                   for d in args.dtype} if True in compiled else {})
-    variants = [Variant(d, c) for d in args.dtype for c in compiled]
+    cached = {"off": [False], "on": [True], "both": [False, True]}[args.rolling_cache]
+    variants = [Variant(d, c, k) for d in args.dtype for c in compiled for k in cached]
     memory = _PeakMemory(device)
     rows: list[Row] = []
     real_cache: dict[int, float] = {}
@@ -632,7 +645,8 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
             if args.synthesize:
                 row.synthesize_seconds = args.synthesize / row.dream_tps if row.dream_tps > 0 else float("nan")
             these.append(row)
-            print(f"num_envs {n} {row.precision}{' compiled' if row.compiled else ''}: dream {row.dream_tps:,.1f}/s, "
+            print(f"num_envs {n} {row.precision}{' compiled' if row.compiled else ''}"
+                  f"{' cached' if row.cached else ''}: dream {row.dream_tps:,.1f}/s, "
                   f"{_si(row.flops_per_transition, 'FLOP')}/transition {row.note}", file=sys.stderr)
         if args.real and any(r.dream_tps > 0 for r in these):
             m = min(n, args.real_max_envs or n)

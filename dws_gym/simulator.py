@@ -161,17 +161,41 @@ class SimState:
     Attributes:
         frames: ``(N, K, H, W, 3)`` uint8 on the simulator's device, oldest first.
         actions: ``(N, K - 1)`` int64 on the simulator's device; ``actions[:, i]`` led from frame ``i`` to ``i + 1``.
+        head_tokens: A rolling cache: the reward head's patch tokens of ``frames``, ``(N, K, T, D)`` in the head's
+            dtype (:meth:`~dws_gym.models.reward.RewardHead.frame_tokens`), so that a step embeds only its new
+            frame; ``None``: each step embeds all ``K + 1`` frames (the uncached path). Its size is fixed: a
+            step drops the oldest frame's tokens as it adds the newest.
     """
 
     frames: torch.Tensor
     actions: torch.Tensor
+    head_tokens: torch.Tensor | None = None
 
     @property
     def num_envs(self) -> int:
         return int(self.frames.shape[0])
 
     def clone(self) -> SimState:
-        return SimState(self.frames.clone(), self.actions.clone())
+        tokens = None if self.head_tokens is None else self.head_tokens.clone()
+        return SimState(self.frames.clone(), self.actions.clone(), tokens)
+
+    def rows(self, index: torch.Tensor) -> SimState:
+        """The simulations at ``index`` (int64 indices or a bool mask over ``N``), as a new state."""
+        tokens = None if self.head_tokens is None else self.head_tokens[index]
+        return SimState(self.frames[index], self.actions[index], tokens)
+
+    def set_rows(self, index: torch.Tensor, other: SimState) -> None:
+        """Write ``other`` (one row per entry of ``index``) into the simulations at ``index``, in place.
+
+        A cached state that receives an uncached one drops its cache (the next step embeds every frame again).
+        """
+        self.frames[index] = other.frames
+        self.actions[index] = other.actions
+        if self.head_tokens is not None:
+            if other.head_tokens is None or other.head_tokens.dtype != self.head_tokens.dtype:
+                self.head_tokens = None
+            else:
+                self.head_tokens[index] = other.head_tokens
 
 
 def _float_dtype(module: torch.nn.Module) -> torch.dtype:
@@ -322,8 +346,8 @@ class Simulator:
         return precision
 
     def compile(self, enabled: bool = True, **options: Any) -> str | None:
-        """``torch.compile`` the world model's network call (the U-Net's ``predict_x0``, the flow transformer's
-        ``_network``) and the reward head's tensor work (:meth:`RewardHead.logits`), or undo both with
+        """``torch.compile`` the world model's sampling work (the U-Net's ``denoise``: the network, the Euler steps
+        and the uint8 conversions; the flow transformer's ``_network``) and the reward head's tensor work (see :meth:`compile_targets`), or undo both with
         ``enabled=False``. Returns a description of what runs, ``None`` when eager.
 
         The first steps after compiling (and after each new batch size, until the compiler makes the batch dynamic)
@@ -347,8 +371,8 @@ class Simulator:
         if not enabled:
             self.compiled = None
             return None
-        # An instance attribute shadows the method. The head's input checks stay eager (they read values on the
-        # host); its tensor work is about a quarter of a bf16 CPU step, and compiling it saves about a sixth.
+        # An instance attribute shadows the method. The head's input checks are not compiled (they read values on
+        # the host, and step() does not need them); its tensor work was about a quarter of a bf16 CPU step.
         for owner, name in targets:
             setattr(owner, name, torch.compile(getattr(owner, name), **options))
         shown = ", ".join(f"{k}={v!r}" for k, v in options.items())
@@ -358,16 +382,17 @@ class Simulator:
 
     def compile_targets(self) -> list[tuple[torch.nn.Module, str]]:
         """The ``(module, method name)`` pairs :meth:`compile` replaces with compiled versions: the world model's
-        network call and the reward head's :meth:`~dws_gym.models.reward.RewardHead.logits`.
+        network call and the reward head's two halves, :meth:`~dws_gym.models.reward.RewardHead.frame_tokens` and
+        :meth:`~dws_gym.models.reward.RewardHead.logits_from_tokens` (its ``logits`` calls both).
 
         Raises:
             ValueError: the world model has no known network call.
         """
         wm = self.world_model
-        name = next((n for n in ("predict_x0", "_network") if callable(getattr(type(wm), n, None))), None)
+        name = next((n for n in ("denoise", "_network") if callable(getattr(type(wm), n, None))), None)
         if name is None:
             raise ValueError(f"Simulator.compile does not know the network call of {type(wm).__name__}.")
-        return [(wm, name), (self.reward_head, "logits")]
+        return [(wm, name), (self.reward_head, "frame_tokens"), (self.reward_head, "logits_from_tokens")]
 
     # ------------------------------------------------------------------------------------------- validation
     def _frames(self, frames: Any, name: str = "frames") -> torch.Tensor:
@@ -411,11 +436,30 @@ class Simulator:
         return a.long().to(self.device)
 
     # ------------------------------------------------------------------------------------------- step protocol
-    def init_state(self, frames: Any, actions: Any) -> SimState:
-        """Start ``N`` simulations from real context clips: frames uint8 (N, K, H, W, 3), actions (N, K-1)."""
+    @torch.no_grad()
+    def init_state(self, frames: Any, actions: Any, *, cache: bool = True) -> SimState:
+        """Start ``N`` simulations from real context clips: frames uint8 (N, K, H, W, 3), actions (N, K-1).
+
+        ``cache``: keep the reward head's tokens of the context frames in the state (``SimState.head_tokens``), so
+        that each :meth:`step` embeds only its new frame; ``False`` gives the uncached state, whose steps embed
+        all ``K + 1`` frames (the same results up to float rounding).
+        """
         f = self._frames(frames)
         a = self.check_actions(actions, (f.shape[0], self.context_frames - 1), "actions")
-        return SimState(f.clone(), a.clone())
+        tokens = self.reward_head.frame_tokens(f) if cache else None
+        return SimState(f.clone(), a.clone(), tokens)
+
+    def _context_tokens(self, state: SimState) -> torch.Tensor | None:
+        """The state's cached head tokens; embedded again when they no longer fit the head (after
+        :meth:`set_precision` or :meth:`to`); ``None`` for an uncached state."""
+        tokens = state.head_tokens
+        if tokens is None:
+            return None
+        head = self.reward_head
+        want = (state.num_envs, self.context_frames, head.num_tokens, head.config.dim)
+        if tokens.dtype != head.pos.dtype or tokens.device != head.device or tuple(tokens.shape) != want:
+            tokens = head.frame_tokens(state.frames)
+        return tokens
 
     @torch.no_grad()
     def step(
@@ -447,19 +491,21 @@ class Simulator:
         n = state.num_envs
         a = self.check_actions(action, (n,)) if validate else action
         steps = self.config.sampling_steps if steps is None else steps
+        head = self.reward_head
         # In bf16 the weights themselves are bfloat16 (set_precision): no autocast needed, frames come back uint8.
         frame = self.world_model.sample_next(state.frames, state.actions, a, steps=steps, generator=generator)
-        reward, terminated = self.reward_head.predict(
-            state.frames,
-            a,
-            frame,
-            sample=sample_reward or sample_termination,
-            generator=generator,
-            end_on_reward=False,
-        )
+        # The head's inputs are known good here (frames from the model, actions checked): its tensor work only.
+        tokens = self._context_tokens(state)
+        if tokens is None:
+            out = head.logits(state.frames, a, frame)
+        else:
+            tokens = torch.cat([tokens, head.frame_tokens(frame[:, None])], dim=1)
+            out = head.logits_from_tokens(tokens, a)
+        sample = sample_reward or sample_termination
+        reward, terminated = head.decide(out, sample=sample, generator=generator, end_on_reward=False)
         if sample_reward != sample_termination:
-            # predict() samples both or neither: recompute the deterministic part that was not asked to be sampled.
-            det_reward, det_term = self.reward_head.predict(state.frames, a, frame, sample=False, end_on_reward=False)
+            # decide() samples both or neither: take the deterministic part that was not asked to be sampled.
+            det_reward, det_term = head.decide(out, sample=False, end_on_reward=False)
             reward = reward if sample_reward else det_reward
             terminated = terminated if sample_termination else det_term
         if self.reward_head.config.reward_ends_episode:  # on the pair returned: a paid step ends the game
@@ -468,7 +514,7 @@ class Simulator:
         actions = torch.cat([state.actions[:, 1:], a[:, None]], dim=1) if state.actions.shape[1] else state.actions
         reward = reward.to(self.device, torch.float32)
         terminated = terminated.to(self.device, torch.bool)
-        return frame, reward, terminated, SimState(frames, actions)
+        return frame, reward, terminated, SimState(frames, actions, None if tokens is None else tokens[:, 1:])
 
     def reset_where(self, state: SimState, mask: Any, frames: Any, actions: Any) -> SimState:
         """Re-seed the simulations where ``mask`` (bool (N,)) is True with new context clips.
@@ -491,6 +537,11 @@ class Simulator:
         new = state.clone()
         new.frames[m] = f
         new.actions[m] = a
+        tokens = self._context_tokens(new)
+        if tokens is not None:
+            with torch.no_grad():
+                tokens[m] = self.reward_head.frame_tokens(f)
+            new.head_tokens = tokens
         return new
 
     # ------------------------------------------------------------------------------------------- disk / hub

@@ -78,7 +78,15 @@ def test_write_results_appends_a_section(bench, tmp_path):
                   "% of peak against 990 TFLOP/s", "Synthesizing 500 transitions here", "Note: a test"):
         assert piece in text
     (cells,) = table_rows(text)
-    assert cells[0].strip() == "1" and len(cells) == 15  # 12 figures + % of peak, time for N, note
+    assert cells[0].strip() == "1" and len(cells) == 16  # 13 figures + % of peak, time for N, note
+    assert cells[12].strip() == "yes"  # the env's rolling head-token cache, on by default
+
+
+def test_rolling_cache_rows_count_fewer_flops(bench):
+    rows = bench.main([*FAST, "--num-envs", "2", "--dtype", "fp32", "--rolling-cache", "both", "--no-real"])
+    assert [r.cached for r in rows] == [False, True] and all(r.dream_tps > 0 for r in rows)
+    # the cached step embeds one frame for the head instead of K + 1
+    assert rows[1].flops_per_transition < rows[0].flops_per_transition
 
 
 def test_stopping_rule(bench):

@@ -27,7 +27,8 @@ def test_cpu_smoke_path_writes_eager_and_compiled_rows(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (tmp_path / "out" / "RESULTS-gpu.md").read_text()
     assert text.count("## Dream env throughput") == 2 and "% of peak against 123 TFLOP/s" in text
-    assert "torch.compile(UNetWorldModel.predict_x0, RewardHead.logits, backend='eager', dynamic=True)" in text
+    calls = "UNetWorldModel.denoise, RewardHead.frame_tokens, RewardHead.logits_from_tokens"
+    assert f"torch.compile({calls}, backend='eager', dynamic=True)" in text
     auto = resolve_precision("auto", "cpu").name
     rows = re.findall(r"^\| (\d+) \| ([^|]+) \| (yes|no) \| \d+ \| ([\d,.]+) \|", text, flags=re.M)
     assert [(n, p.strip(), c) for n, p, c, _ in rows] == [

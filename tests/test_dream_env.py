@@ -156,6 +156,28 @@ def test_next_step_autoreset_restarts_from_the_sampler(sims):
     np.testing.assert_array_equal(obs, sim.start_frames[info["start_id"], -1].numpy())
 
 
+@pytest.mark.parametrize("mode", ["NextStep", "SameStep"])
+def test_rolling_cache_env_matches_the_uncached_env_across_restarts(sims, mode):
+    """Episodes end at random (sampled coin-flip terminations), so steps run on subsets of the envs (NEXT_STEP) and
+    restarts replace cache rows; the cached env must give what the uncached one gives, step for step."""
+    kw = dict(device="cpu", dtype="fp32", autoreset_mode=mode, sample_termination=True, sample_reward=True)
+    cached = DreamVectorEnv(sims["coin"], 5, **kw)
+    plain = DreamVectorEnv(sims["coin"], 5, rolling_cache=False, **kw)
+    assert cached.rolling_cache and not plain.rolling_cache
+    for env in (cached, plain):
+        env.reset(seed=3)
+    rng = np.random.default_rng(0)
+    ends = 0
+    for _ in range(30):
+        a = rng.integers(0, 4, 5)
+        one, two = cached.step(a), plain.step(a)
+        for x, y in zip(one[:4], two[:4]):
+            np.testing.assert_array_equal(x, y)
+        ends += int(one[2].sum())
+    assert ends >= 5  # restarts happened along the way
+    assert cached._state.head_tokens is not None and plain._state.head_tokens is None
+
+
 def test_same_step_autoreset_reports_final_obs(sims):
     envs = DreamVectorEnv(sims["always"], 2, device="cpu", autoreset_mode="SameStep")
     envs.reset(seed=0)

@@ -201,19 +201,20 @@ def test_compiled_step_matches_the_eager_one_and_can_be_undone():
     eager_logits = sim.reward_head(state.frames, torch.as_tensor(action), eager).reward_logits
     assert DreamVectorEnv(unet_sim(), 1, device="cpu", dtype="fp32").metadata["compiled"] is None
     envs = DreamVectorEnv(sim, ENVS, device="cpu", dtype="fp32", compile=True)
-    assert envs.metadata["compiled"] == "torch.compile(UNetWorldModel.predict_x0, RewardHead.logits)" == sim.compiled
+    calls = "UNetWorldModel.denoise, RewardHead.frame_tokens, RewardHead.logits_from_tokens"
+    assert envs.metadata["compiled"] == f"torch.compile({calls})" == sim.compiled
     compiled, reward, term, _ = sim.step(state, action, generator=torch.Generator().manual_seed(3))
     diff = (compiled.int() - eager.int()).abs()
     assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01  # uint8 rounding of float-rounding differences
     # the reward head runs compiled too: the same scores on the same frames, and the same decisions here
-    assert "logits" in sim.reward_head.__dict__
+    assert {"frame_tokens", "logits_from_tokens"} <= set(sim.reward_head.__dict__)
     torch.testing.assert_close(sim.reward_head(state.frames, torch.as_tensor(action), eager).reward_logits,
                                eager_logits, atol=1e-4, rtol=1e-4)
     assert torch.equal(reward, eager_reward) and torch.equal(term, eager_term)
     envs.reset(seed=0)
     obs, *_ = envs.step(action)
     assert obs.shape == (ENVS, 64, 64, 3)
-    assert sim.compile(False) is None and "predict_x0" not in sim.world_model.__dict__
-    assert "logits" not in sim.reward_head.__dict__
+    assert sim.compile(False) is None and "denoise" not in sim.world_model.__dict__
+    assert not {"frame_tokens", "logits_from_tokens"} & set(sim.reward_head.__dict__)
     again, _, _, _ = sim.step(state, action, generator=torch.Generator().manual_seed(3))
     assert torch.equal(again, eager)

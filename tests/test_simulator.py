@@ -13,6 +13,7 @@ from dws_gym.simulator import (
     START_STATES_NAME,
     WORLD_MODEL_DIR,
     Simulator,
+    SimState,
 )
 from tiny_sim import make_tiny_sim
 
@@ -179,3 +180,76 @@ def test_model_card_is_what_would_be_uploaded(tmp_path):
     card = sim.model_card()
     assert "Fine-tuned with DWS from `Wan-AI/Wan2.1-T2V-1.3B-Diffusers`: a text-to-video" in card
     assert "pre-trained by its authors on large-scale image and video data" in card and "stepping speed" in card
+
+
+def _scoring_sim() -> Simulator:
+    """A tiny simulator whose reward head is perturbed too, so its scores vary with the frames."""
+    sim = tiny_sim(perturb=True)
+    with torch.no_grad():
+        for p in sim.reward_head.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return sim
+
+
+def test_rolling_cache_steps_like_the_uncached_path_over_50_steps_with_resets():
+    sim = _scoring_sim()
+    n = 4
+    cached = sim.init_state(sim.start_frames[:n], sim.start_actions[:n])
+    plain = sim.init_state(sim.start_frames[:n], sim.start_actions[:n], cache=False)
+    assert cached.head_tokens is not None and plain.head_tokens is None
+    g_cached, g_plain = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    rng = np.random.default_rng(0)
+    rewards = []
+    for step in range(50):
+        if step in (17, 33):  # restart some envs mid-run from other start clips
+            mask = torch.tensor([True, False, step == 33, False])
+            pick = rng.integers(0, len(sim.start_frames), int(mask.sum()))
+            cached = sim.reset_where(cached, mask, sim.start_frames[pick], sim.start_actions[pick])
+            plain = sim.reset_where(plain, mask, sim.start_frames[pick], sim.start_actions[pick])
+        a = torch.as_tensor(rng.integers(0, 4, n))
+        f1, r1, t1, cached = sim.step(cached, a, generator=g_cached, sample_reward=True)
+        f2, r2, t2, plain = sim.step(plain, a, generator=g_plain, sample_reward=True)
+        assert torch.equal(f1, f2) and torch.equal(r1, r2) and torch.equal(t1, t2)
+        # the rolling tokens are the tokens of the state's frames, whatever their history
+        torch.testing.assert_close(cached.head_tokens, sim.reward_head.frame_tokens(cached.frames),
+                                   atol=1e-5, rtol=1e-5)
+        rewards.append(r1)
+    assert plain.head_tokens is None and torch.equal(cached.frames, plain.frames)
+    assert len(torch.cat(rewards).unique()) > 1  # the scores moved: the comparison is not between constants
+    # the head's scores themselves, cached and not, on the last transition
+    a = torch.arange(n) % 4
+    frame = sim.world_model.sample_next(cached.frames, cached.actions, a, generator=torch.Generator().manual_seed(1))
+    full = sim.reward_head.logits(cached.frames, a, frame)
+    tokens = torch.cat([cached.head_tokens, sim.reward_head.frame_tokens(frame[:, None])], dim=1)
+    rolled = sim.reward_head.logits_from_tokens(tokens, a)
+    torch.testing.assert_close(rolled.reward_logits, full.reward_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rolled.termination_logit, full.termination_logit, atol=1e-5, rtol=1e-5)
+
+
+def test_rolling_cache_memory_is_flat_and_follows_a_precision_change():
+    sim = _scoring_sim()
+    state = sim.init_state(sim.start_frames, sim.start_actions)
+    g = torch.Generator().manual_seed(0)
+    sizes = []
+    for step in range(300):
+        _, _, _, state = sim.step(state, [step % 4] * 5, generator=g)
+        if step in (9, 299):
+            sizes.append(sum(t.untyped_storage().nbytes() for t in (state.frames, state.actions, state.head_tokens)))
+    assert sizes[0] == sizes[1]  # nothing accumulates: the oldest frame's tokens leave as the newest arrive
+    assert tuple(state.head_tokens.shape) == (5, K, sim.reward_head.num_tokens, sim.reward_head.config.dim)
+    sim.set_precision("bf16")  # the fp32 cache no longer fits the head: embedded again, not mixed
+    frame, reward, _, new = sim.step(state, [1] * 5, generator=g)
+    assert new.head_tokens.dtype == torch.bfloat16 and reward.dtype == torch.float32
+
+
+def test_state_rows_and_set_rows_keep_the_cache_aligned():
+    sim = _scoring_sim()
+    state = sim.init_state(sim.start_frames, sim.start_actions)
+    idx = torch.tensor([1, 3])
+    sub = state.rows(idx)
+    assert sub.num_envs == 2 and torch.equal(sub.head_tokens, state.head_tokens[idx])
+    _, _, _, new = sim.step(sub, [2, 2], generator=torch.Generator().manual_seed(0))
+    state.set_rows(idx, new)
+    assert torch.equal(state.frames[idx], new.frames) and torch.equal(state.head_tokens[idx], new.head_tokens)
+    state.set_rows(idx, SimState(new.frames, new.actions))  # an uncached row: the whole cache is dropped
+    assert state.head_tokens is None

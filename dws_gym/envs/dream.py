@@ -99,6 +99,9 @@ class DreamVectorEnv(VectorEnv):
         compile: ``torch.compile`` the world model's network call (:meth:`Simulator.compile`): 1.2x the
             transitions/s of the eager bf16 step on an AMX CPU (measured), after a first step that compiles (a minute
             or so on a CPU). ``metadata["compiled"]`` says what runs.
+        rolling_cache: Keep the reward head's tokens of each env's context frames across steps
+            (:attr:`SimState.head_tokens <dws_gym.simulator.SimState>`), so a step embeds only its new frame;
+            ``False`` embeds all of them every step (the same results up to float rounding).
 
     Randomness: ``reset(seed=s)`` seeds ``self.np_random`` (handed to the sampler on every call) and one
     ``torch.Generator`` on the simulator's device (all the simulator's noise), so seeded runs repeat exactly on the
@@ -130,6 +133,7 @@ class DreamVectorEnv(VectorEnv):
         sample_reward: bool = False,
         sample_termination: bool = False,
         compile: bool = False,
+        rolling_cache: bool = True,
     ) -> None:
         resolve_precision(dtype, "cpu")  # a bad dtype fails before a simulator is loaded
         if int(num_envs) != num_envs or num_envs < 1:
@@ -175,6 +179,7 @@ class DreamVectorEnv(VectorEnv):
         self.render_mode = render_mode
         self.sample_reward = bool(sample_reward)
         self.sample_termination = bool(sample_termination)
+        self.rolling_cache = bool(rolling_cache)
         self.start_sampler: StartStateSampler = as_start_sampler(start_states, simulator)
         # Each instance owns its metadata (the VectorEnv base-class dict is shared process-wide).
         self.metadata = {"autoreset_mode": mode, "render_modes": ["rgb_array"], "render_fps": RENDER_FPS,
@@ -236,7 +241,7 @@ class DreamVectorEnv(VectorEnv):
             given = tuple(x[torch.as_tensor(mask)] if torch.is_tensor(x) else np.asarray(x)[mask] for x in given)
         frames, actions, new_ids = self._draw_starts(count, given)
         if self._state is None:
-            self._state = self.simulator.init_state(frames, actions)
+            self._state = self.simulator.init_state(frames, actions, cache=self.rolling_cache)
         else:
             self._state = self.simulator.reset_where(self._state, mask, frames, actions)
         ids[mask] = new_ids
@@ -336,7 +341,7 @@ class DreamVectorEnv(VectorEnv):
         if active.any():
             idx = torch.as_tensor(np.flatnonzero(active), device=dev)
             every = bool(active.all())
-            sub = self._state if every else SimState(self._state.frames[idx], self._state.actions[idx])
+            sub = self._state if every else self._state.rows(idx)
             frame, r, t, new = self.simulator.step(
                 sub,
                 a if every else a[idx],
@@ -350,8 +355,7 @@ class DreamVectorEnv(VectorEnv):
                 self._state = new
                 self._stack = torch.cat([self._stack[:, 1:], frame[:, None]], dim=1)
             else:
-                self._state.frames[idx] = new.frames
-                self._state.actions[idx] = new.actions
+                self._state.set_rows(idx, new)
                 self._stack[idx] = torch.cat([self._stack[idx, 1:], frame[:, None]], dim=1)
             reward[idx] = r.float()
             terminated_t[idx] = t.bool()
@@ -423,7 +427,8 @@ class DreamEnv(gym.Env):
     ) -> None:
         """Args: ``simulator`` and keyword arguments exactly as :class:`DreamVectorEnv` takes them (``device``,
         ``dtype``, ``sampling_steps``, ``start_states``, ``max_episode_steps``, ``frame_stack``, ``output``,
-        ``render_mode``, ``env_id``, ``sample_reward``, ``sample_termination``, ``compile``), without ``num_envs``."""
+        ``render_mode``, ``env_id``, ``sample_reward``, ``sample_termination``, ``compile``, ``rolling_cache``), without
+        ``num_envs``."""
         _autoreset_mode(autoreset_mode)  # validated for a clear error; a single env does not autoreset
         if "num_envs" in kwargs:
             raise TypeError("DreamEnv is one env: drop num_envs, or use DreamVectorEnv / gym.make_vec for several.")

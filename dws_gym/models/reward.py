@@ -401,8 +401,28 @@ class _AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
         q = self.norm_q(x)
         kv = q if self.norm_kv is None or memory is None else self.norm_kv(memory)
-        x = x + self.attn(q, kv, kv, need_weights=False)[0]
+        x = x + self._attend(q, kv)
         return x + self.mlp(self.norm_mlp(x))
+
+    def _attend(self, q_in: torch.Tensor, kv_in: torch.Tensor) -> torch.Tensor:
+        """``self.attn(q_in, kv_in, kv_in)`` (its weights, its result up to float rounding) as plain matmuls.
+
+        Why not ``nn.MultiheadAttention.forward``: it calls the fused scaled-dot-product kernel, whose CPU flash
+        path is slow at this head's sizes (head width 16, 64 queries): on two AMD EPYC threads in bf16 it took 5 ms
+        of a 45 ms head call per self-attention layer, where the score matrix is 64 x 64 per head. Plain matmuls
+        and a softmax also compile into fused kernels (``Simulator.compile``).
+        """
+        attn = self.attn
+        b, lq, d = q_in.shape
+        heads = attn.num_heads
+        w, bias = attn.in_proj_weight, attn.in_proj_bias
+        q = F.linear(q_in, w[:d], bias[:d])
+        k = F.linear(kv_in, w[d : 2 * d], bias[d : 2 * d])
+        v = F.linear(kv_in, w[2 * d :], bias[2 * d :])
+        q, k, v = (t.unflatten(-1, (heads, d // heads)).transpose(1, 2) for t in (q, k, v))  # (B, heads, L, d_h)
+        scores = (q * (d // heads) ** -0.5) @ k.transpose(-2, -1)
+        out = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, lq, d)
+        return attn.out_proj(out)
 
 
 def _patch_embed(in_channels: int, dim: int, patch_size: int) -> nn.Sequential:
@@ -575,15 +595,26 @@ class RewardHead(nn.Module):
 
     def logits(self, context: torch.Tensor, action: torch.Tensor, next_frame: torch.Tensor) -> RewardOutput:
         """:meth:`forward` without its input checks: checked tensors on the head's device (uint8 frames, int64
-        actions or float embeddings). The tensor work alone, so that ``torch.compile`` sees no host syncs
-        (:meth:`dws_gym.simulator.Simulator.compile` compiles it)."""
-        b, k = context.shape[:2]
+        actions or float embeddings). The tensor work alone, so that ``torch.compile`` sees no host syncs."""
         frames = torch.cat([context, next_frame.unsqueeze(1)], dim=1)  # (B, K+1, H, W, C)
+        return self.logits_from_tokens(self.frame_tokens(frames), action)
+
+    def frame_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """Patch tokens of each frame, ``(B, F, T, D)`` from uint8 ``(B, F, H, W, C)`` on the head's device.
+
+        A frame's tokens depend on that frame alone (the spatial embedding is the same in every slot; the slot
+        embedding is added later), so a simulator keeps the context frames' tokens across its steps and computes
+        only the new frame's (:class:`dws_gym.simulator.SimState` ``head_tokens``).
+        """
+        b, f = frames.shape[:2]
         x = frames.flatten(0, 1).permute(0, 3, 1, 2).to(self.pos.dtype) / 127.5 - 1.0
-        tok = self.patch(x).flatten(2).transpose(1, 2)  # (B*(K+1), T, D)
-        tok = tok.unflatten(0, (b, k + 1)) + self.pos
-        nxt = tok[:, -1] + self.change(tok[:, -1] - tok[:, -2]) + self.frame_slot[-1]
-        ctx = (tok[:, :-1] + self.frame_slot[:-1, None]).flatten(1, 2)  # (B, K*T, D)
+        tok = self.patch(x).flatten(2).transpose(1, 2)  # (B*F, T, D)
+        return tok.unflatten(0, (b, f)) + self.pos
+
+    def logits_from_tokens(self, tokens: torch.Tensor, action: torch.Tensor) -> RewardOutput:
+        """Logits from :meth:`frame_tokens` of the ``K`` context frames and the next frame, ``(B, K+1, T, D)``."""
+        nxt = tokens[:, -1] + self.change(tokens[:, -1] - tokens[:, -2]) + self.frame_slot[-1]
+        ctx = (tokens[:, :-1] + self.frame_slot[:-1, None]).flatten(1, 2)  # (B, K*T, D)
         act = self._embed_action(action)
         memory = torch.cat([ctx, act.unsqueeze(1)], dim=1)
         for block in self.blocks:
@@ -635,7 +666,18 @@ class RewardHead(nn.Module):
         Returns:
             ``(reward, terminated)``: float32 ``(B,)`` and bool ``(B,)`` on the head's device.
         """
-        out = self(context, action, next_frame)
+        return self.decide(self(context, action, next_frame), sample, generator, end_on_reward)
+
+    @torch.no_grad()
+    def decide(
+        self,
+        out: RewardOutput,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+        end_on_reward: bool | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`predict` from logits already computed (same arguments): the config's logit offsets, then the
+        point prediction or a draw."""
         logits = out.reward_logits.float()
         if self.config.reward_logit_offset is not None:
             logits = logits + torch.tensor(self.config.reward_logit_offset, device=logits.device)

@@ -471,12 +471,21 @@ class UNetWorldModel(nn.Module):
             raise ValueError(f"sample_next needs frames (N, {k}, H, W, C), actions (N, {k - 1}) and action (N,); "
                              f"got {tuple(frames.shape)}, {tuple(actions.shape)}, {tuple(action.shape)}")
         steps = self.config.sampling_steps if steps is None else steps
-        dtype = self.dtype
-        context = self.to_model_space(frames).to(dtype)
+        # The noise is drawn here, eagerly (a generator does not trace); the rest is one call that
+        # Simulator.compile compiles whole, the uint8 conversions included.
+        h, w, c = frames.shape[-3:]
+        noise = torch.randn((n, c, h, w), generator=generator, device=frames.device, dtype=self.dtype)
+        return self.denoise(frames, actions, action, noise, steps)
+
+    def denoise(self, frames: torch.Tensor, actions: torch.Tensor, action: torch.Tensor, noise: torch.Tensor,
+                steps: int) -> torch.Tensor:
+        """:meth:`sample_next` from given starting noise ``(N, C, H, W)`` in the model's dtype, without its checks:
+        ``steps`` Euler steps from ``t = 1``, then the ``keep_below`` rule; uint8 ``(N, H, W, C)`` out."""
+        n = frames.shape[0]
+        context = self.to_model_space(frames).to(self.dtype)
         window = torch.cat([actions, action[:, None]], dim=1).long()
-        x = torch.randn(context[:, -1].shape, generator=generator, device=frames.device, dtype=dtype)
         schedule = self.sampling_schedule(steps)
-        x0_hat = x
+        x = x0_hat = noise
         for t_now, t_next in zip(schedule[:-1], schedule[1:]):
             t = torch.full((n,), t_now, device=frames.device)
             x0_hat = self.predict_x0(context, window, x, t, validate=False)
