@@ -101,6 +101,20 @@ def test_record_refuses_several_step_counts_and_non_folders(store_path, sim_fold
         main(["--simulator", sim_folder, "--data", store_path, "--sampling-steps", "1", "2", "--record"])
     with pytest.raises(SystemExit, match="not one"):
         main(["--simulator", str(tmp_path / "nothing"), "--data", store_path, "--record"])
+    with pytest.raises(SystemExit, match="--dtype fp32"):  # bf16 would round the weights it writes back
+        main(["--simulator", sim_folder, "--data", store_path, "--record", "--dtype", "bf16"])
+
+
+def test_bf16_run_says_what_ran_and_stays_close_to_fp32(store_path, sim_folder, tmp_path):
+    out = {}
+    for dtype in ("fp32", "bf16"):
+        out[dtype] = tmp_path / f"{dtype}.json"
+        main(["--simulator", sim_folder, "--data", store_path, "--clips", "3", "--horizon", "2",
+              "--held-out-fraction", "0.25", "--closed-loop-episodes", "0", "--dtype", dtype, "--out", str(out[dtype])])
+    fp32, bf16 = (json.loads(out[d].read_text())["1"] for d in ("fp32", "bf16"))
+    assert fp32["precision"] == "fp32" and bf16["precision"] == "bf16" and not bf16["compiled"]
+    psnr = [[row["psnr model"] for row in r["table"]["rows"]] for r in (fp32, bf16)]
+    assert np.allclose(psnr[0], psnr[1], atol=3.0)  # the same windows and noise; bf16 rounds the weights
 
 
 def test_event_and_closed_loop_flags(store_path, sim_folder, tmp_path, capsys):

@@ -57,6 +57,11 @@ class EvaluateArgs:
     """seeds the windows, the sampling noise and the action shuffle"""
     device: str = "cpu"
     """where the simulator runs: cpu | cuda | cuda:<i>"""
+    dtype: str = "fp32"
+    """precision it steps in: fp32 | bf16 | auto (bf16 where the device has native bf16), as DreamVectorEnv takes it;
+    fp32 (the default) is what recorded tables use unless they say otherwise"""
+    compile: bool = False
+    """torch.compile the simulator's step (Simulator.compile), as a dream env with compile=True runs it"""
     out: str | None = None
     """write the results as JSON here"""
     record: bool = False
@@ -82,7 +87,7 @@ def evaluate(args: EvaluateArgs, simulator: Simulator | None = None) -> dict[int
     """Run the evaluation ``args`` describes; returns ``{sampling_steps: EvalResult}``."""
     if args.closed_loop_episodes < 0 or args.closed_loop_steps < 1 or args.event_tolerance < 0:
         raise ValueError("--closed-loop-episodes must be >= 0, --closed-loop-steps >= 1 and --event-tolerance >= 0")
-    sim = simulator if simulator is not None else Simulator.from_pretrained(args.simulator, device=args.device)
+    sim = simulator if simulator is not None else load_simulator(args)
     store = TrajectoryStore(args.data)
     clips = held_out_windows(store, sim.config.env_id, sim.context_frames, args.horizon, args.clips,
                              args.held_out_fraction, args.seed, reach_end=args.episode_ends)
@@ -98,6 +103,15 @@ def evaluate(args: EvaluateArgs, simulator: Simulator | None = None) -> dict[int
                                                      args.closed_loop_steps, args.seed, sampling_steps=int(steps))
         results[int(steps)] = result
     return results
+
+
+def load_simulator(args: EvaluateArgs) -> Simulator:
+    """The simulator ``args`` names, on its device, in its precision, compiled if asked; says which ran."""
+    sim = Simulator.from_pretrained(args.simulator, device=args.device, dtype=args.dtype)
+    if args.compile:
+        sim.compile()
+    print(f"precision: {sim.precision.reason}; compiled: {sim.compiled or 'no'}", file=sys.stderr)
+    return sim
 
 
 def record(sim: Simulator, folder: str | Path, steps: int, result: EvalResult, command: str) -> Path:
@@ -125,13 +139,17 @@ def main(argv: list[str] | None = None) -> dict[int, EvalResult]:
         raise SystemExit(f"--record rewrites a simulator folder; {args.simulator} is not one (download it first).")
     if args.record and len(args.sampling_steps) > 1:
         raise SystemExit("--record takes one --sampling-steps value (the one the recorded table describes).")
-    sim = Simulator.from_pretrained(args.simulator, device=args.device)
+    if args.record and args.dtype != "fp32":
+        raise SystemExit("--record rewrites the simulator's weights, which a bf16 run has rounded: record with "
+                         "--dtype fp32 (the default), and compare other precisions with --out.")
+    sim = load_simulator(args)
     results = evaluate(args, simulator=sim)
     summary: dict[str, Any] = {}
     for steps, result in results.items():
         print(f"\n## {args.simulator}: {steps} sampling step(s)\n")
         print(result.to_markdown())
-        summary[str(steps)] = result.to_dict()
+        summary[str(steps)] = {**result.to_dict(), "precision": sim.precision.name,
+                               "compiled": sim.compiled is not None}
     if args.out is not None:
         Path(args.out).write_text(json.dumps(summary, indent=1))
         print(f"\nresults written to {args.out}")
@@ -141,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict[int, EvalResult]:
         if not flag_given(given, "--episode-ends", "--no-episode-ends"):
             given.append("--episode-ends" if args.episode_ends else "--no-episode-ends")  # the draw, stated
         command = "python -m dws_gym.evaluation " + " ".join(given)
+        sim.compile(False)
         record(sim.to("cpu"), folder, steps, result, command)
         print(f"\nrecorded in {folder / 'simulator_config.json'} and {folder / 'README.md'} ({steps} sampling steps)")
     return results
