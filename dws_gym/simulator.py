@@ -347,8 +347,9 @@ class Simulator:
 
     def compile(self, enabled: bool = True, **options: Any) -> str | None:
         """``torch.compile`` the world model's sampling work (the U-Net's ``denoise``: the network, the Euler steps
-        and the uint8 conversions; the flow transformer's ``_network``) and the reward head's tensor work (see :meth:`compile_targets`), or undo both with
-        ``enabled=False``. Returns a description of what runs, ``None`` when eager.
+        and the uint8 conversions; the flow transformer's ``_network``) and the reward head's tensor work (see
+        :meth:`compile_targets`), or undo both with ``enabled=False``. Returns a description of what runs,
+        ``None`` when eager.
 
         The first steps after compiling (and after each new batch size, until the compiler makes the batch dynamic)
         are slow while it compiles; every later step runs the compiled kernels. Measured on a shared 2-core AMX Xeon

@@ -58,12 +58,14 @@ class CQL:
 
     def train(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         cfg = self.config
-        with torch.no_grad():
-            next_online, _ = self.q(batch["next_obs"])
-            next_target, _ = self.q_target(batch["next_obs"])
-        target = double_dqn_target(next_online, next_target, self.run.reward(batch), batch["done"], cfg.gamma)
-        q_values, _ = self.q(batch["obs"])  # the network's logits are the Q-values
-        loss, logs = cql_loss(q_values, batch["action"], target, cfg.alpha)
+        with self.run.autocast():  # bf16 forward passes where the hardware has it; the losses read float32
+            with torch.no_grad():
+                next_online, _ = self.q(batch["next_obs"])
+                next_target, _ = self.q_target(batch["next_obs"])
+            q_values, _ = self.q(batch["obs"])  # the network's logits are the Q-values
+        target = double_dqn_target(next_online.float(), next_target.float(), self.run.reward(batch), batch["done"],
+                                   cfg.gamma)
+        loss, logs = cql_loss(q_values.float(), batch["action"], target, cfg.alpha)
         self.optimizer.zero_grad()
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.q.parameters(), cfg.max_grad_norm)

@@ -83,23 +83,29 @@ class IQL:
         cfg = self.config
         obs, action = batch["obs"], batch["action"].long().unsqueeze(1)
         reward = self.run.reward(batch)
-        with torch.no_grad():
+        fwd = self.run.autocast  # bf16 forward passes where the hardware has it; the losses read float32
+        with torch.no_grad(), fwd():
             q_target = torch.minimum(self.q1_target(obs)[0], self.q2_target(obs)[0]).gather(1, action).squeeze(1)
             v_next = self.v.get_value(batch["next_obs"]).squeeze(1)
+        q_target, v_next = q_target.float(), v_next.float()
         # V: expectile regression onto the (data action's) target Q
-        v = self.v.get_value(obs).squeeze(1)
+        with fwd():
+            v = self.v.get_value(obs).squeeze(1)
+        v = v.float()
         advantage = q_target - v
         v_loss = expectile_loss(advantage, cfg.expectile)
         self._step(v_loss, self.v_optimizer)
         # Q: one-step TD onto V(s'), no max over actions
         target = iql_q_target(reward, batch["done"], v_next, cfg.gamma)
-        q1 = self.q1(obs)[0].gather(1, action).squeeze(1)
-        q2 = self.q2(obs)[0].gather(1, action).squeeze(1)
-        q_loss = 0.5 * ((q1 - target).pow(2).mean() + (q2 - target).pow(2).mean())
+        with fwd():
+            q1 = self.q1(obs)[0].gather(1, action).squeeze(1)
+            q2 = self.q2(obs)[0].gather(1, action).squeeze(1)
+        q_loss = 0.5 * ((q1.float() - target).pow(2).mean() + (q2.float() - target).pow(2).mean())
         self._step(q_loss, self.q_optimizer)
         # policy: advantage-weighted behaviour cloning
-        logits, _ = self.actor(obs)
-        log_prob = torch.log_softmax(logits, dim=1).gather(1, action).squeeze(1)
+        with fwd():
+            logits, _ = self.actor(obs)
+        log_prob = torch.log_softmax(logits.float(), dim=1).gather(1, action).squeeze(1)
         actor_loss = awr_policy_loss(log_prob, advantage.detach(), cfg.temperature, cfg.max_weight)
         self._step(actor_loss, self.actor_optimizer)
         with torch.no_grad():

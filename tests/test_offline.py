@@ -363,10 +363,12 @@ def _quadrant_store(root: Path, action: int) -> TrajectoryStore:
     return store
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("algorithm", ["iql", "cql"])
-def test_gradient_steps_train_every_network_and_the_policy_follows_the_data(tmp_path, algorithm):
+def test_gradient_steps_train_every_network_and_the_policy_follows_the_data(tmp_path, algorithm, dtype):
     """One step changes every trained network and moves the targets; a few dozen clone the data's only action (the
-    advantages are small, so IQL's policy loss is behaviour cloning; CQL's conservative term favours it)."""
+    advantages are small, so IQL's policy loss is behaviour cloning; CQL's conservative term favours it). In bf16
+    (autocast forward passes, honoured on any CPU) the same holds, and the weights stay float32."""
     from scripts import load_script
 
     from dws_gym.offline.runner import start_run
@@ -374,9 +376,11 @@ def test_gradient_steps_train_every_network_and_the_policy_follows_the_data(tmp_
     script = load_script(f"offline/{algorithm}.py", f"{algorithm}_script")
     store = _quadrant_store(tmp_path / "data", action=2)
     config = script.TrainConfig(dataset=str(store.root), output_dir=str(tmp_path / "run"), batch_size=16,
-                                learning_rate=1e-3, arch="nature", eval_episodes=0, cuda=False, prefetch=0)
+                                learning_rate=1e-3, arch="nature", eval_episodes=0, cuda=False, prefetch=0,
+                                dtype=dtype)
     torch.manual_seed(0)
     run = start_run(config, algorithm)
+    assert run.precision.name == dtype
     if algorithm == "iql":
         algo = script.IQL(config, run)
         trained, targets, policy = ("q1", "q2", "v", "actor"), ("q1_target", "q2_target"), algo.actor
@@ -405,6 +409,7 @@ def test_gradient_steps_train_every_network_and_the_policy_follows_the_data(tmp_
     assert (logits.argmax(1) == 2).all(), logits
     if algorithm == "iql":
         assert logits.softmax(1)[:, 2].mean() > 0.5
+    assert all(p.dtype == torch.float32 for name in trained for p in getattr(algo, name).parameters())
     run.writer.close()
 
 

@@ -13,7 +13,7 @@ import json
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -23,6 +23,7 @@ import torch
 from dws_gym.agents import ActorCritic, PolicyConfig, save_policy
 from dws_gym.data import ReadAhead, TrajectoryStore
 from dws_gym.envs.real import parse_env_id
+from dws_gym.hardware import Precision, resolve_precision
 from dws_gym.offline.replay import OfflineReplay, describe_store
 from dws_gym.policy_eval import below_test_levels, evaluate_on_levels
 from dws_gym.training import global_rng_states, load_checkpoint, restore_global_rng_states, save_checkpoint
@@ -89,6 +90,9 @@ class OfflineConfig:
     """gradient clipping"""
     arch: Literal["impala", "nature"] = "impala"
     """trunk of every network"""
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    """precision of the networks' forward passes: auto = bf16 autocast where the hardware has native bf16 (CUDA;
+    CPUs with AMX or AVX512-BF16), else fp32; weights, optimizer states, targets and losses stay float32"""
     prefetch: int = 2
     """minibatches read from the stores ahead of the gradient steps, by as many threads (0: read in turn); the
     batches and a resumed run are the same either way"""
@@ -137,6 +141,8 @@ class OfflineRun:
     checkpoint: dict[str, Any] | None
     distribution_mode: str = "easy"
     """Procgen: the mode the data was collected in, which the evaluation plays"""
+    precision: Precision = field(default_factory=lambda: resolve_precision("fp32", "cpu"))
+    """what the forward passes run in (``config.dtype`` resolved on ``device``)"""
     test_levels_unseen: bool | None = None
     """Procgen: whether no real episode was collected on levels >= 250 (``None``: ALE)"""
 
@@ -147,6 +153,11 @@ class OfflineRun:
         return ActorCritic(PolicyConfig(arch=cfg.arch, obs_shape=obs_shape, num_actions=info.num_actions,
                                         env_id=self.env_id, action_meanings=info.action_meanings,
                                         extra={"algorithm": self.algorithm, **extra})).to(self.device)
+
+    def autocast(self) -> torch.autocast:
+        """The context an algorithm runs its forward passes in: bf16 autocast when :attr:`precision` is bf16
+        (the algorithm casts what its losses read back to float32)."""
+        return self.precision.autocast(self.device)
 
     def reward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The reward the loss sees: raw for Procgen, its sign for ALE (as CleanRL's DQN clips it)."""
@@ -208,6 +219,8 @@ def start_run(config: OfflineConfig, algorithm: str) -> OfflineRun:
     torch.manual_seed(config.seed)
     torch.backends.cudnn.deterministic = config.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and config.cuda else "cpu")
+    precision = resolve_precision(config.dtype, device)
+    print(f"precision: {precision.reason}", flush=True)
     replay = OfflineReplay(dataset, config.synthetic_dataset, synthetic_fraction=config.synthetic_fraction,
                            frame_stack=config.frame_stack)
     print(f"data: {len(replay.real)} real transitions ({config.dataset})"
@@ -221,7 +234,7 @@ def start_run(config: OfflineConfig, algorithm: str) -> OfflineRun:
               "'test' evaluation may not be on unseen levels for this policy: collect with --num-levels 200 for the "
               "split", flush=True)
     return OfflineRun(config, algorithm, env_id, procgen, out_dir, run_name, device, replay,
-                      np.random.default_rng(config.seed), writer, ckpt, mode, unseen)
+                      np.random.default_rng(config.seed), writer, ckpt, mode, precision, unseen)
 
 
 def train(run: OfflineRun, algo: OfflineAlgorithm, policy: ActorCritic, *, deterministic_eval: bool,
@@ -289,7 +302,8 @@ def train(run: OfflineRun, algo: OfflineAlgorithm, policy: ActorCritic, *, deter
                "dataset": cfg.dataset, "synthetic_dataset": cfg.synthetic_dataset,
                "synthetic_fraction": replay.synthetic_fraction, "real_transitions": len(replay.real),
                "synthetic_transitions": 0 if replay.synthetic is None else len(replay.synthetic),
-               "eval": result, "test_levels_unseen": run.test_levels_unseen, "config": asdict(cfg)}
+               "eval": result, "test_levels_unseen": run.test_levels_unseen, "precision": run.precision.reason,
+               "config": asdict(cfg)}
     (run.out_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"finished at step {step}; policy, checkpoint and results.json in {run.out_dir}", flush=True)
     writer.close()
