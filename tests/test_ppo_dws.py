@@ -335,6 +335,24 @@ def test_resume_after_a_kill_continues_at_the_saved_step(tmp_path, tiny_simulato
     assert bad.returncode != 0 and "horizon" in bad.stderr
 
 
+def test_a_resumed_norm_reward_run_keeps_its_reward_statistics(tmp_path, tiny_simulator):
+    """The reward scaler's running statistics are saved with the run and go on after --resume (its running discounted
+    returns restart at 0 there, since the real envs start new episodes: not observable from outside, not tested)."""
+    out = tmp_path / "run"
+    common = ("--imagination", "none", "--norm-reward", "True", "--eval-episodes", "0", "--num-minibatches", "2",
+              "--update-epochs", "1")
+    first = subprocess.run(_cmd(out, tiny_simulator, "--total-timesteps", "64", *common),
+                           capture_output=True, text=True, timeout=300, env=_env())
+    assert first.returncode == 0, first.stderr[-3000:]
+    saved = load_checkpoint(out / "checkpoint")["scaler"]
+    assert saved["count"] > 1 and saved["var"] != 1.0  # updated from its initial (1e-4, 1.0)
+    second = subprocess.run(_cmd(out, tiny_simulator, "--total-timesteps", "128", "--resume", *common),
+                            capture_output=True, text=True, timeout=300, env=_env())
+    assert second.returncode == 0, second.stderr[-3000:]
+    final = load_checkpoint(out / "checkpoint")["scaler"]
+    assert 0 < final["count"] - saved["count"] <= 64  # from the saved count, by at most one iteration's env-steps
+
+
 def test_max_minutes_stops_after_an_iteration_with_an_evaluation_and_a_checkpoint(tmp_path, tiny_simulator):
     out = tmp_path / "run"
     proc = subprocess.run(_cmd(out, tiny_simulator, "--total-timesteps", "100000", "--imagination", "none",
