@@ -96,9 +96,10 @@ class DreamVectorEnv(VectorEnv):
         env_id: The registered id this env serves; for a named game the simulator must imitate that game.
         sample_reward: Sample rewards from the head's distribution instead of its predicted value.
         sample_termination: Bernoulli termination instead of ``probability > 0.5``.
-        compile: ``torch.compile`` the world model's network call (:meth:`Simulator.compile`): 1.2x the
-            transitions/s of the eager bf16 step on an AMX CPU (measured), after a first step that compiles (a minute
-            or so on a CPU). ``metadata["compiled"]`` says what runs.
+        compile: ``torch.compile`` the simulator's step (:meth:`Simulator.compile`: the world model's sampling and
+            the reward head): 1.2-1.4x the transitions/s of the eager bf16 step on AMX and AVX512-BF16 CPUs
+            (measured), after a first step that compiles (a minute or so on a CPU). ``metadata["compiled"]`` says
+            what runs.
         rolling_cache: Keep the reward head's tokens of each env's context frames across steps
             (:attr:`SimState.head_tokens <dws_gym.simulator.SimState>`), so a step embeds only its new frame;
             ``False`` embeds all of them every step (the same results up to float rounding).
