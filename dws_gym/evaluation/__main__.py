@@ -24,7 +24,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import tyro
@@ -57,7 +57,7 @@ class EvaluateArgs:
     """seeds the windows, the sampling noise and the action shuffle"""
     device: str = "cpu"
     """where the simulator runs: cpu | cuda | cuda:<i>"""
-    dtype: str = "fp32"
+    dtype: Literal["fp32", "bf16", "auto"] = "fp32"
     """precision it steps in: fp32 | bf16 | auto (bf16 where the device has native bf16), as DreamVectorEnv takes it;
     fp32 (the default) is what recorded tables use unless they say otherwise"""
     compile: bool = False

@@ -13,7 +13,7 @@ import json
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -139,10 +139,10 @@ class OfflineRun:
     rng: np.random.Generator
     writer: Any
     checkpoint: dict[str, Any] | None
+    precision: Precision
+    """what the forward passes run in (``config.dtype`` resolved on ``device``)"""
     distribution_mode: str = "easy"
     """Procgen: the mode the data was collected in, which the evaluation plays"""
-    precision: Precision = field(default_factory=lambda: resolve_precision("fp32", "cpu"))
-    """what the forward passes run in (``config.dtype`` resolved on ``device``)"""
     test_levels_unseen: bool | None = None
     """Procgen: whether no real episode was collected on levels >= 250 (``None``: ALE)"""
 
@@ -234,7 +234,7 @@ def start_run(config: OfflineConfig, algorithm: str) -> OfflineRun:
               "'test' evaluation may not be on unseen levels for this policy: collect with --num-levels 200 for the "
               "split", flush=True)
     return OfflineRun(config, algorithm, env_id, procgen, out_dir, run_name, device, replay,
-                      np.random.default_rng(config.seed), writer, ckpt, mode, precision, unseen)
+                      np.random.default_rng(config.seed), writer, ckpt, precision, mode, unseen)
 
 
 def train(run: OfflineRun, algo: OfflineAlgorithm, policy: ActorCritic, *, deterministic_eval: bool,
