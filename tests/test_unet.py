@@ -55,6 +55,34 @@ def test_actions_change_the_frame_once_trained():
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("keep_below", [0.0, 0.05])
+def test_sampling_on_the_cell_grid_matches_the_training_path(steps, keep_below):
+    """sample_next works on the 2x2 space-to-depth grid; frame for frame it is predict_x0's Euler sampling."""
+    model = tiny(perturb=True, keep_below=keep_below).eval()
+    frames, actions = clip(b=3, seed=2)
+    ctx, acts, act = frames[:, :3], actions[:, :2], actions[:, 2]
+    out = model.sample_next(ctx, acts, act, steps=steps, generator=torch.Generator().manual_seed(5))
+    # The reference: the same noise draw, Euler steps of predict_x0 in pixel layout, keep_below, then uint8.
+    x = torch.randn((3, 3, 64, 64), generator=torch.Generator().manual_seed(5))
+    context = model.to_model_space(ctx)
+    window = torch.cat([acts, act[:, None]], dim=1)
+    schedule = model.sampling_schedule(steps)
+    with torch.no_grad():
+        for t_now, t_next in zip(schedule[:-1], schedule[1:]):
+            x0 = model.predict_x0(context, window, x, torch.full((3,), t_now))
+            x = x0 + (t_next / t_now) * (x - x0) if t_next > 0 else x0
+    x = x.clamp(-1.0, 1.0)
+    if keep_below:
+        prev = context[:, -1]
+        x = torch.where((x - prev).abs().amax(dim=1, keepdim=True) < 2 * keep_below, prev, x)
+    ref = model.to_frames(x)
+    assert out.shape == ref.shape == (3, 64, 64, 3)
+    assert torch.equal(out, ref)
+    if keep_below:  # the rule kept some pixels and let others change
+        assert 0 < (out == ctx[:, -1]).all(dim=-1).float().mean() < 1
+
+
 def test_training_loss_learns_and_reports_copy_baseline():
     model = tiny()
     frames, actions = clip(b=4, f=5)
