@@ -481,8 +481,8 @@ class UNetWorldModel(nn.Module):
         h, w, c = frames.shape[-3:]
         noise = torch.randn((n, c, h, w), generator=generator, device=frames.device, dtype=self.dtype)
         cells = frames.reshape(n, k, h // 2, 2, w // 2, 2, c).permute(0, 1, 6, 3, 5, 2, 4)
-        cells = cells.reshape(n, k * c * 4, h // 2, w // 2).contiguous()
-        out = self.denoise(cells, actions, action, F.pixel_unshuffle(noise, 2).contiguous(), steps)
+        cells = cells.reshape(n, k * c * 4, h // 2, w // 2)  # a contiguous copy: the permute is not a view
+        out = self.denoise(cells, actions, action, F.pixel_unshuffle(noise, 2), steps)
         return F.pixel_shuffle(out, 2).permute(0, 2, 3, 1).contiguous()
 
     def denoise(self, cells: torch.Tensor, actions: torch.Tensor, action: torch.Tensor, noise: torch.Tensor,
