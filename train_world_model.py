@@ -64,7 +64,7 @@ PRETRAINED_SETTINGS = ("action_mode", "motion_c", "motion_tau", "motion_delta", 
                        "prompt_max_length")
 # Top-level flags a checkpoint must resume under (the groups' are checked against the weights, see resume_conflicts).
 RUN_SHAPING = ("backbone", "pretrained", "train_mode", "context_frames", "action_text", "distill_from",
-               "distill_weight")
+               "distill_weight", "reward_depth")
 
 
 @dataclass
@@ -153,6 +153,8 @@ class Args:
     AVX512-BF16), fp32 elsewhere"""
     reward_steps: int = 1000
     """reward / termination head optimiser steps"""
+    reward_depth: int = 2
+    """reward head depth: pairs of self- and cross-attention blocks (1 halves the head's attention work per step)"""
     reward_batch_size: int = 64
     """transitions per reward-head step"""
     reward_learning_rate: float = 1e-3
@@ -464,6 +466,8 @@ def resume_conflicts(saved: dict[str, Any], args: Args) -> tuple[list[str], list
 
 def check_args(args: Args) -> None:
     """Refuse flag values that cannot work, before any data or model is touched (``SystemExit`` says which)."""
+    if args.reward_depth < 1:
+        raise SystemExit(f"--reward-depth must be >= 1, got {args.reward_depth}.")
     if not 0 <= args.reward_rare_fraction < 1:
         raise SystemExit(f"--reward-rare-fraction must be in [0, 1), got {args.reward_rare_fraction}.")
     if not 0 <= args.reward_dream_share < 1:
@@ -611,7 +615,7 @@ if __name__ == "__main__":
     # game that ends on every reward (CoinRun, Ninja) a dreamed reward ends the dream too.
     records = transitions.step_records()
     reward_head = RewardHead(RewardConfig(context_frames=args.context_frames, num_actions=len(meanings),
-                                          frame_shape=tuple(meta.obs_shape),
+                                          frame_shape=tuple(meta.obs_shape), depth=args.reward_depth,
                                           sign_values=sign_values_from_rewards(records["reward"]),
                                           reward_ends_episode=reward_ends_episode_in(
                                               records["reward"], records["terminated"], records["truncated"]))

@@ -183,7 +183,8 @@ def _script(monkeypatch):
                                               (dict(reward_dream_share=1.0), "--reward-dream-share"),
                                               (dict(reward_dream_windows=0), "must be positive"),
                                               (dict(reward_calibrate_windows=-1), "--reward-calibrate-windows"),
-                                              (dict(prefetch=-1), "--prefetch must be >= 0")])
+                                              (dict(prefetch=-1), "--prefetch must be >= 0"),
+                                              (dict(reward_depth=0), "--reward-depth must be >= 1")])
 def test_flags_that_cannot_work_are_refused(monkeypatch, changes, message):
     script = _script(monkeypatch)
     script.check_args(script.Args())
@@ -205,21 +206,27 @@ def test_distill_from_trains_a_narrower_unet_on_a_simulator_and_records_its_teac
     tiny[tiny.index("--unet.widths") + 2] = "8"  # --unet.widths 8 8 16: the student is narrower than its teacher
     proc = run(["--data", str(cwd / "store"), "--total-steps", "2", "--output-dir", "student", "--distill-from",
                 str(cwd / "run" / "simulator"), "--distill-weight", "0.5", "--init-from",
-                str(cwd / "run" / "simulator")] + tiny, tmp_path)
+                str(cwd / "run" / "simulator"), "--reward-depth", "1"] + tiny, tmp_path)
     assert re.search(r"step 2/2 loss \S+ mse \S+ copy \S+ teacher \d", proc.stdout), proc.stdout[-2000:]
     assert "pruned its channels from widths (8, 16, 16) to (8, 8, 16)" in proc.stdout
     sim = Simulator.from_pretrained(tmp_path / "student" / "simulator")
     assert list(sim.world_model.config.widths) == [8, 8, 16]
+    assert sim.reward_head.config.depth == 1 and len(sim.reward_head.blocks) == 2  # one self-, one cross-attention
     pruned = "its channels pruned from widths (8, 16, 16) to (8, 8, 16)"
     assert pruned in sim.config.training["initialised_from"]
     # A resume without --init-from keeps the provenance on the card.
     run(["--data", str(cwd / "store"), "--total-steps", "3", "--output-dir", "student", "--resume", "--distill-from",
-         str(cwd / "run" / "simulator"), "--distill-weight", "0.5"] + tiny, tmp_path)
+         str(cwd / "run" / "simulator"), "--distill-weight", "0.5", "--reward-depth", "1"] + tiny, tmp_path)
     assert pruned in Simulator.from_pretrained(tmp_path / "student" / "simulator").config.training["initialised_from"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    resume = ["--data", str(cwd / "store"), "--total-steps", "3", "--output-dir", "student", "--resume",
+              "--distill-from", str(cwd / "run" / "simulator"), "--distill-weight", "0.5"]
+    other_head = subprocess.run([sys.executable, str(SCRIPT)] + resume + tiny, cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=300)
+    assert other_head.returncode != 0 and "--reward-depth 1" in other_head.stderr + other_head.stdout
     assert sim.config.training["distilled_from"].startswith(f"{cwd / 'run' / 'simulator'} (a simulator of ")
     assert sim.config.training["distilled_from"].endswith("teacher term weight 0.5")
     # A teacher that reads other inputs, or a flow student, is refused before training.
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     other = [a if a != "3" else "4" for a in tiny]  # --context-frames 4
     bad = subprocess.run([sys.executable, str(SCRIPT), "--data", str(cwd / "store"), "--total-steps", "1",
                           "--output-dir", "bad", "--distill-from", str(cwd / "run" / "simulator")] + other,

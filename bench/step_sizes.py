@@ -1,0 +1,208 @@
+"""Where a dream step's time goes, and what narrower networks would buy: ``Simulator.step`` rows in one process.
+
+Each row is a simulator: a saved one (``--simulator``, repeatable) or a copy of the first one with fresh weights at
+other U-Net widths and reward-head depth (``--sizes 16,32,64:1`` is widths 16 / 32 / 64 and a head of depth 1;
+``16,32,64`` keeps the head's depth). Fresh rows are for timing only: the time of a step does not depend on the
+weights, only on the shapes. Every row steps ``--num-envs`` envs from the first simulator's start clips, with the
+reward head's rolling token cache (as the dream env steps), in the precision ``--dtype`` resolves to, compiled with
+``--compile on``. Per row: the whole ``Simulator.step``, the world model's ``sample_next`` alone and the head's work
+alone (the new frame's tokens and the logits). Rows alternate inside each of ``--rounds`` rounds, so that load on a
+shared machine falls on all of them, and the medians over rounds are reported.
+
+FLOPs per transition are counted in one step with ``dream_env.py``'s counter (matmuls, convolutions, attention). The
+real env of the simulator's game at the same ``--num-envs`` is timed in the same run, for scale: "vs real" is
+``num_envs / step time`` over the real env's transitions/s. It is an upper bound on the dream env's ratio in
+``dream_env.py``, which adds the env's own work (autoreset, observations to numpy) around each step.
+
+    python bench/step_sizes.py --sizes 16,48,96 16,32,64 16,32,64:1 --write-results
+    python bench/step_sizes.py --simulator dws_gym/assets/simulators/breakout runs/student/simulator --write-results
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import tyro
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from dream_env import count_step_flops, write_results_section  # noqa: E402
+
+from dws_gym.envs.real import make_real_env, parse_env_id  # noqa: E402
+from dws_gym.models.unet import UNetWorldModel  # noqa: E402
+from dws_gym.simulator import Simulator, resolve_simulator_path  # noqa: E402
+
+
+@dataclass
+class Args:
+    simulator: tuple[str, ...] = (str(ROOT / "dws_gym" / "assets" / "simulators" / "breakout"),)
+    """saved simulator folders, a row each; the first one is also the base of the --sizes rows"""
+    sizes: tuple[str, ...] = ()
+    """fresh-weight variants of the first simulator, a row each: `W0,W1,W2` (U-Net widths) or `W0,W1,W2:D` (and
+    reward-head depth D)"""
+    num_envs: int = 64
+    """envs stepped as one batch"""
+    threads: int = 2
+    """torch threads"""
+    ale_threads: int = 2
+    """threads of the real ALE vector env"""
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    """precision of every row (`auto`: bf16 where the hardware has native bf16)"""
+    compile: Literal["on", "off"] = "on"
+    """torch.compile each row (Simulator.compile)"""
+    rounds: int = 6
+    """rounds of alternating rows; medians over them"""
+    steps_per_round: int = 3
+    """calls timed per row and round (their mean is the round's figure)"""
+    warmup: int = 3
+    """untimed calls per row first (compilation)"""
+    real_steps: int = 100
+    """real-env steps timed"""
+    seed: int = 0
+    """seed of the sampling noise, the actions and the real env"""
+    write_results: bool = False
+    """append the table to --results-file"""
+    results_file: str = str(ROOT / "bench" / "RESULTS.md")
+    """where --write-results appends"""
+
+
+def parse_size(text: str) -> tuple[tuple[int, int, int], int | None]:
+    """``"16,32,64:1"`` -> ``((16, 32, 64), 1)``; ``"16,32,64"`` -> ``((16, 32, 64), None)``."""
+    widths_text, _, depth_text = text.partition(":")
+    try:
+        widths = tuple(int(w) for w in widths_text.split(","))
+        depth = int(depth_text) if depth_text else None
+    except ValueError:
+        widths, depth = (), None
+    if len(widths) != 3 or any(w < 1 for w in widths) or (depth is not None and depth < 1):
+        raise SystemExit(f"--sizes {text!r}: expected three positive U-Net widths and an optional head depth, "
+                         "as in 16,32,64 or 16,32,64:1")
+    return widths, depth  # type: ignore[return-value]
+
+
+def fresh_variant(base: Simulator, widths: tuple[int, int, int], depth: int | None) -> Simulator:
+    """A simulator shaped like ``base`` with a fresh U-Net of ``widths`` and a fresh head of ``depth`` (timing only)."""
+    if not isinstance(base.world_model, UNetWorldModel):
+        raise SystemExit(f"--sizes needs a U-Net simulator as the first --simulator, got "
+                         f"{type(base.world_model).__name__}")
+    try:
+        wm = UNetWorldModel(dataclasses.replace(base.world_model.config, widths=widths))
+    except ValueError as e:
+        raise SystemExit(f"--sizes: {e}") from e
+    head_config = base.reward_head.config
+    head = type(base.reward_head)(dataclasses.replace(head_config, depth=head_config.depth if depth is None else depth))
+    return Simulator(base.config, wm, head, base.start_frames, base.start_actions)
+
+
+@dataclass
+class Row:
+    label: str
+    sim: Simulator
+    state: Any = None
+    step_ms: list[float] = dataclasses.field(default_factory=list)
+    wm_ms: list[float] = dataclasses.field(default_factory=list)
+    head_ms: list[float] = dataclasses.field(default_factory=list)
+    flops: float = float("nan")
+
+
+def _mean_ms(fn: Callable[[], Any], calls: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return 1000.0 * (time.perf_counter() - t0) / calls
+
+
+def real_rate(env_id: str, num_envs: int, args: Args) -> float:
+    """Transitions/s of the real vector env under uniformly random actions."""
+    kwargs: dict[str, Any] = {"num_threads": args.ale_threads} if parse_env_id(env_id)[0] == "ale" else {}
+    env = make_real_env(env_id, num_envs, **kwargs)
+    try:
+        env.reset(seed=args.seed)
+        plan = np.random.default_rng(args.seed).integers(0, env.single_action_space.n, (64, num_envs))
+        for i in range(10):
+            env.step(plan[i % 64])
+        t0 = time.perf_counter()
+        for i in range(args.real_steps):
+            env.step(plan[i % 64])
+        return num_envs * args.real_steps / (time.perf_counter() - t0)
+    finally:
+        env.close()
+
+
+def main(args: Args) -> str:
+    """Time every row, print the table (append it with --write-results) and return it."""
+    if not args.simulator:
+        raise SystemExit("--simulator needs at least one folder (the --sizes rows are shaped from the first)")
+    torch.set_num_threads(args.threads)
+    rows = []
+    for path in args.simulator:
+        rows.append(Row(f"`{path}`", Simulator.from_pretrained(resolve_simulator_path(path))))
+    base = rows[0].sim
+    for text in args.sizes:
+        widths, depth = parse_size(text)
+        depth_shown = base.reward_head.config.depth if depth is None else depth
+        shown = f"fresh: widths {'/'.join(map(str, widths))}, head depth {depth_shown}"
+        rows.append(Row(shown, fresh_variant(base, widths, depth)))
+    n = args.num_envs
+    pick = torch.arange(n) % base.start_frames.shape[0]
+    frames, actions = base.start_frames[pick], base.start_actions[pick]
+    action = torch.from_numpy(np.random.default_rng(args.seed).integers(0, base.num_actions, n)).long()
+    g = torch.Generator().manual_seed(args.seed)
+    precision = None
+    for row in rows:
+        precision = row.sim.set_precision(args.dtype)
+        if args.compile == "on":
+            row.sim.compile(True)
+        row.state = row.sim.init_state(frames, actions)
+    with torch.no_grad():
+        for row in rows:
+            sim, st = row.sim, row.state
+            for _ in range(args.warmup):
+                sim.step(st, action, g)
+            row.flops = count_step_flops(lambda: sim.step(st, action, g), n)
+        for r in range(args.rounds):
+            for row in rows if r % 2 == 0 else reversed(rows):
+                sim, st, head = row.sim, row.state, row.sim.reward_head
+                frame = sim.world_model.sample_next(st.frames, st.actions, action, generator=g)
+
+                def head_work() -> Any:
+                    tokens = torch.cat([st.head_tokens, head.frame_tokens(frame[:, None])], dim=1)
+                    return head.logits_from_tokens(tokens, action)
+
+                row.step_ms.append(_mean_ms(lambda: sim.step(st, action, g), args.steps_per_round))
+                row.wm_ms.append(_mean_ms(lambda: sim.world_model.sample_next(st.frames, st.actions, action,
+                                                                              generator=g), args.steps_per_round))
+                row.head_ms.append(_mean_ms(head_work, args.steps_per_round))
+            print(f"round {r + 1}: " + ", ".join(f"{row.label} {row.step_ms[-1]:.1f} ms" for row in rows), flush=True)
+    real = real_rate(base.config.env_id, n, args)
+    first = float(np.median(rows[0].step_ms))
+    lines = ["| row | FLOPs / transition | step ms (median) | world model ms | head ms | transitions/s | "
+             f"vs first row | vs real ({real:,.0f} transitions/s) |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        step = float(np.median(row.step_ms))
+        rate = 1000.0 * n / step
+        lines.append(f"| {row.label} | {row.flops / 1e6:.1f} M | {step:.1f} | {np.median(row.wm_ms):.1f} | "
+                     f"{np.median(row.head_ms):.1f} | {rate:,.0f} | {first / step:.2f}× | {rate / real:.3f} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.write_results:
+        command = "python bench/step_sizes.py " + " ".join(sys.argv[1:])
+        details = [f"{n} envs, {args.threads} torch threads (real env: {args.ale_threads}), "
+                   f"{precision.reason if precision else args.dtype}, compile {args.compile}, medians over "
+                   f"{args.rounds} alternating rounds of {args.steps_per_round} calls; fresh rows have untrained "
+                   "weights (timing only)"]
+        write_results_section(Path(args.results_file), "Dream step by network size: Simulator.step in one process",
+                              command, details, text)
+    return text
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
