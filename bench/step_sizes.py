@@ -34,9 +34,9 @@ import tyro
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+import dream_env  # noqa: E402
 from dream_env import count_step_flops, write_results_section  # noqa: E402
 
-from dws_gym.envs.real import make_real_env, parse_env_id  # noqa: E402
 from dws_gym.models.unet import UNetWorldModel  # noqa: E402
 from dws_gym.simulator import Simulator, resolve_simulator_path  # noqa: E402
 
@@ -65,7 +65,7 @@ class Args:
     warmup: int = 3
     """untimed calls per row first (compilation)"""
     real_steps: int = 100
-    """real-env steps timed"""
+    """real-env steps timed (at least; and at least one second)"""
     seed: int = 0
     """seed of the sampling noise, the actions and the real env"""
     write_results: bool = False
@@ -121,20 +121,10 @@ def _mean_ms(fn: Callable[[], Any], calls: int) -> float:
 
 
 def real_rate(env_id: str, num_envs: int, args: Args) -> float:
-    """Transitions/s of the real vector env under uniformly random actions."""
-    kwargs: dict[str, Any] = {"num_threads": args.ale_threads} if parse_env_id(env_id)[0] == "ale" else {}
-    env = make_real_env(env_id, num_envs, **kwargs)
-    try:
-        env.reset(seed=args.seed)
-        plan = np.random.default_rng(args.seed).integers(0, env.single_action_space.n, (64, num_envs))
-        for i in range(10):
-            env.step(plan[i % 64])
-        t0 = time.perf_counter()
-        for i in range(args.real_steps):
-            env.step(plan[i % 64])
-        return num_envs * args.real_steps / (time.perf_counter() - t0)
-    finally:
-        env.close()
+    """Transitions/s of the real vector env, measured as ``dream_env.py`` measures it (random actions, at least
+    ``--real-steps`` steps and one second)."""
+    return dream_env.measure_real(env_id, num_envs, dream_env.Args(ale_threads=args.ale_threads, seed=args.seed,
+                                                                    steps=args.real_steps, warmup=10))
 
 
 def main(args: Args) -> str:
