@@ -64,7 +64,7 @@ PRETRAINED_SETTINGS = ("action_mode", "motion_c", "motion_tau", "motion_delta", 
                        "prompt_max_length")
 # Top-level flags a checkpoint must resume under (the groups' are checked against the weights, see resume_conflicts).
 RUN_SHAPING = ("backbone", "pretrained", "train_mode", "context_frames", "action_text", "distill_from",
-               "distill_weight", "reward_depth")
+               "distill_weight", "reward_depth", "reward_memory_frames")
 
 
 @dataclass
@@ -155,6 +155,9 @@ class Args:
     """reward / termination head optimiser steps"""
     reward_depth: int = 2
     """reward head depth: pairs of self- and cross-attention blocks (1 halves the head's attention work per step)"""
+    reward_memory_frames: int | None = None
+    """how many of the newest context frames the reward head's cross-attention reads (1..context frames; 1 cuts its
+    keys and values about K-fold); default: all of them"""
     reward_batch_size: int = 64
     """transitions per reward-head step"""
     reward_learning_rate: float = 1e-3
@@ -315,6 +318,10 @@ def init_world_model(model: torch.nn.Module, source: str | os.PathLike, meanings
         raise SystemExit(f"--init-from: {e}") from e
     notes: list[str] = []
     unet = _source_unet_config(folder)
+    if isinstance(model, UNetWorldModel) and unet is not None and unet.cell != model.config.cell:
+        raise SystemExit(f"--init-from {source}: its U-Net works on {unet.cell}x{unet.cell} space-to-depth cells and "
+                         f"--unet.cell is {model.config.cell}: its first and last layers do not fit. Train this "
+                         f"model from scratch and learn from that one with --distill-from {source}.")
     if isinstance(model, UNetWorldModel) and unet is not None and tuple(unet.widths) != tuple(model.config.widths):
         # A narrower student starts from the trained model's most important channels (see unet_prune).
         if unet.groups != model.config.groups:
@@ -468,6 +475,9 @@ def check_args(args: Args) -> None:
     """Refuse flag values that cannot work, before any data or model is touched (``SystemExit`` says which)."""
     if args.reward_depth < 1:
         raise SystemExit(f"--reward-depth must be >= 1, got {args.reward_depth}.")
+    if args.reward_memory_frames is not None and not 1 <= args.reward_memory_frames <= args.context_frames:
+        raise SystemExit(f"--reward-memory-frames must be between 1 and --context-frames ({args.context_frames}), "
+                         f"got {args.reward_memory_frames}.")
     if not 0 <= args.reward_rare_fraction < 1:
         raise SystemExit(f"--reward-rare-fraction must be in [0, 1), got {args.reward_rare_fraction}.")
     if not 0 <= args.reward_dream_share < 1:
@@ -616,6 +626,7 @@ if __name__ == "__main__":
     records = transitions.step_records()
     reward_head = RewardHead(RewardConfig(context_frames=args.context_frames, num_actions=len(meanings),
                                           frame_shape=tuple(meta.obs_shape), depth=args.reward_depth,
+                                          memory_frames=args.reward_memory_frames,
                                           sign_values=sign_values_from_rewards(records["reward"]),
                                           reward_ends_episode=reward_ends_episode_in(
                                               records["reward"], records["terminated"], records["truncated"]))

@@ -2,7 +2,9 @@
 
 Each row is a simulator: a saved one (``--simulator``, repeatable) or a copy of the first one with fresh weights at
 other U-Net widths and reward-head depth (``--sizes 16,32,64:1`` is widths 16 / 32 / 64 and a head of depth 1;
-``16,32,64`` keeps the head's depth). Fresh rows are for timing only: the time of a step does not depend on the
+``16,32,64`` keeps the head's depth). Two more optional parts: ``c4`` a U-Net on 4x4 space-to-depth cells
+(``UNetConfig.cell``) and ``m1`` a head whose cross-attention reads only the last context frame
+(``RewardConfig.memory_frames``), as in ``24,48,64:1:c4:m1``. Fresh rows are for timing only: the time of a step does not depend on the
 weights, only on the shapes. Every row steps ``--num-envs`` envs from the first simulator's start clips, with the
 reward head's rolling token cache (as the dream env steps), in the precision ``--dtype`` resolves to, compiled with
 ``--compile on``. Per row: the whole ``Simulator.step``, the world model's ``sample_next`` alone and the head's work
@@ -14,7 +16,7 @@ real env of the simulator's game at the same ``--num-envs`` is timed in the same
 ``num_envs / step time`` over the real env's transitions/s. It is an upper bound on the dream env's ratio in
 ``dream_env.py``, which adds the env's own work (autoreset, observations to numpy) around each step.
 
-    python bench/step_sizes.py --sizes 16,48,96 16,32,64 16,32,64:1 --write-results
+    python bench/step_sizes.py --sizes 16,48,96 16,32,64 16,32,64:1 24,48,64:1:c4:m1 --write-results
     python bench/step_sizes.py --simulator dws_gym/assets/simulators/breakout runs/student/simulator --write-results
 """
 
@@ -46,8 +48,8 @@ class Args:
     simulator: tuple[str, ...] = (str(ROOT / "dws_gym" / "assets" / "simulators" / "breakout"),)
     """saved simulator folders, a row each; the first one is also the base of the --sizes rows"""
     sizes: tuple[str, ...] = ()
-    """fresh-weight variants of the first simulator, a row each: `W0,W1,W2` (U-Net widths) or `W0,W1,W2:D` (and
-    reward-head depth D)"""
+    """fresh-weight variants of the first simulator, a row each: `W0,W1,W2` (U-Net widths), then optionally `:D`
+    (reward-head depth D), `:c4` (4x4 space-to-depth cells) and `:mM` (the head reads the last M context frames)"""
     num_envs: int = 64
     """envs stepped as one batch"""
     threads: int = 2
@@ -74,31 +76,65 @@ class Args:
     """where --write-results appends"""
 
 
-def parse_size(text: str) -> tuple[tuple[int, int, int], int | None]:
-    """``"16,32,64:1"`` -> ``((16, 32, 64), 1)``; ``"16,32,64"`` -> ``((16, 32, 64), None)``."""
-    widths_text, _, depth_text = text.partition(":")
+@dataclass(frozen=True)
+class Size:
+    """A fresh row's shape; ``None`` keeps the first simulator's setting."""
+
+    widths: tuple[int, int, int]
+    depth: int | None = None
+    cell: int | None = None
+    memory_frames: int | None = None
+
+    def label(self, base: Simulator) -> str:
+        head = base.reward_head.config
+        text = f"fresh: widths {'/'.join(map(str, self.widths))}"
+        if self.cell is not None:
+            text += f", {self.cell}x{self.cell} cells"
+        text += f", head depth {head.depth if self.depth is None else self.depth}"
+        if self.memory_frames is not None:
+            text += f" reading {self.memory_frames} of {head.context_frames} frames"
+        return text
+
+
+def parse_size(text: str) -> Size:
+    """``"16,32,64:1"`` -> widths (16, 32, 64) and head depth 1; ``"24,48,64:1:c4:m1"`` also 4x4 cells and a head
+    that reads the last context frame only; ``"16,32,64"`` keeps the first simulator's head and cells."""
+    widths_text, *parts = text.split(":")
+    depth = cell = memory = None
     try:
         widths = tuple(int(w) for w in widths_text.split(","))
-        depth = int(depth_text) if depth_text else None
+        for part in parts:
+            if part.startswith("c") and cell is None:
+                cell = int(part[1:])
+            elif part.startswith("m") and memory is None:
+                memory = int(part[1:])
+            elif depth is None:
+                depth = int(part)
+            else:
+                raise ValueError(part)
     except ValueError:
-        widths, depth = (), None
-    if len(widths) != 3 or any(w < 1 for w in widths) or (depth is not None and depth < 1):
-        raise SystemExit(f"--sizes {text!r}: expected three positive U-Net widths and an optional head depth, "
-                         "as in 16,32,64 or 16,32,64:1")
-    return widths, depth  # type: ignore[return-value]
+        widths = ()
+    if len(widths) != 3 or any(w < 1 for w in widths) or any(v is not None and v < 1 for v in (depth, cell, memory)):
+        raise SystemExit(f"--sizes {text!r}: expected three positive U-Net widths, then optionally a head depth, "
+                         "cN (space-to-depth cells) and mN (context frames the head reads), as in 16,32,64 or "
+                         "16,32,64:1 or 24,48,64:1:c4:m1")
+    return Size(widths, depth, cell, memory)  # type: ignore[arg-type]
 
 
-def fresh_variant(base: Simulator, widths: tuple[int, int, int], depth: int | None) -> Simulator:
-    """A simulator shaped like ``base`` with a fresh U-Net of ``widths`` and a fresh head of ``depth`` (timing only)."""
+def fresh_variant(base: Simulator, size: Size) -> Simulator:
+    """A simulator shaped like ``base`` with a fresh U-Net and a fresh head of ``size`` (timing only)."""
     if not isinstance(base.world_model, UNetWorldModel):
         raise SystemExit(f"--sizes needs a U-Net simulator as the first --simulator, got "
                          f"{type(base.world_model).__name__}")
+    wm_config, head_config = base.world_model.config, base.reward_head.config
     try:
-        wm = UNetWorldModel(dataclasses.replace(base.world_model.config, widths=widths))
+        wm = UNetWorldModel(dataclasses.replace(wm_config, widths=size.widths,
+                                                cell=wm_config.cell if size.cell is None else size.cell))
+        head = type(base.reward_head)(dataclasses.replace(
+            head_config, depth=head_config.depth if size.depth is None else size.depth,
+            memory_frames=head_config.memory_frames if size.memory_frames is None else size.memory_frames))
     except ValueError as e:
         raise SystemExit(f"--sizes: {e}") from e
-    head_config = base.reward_head.config
-    head = type(base.reward_head)(dataclasses.replace(head_config, depth=head_config.depth if depth is None else depth))
     return Simulator(base.config, wm, head, base.start_frames, base.start_actions)
 
 
@@ -137,10 +173,8 @@ def main(args: Args) -> str:
         rows.append(Row(f"`{path}`", Simulator.from_pretrained(resolve_simulator_path(path))))
     base = rows[0].sim
     for text in args.sizes:
-        widths, depth = parse_size(text)
-        depth_shown = base.reward_head.config.depth if depth is None else depth
-        shown = f"fresh: widths {'/'.join(map(str, widths))}, head depth {depth_shown}"
-        rows.append(Row(shown, fresh_variant(base, widths, depth)))
+        size = parse_size(text)
+        rows.append(Row(size.label(base), fresh_variant(base, size)))
     n = args.num_envs
     pick = torch.arange(n) % base.start_frames.shape[0]
     frames, actions = base.start_frames[pick], base.start_actions[pick]

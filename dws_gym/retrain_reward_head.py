@@ -78,6 +78,11 @@ class RetrainArgs:
     """share of each batch (real and dreamed parts alike) drawn from transitions with a reward or a termination"""
     prior_correction: bool = True
     """predict with the real data's class prior, not the oversampled batches' (logit offsets)"""
+    depth: int | None = None
+    """depth of the new head (self- and cross-attention block pairs); default: the simulator's head's"""
+    memory_frames: int | None = None
+    """how many of the newest context frames the new head's cross-attention reads (1..K; 1 is the cheapest step);
+    default: the simulator's head's"""
     held_out_fraction: float = 0.1
     """the last fraction of the env id's episodes is left out (as train_world_model.py holds it out)"""
     train: bool = True
@@ -115,6 +120,12 @@ def _check(args: RetrainArgs) -> None:
         usage_error("--candidates > 1 trains several heads; it cannot be combined with --no-train")
     if args.keep_below is not None and not (math.isfinite(args.keep_below) and 0 <= args.keep_below < 1):
         usage_error(f"--keep-below must be in [0, 1), got {args.keep_below}")
+    for name in ("depth", "memory_frames"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            usage_error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if value is not None and not args.train:
+            usage_error(f"--{name.replace('_', '-')} shapes a new head; it cannot be combined with --no-train")
 
 
 def retrain_reward_head(args: RetrainArgs, command: str | None = None) -> Path:
@@ -129,6 +140,8 @@ def retrain_reward_head(args: RetrainArgs, command: str | None = None) -> Path:
     from dws_gym.simulator import Simulator
 
     sim = Simulator.from_pretrained(args.simulator, device=args.device)
+    if args.memory_frames is not None and args.memory_frames > sim.context_frames:
+        usage_error(f"--memory-frames {args.memory_frames} exceeds the simulator's {sim.context_frames} context frames")
     if args.keep_below is not None:
         if not hasattr(sim.world_model.config, "keep_below"):
             usage_error(f"--keep-below: the {type(sim.world_model).__name__} of {args.simulator} has no keep_below "
@@ -183,7 +196,9 @@ def retrain_reward_head(args: RetrainArgs, command: str | None = None) -> Path:
             f"{args.steps} steps on {len(train_ids)} training episodes of {args.data}"
             + (f", {args.dream_share:.0%} of each batch dreamed by the world model ({args.dream_windows} windows x "
                f"{args.dream_horizon} steps)" if args.dream_share > 0 else ", real frames only")
-            + (f"; best of {args.candidates} seeds on the calibration dreams" if args.candidates > 1 else ""))
+            + (f"; best of {args.candidates} seeds on the calibration dreams" if args.candidates > 1 else "")
+            + f"; head depth {head.config.depth}, cross-attention over the last {head.config.read_frames} of "
+              f"{head.config.context_frames} context frames")
     if calibration is not None:
         training["reward_head_calibration"] = calibration.card_entry(args.calibrate_windows, args.dream_horizon)
     sim.config.training = training
@@ -226,6 +241,8 @@ def _train_heads(args: RetrainArgs, sim: Any, store: Any, train_ids: Any, transi
             rng = np.random.default_rng(args.seed + i)
         config = type(sim.reward_head.config).from_dict(sim.reward_head.config.to_dict())
         config.reward_logit_offset, config.termination_logit_offset = None, 0.0
+        config.depth = config.depth if args.depth is None else args.depth
+        config.memory_frames = config.memory_frames if args.memory_frames is None else args.memory_frames
         head = RewardHead(config).to(sim.device)
         t0 = time.time()
         logs = fit_reward_head(head, sample_fn, steps=args.steps, lr=args.learning_rate, batch_size=args.batch_size,

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torch.utils.flop_counter import FlopCounterMode
 
 from dws_gym.data.store import TrajectoryStore
 from dws_gym.models.reward import (
@@ -238,6 +239,44 @@ def test_bad_inputs_raise_value_error() -> None:
                         ({"class_weights": (1.0, 0.0, 1.0)}, "class_weights")]:
         with pytest.raises(ValueError, match=msg):
             RewardConfig(**kwargs)
+
+
+def test_a_head_that_reads_the_last_frame_ignores_older_ones_and_does_less_work(tmp_path) -> None:
+    cfg = RewardConfig(**{**SMALL, "context_frames": 3, "memory_frames": 1})
+    head = RewardHead(cfg)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # scores that vary with every input
+    ctx, act, nxt = _inputs(cfg, 4)
+    out = head(ctx, act, nxt)
+    older = ctx.clone()
+    older[:, :2] = 255 - older[:, :2]  # only the frames it does not read change
+    same = head(older, act, nxt)
+    torch.testing.assert_close(same.reward_logits, out.reward_logits)
+    last = ctx.clone()
+    last[:, -1] = 255 - last[:, -1]
+    assert not torch.allclose(head(last, act, nxt).reward_logits, out.reward_logits)
+    # the tokens of all K context frames (the simulator's rolling cache) give the same logits
+    tokens = head.frame_tokens(torch.cat([ctx, nxt[:, None]], dim=1))
+    torch.testing.assert_close(head.logits_from_tokens(tokens, act).reward_logits, out.reward_logits,
+                               atol=1e-5, rtol=1e-5)
+    # the same weights reading every frame score differently: the option changes the attention's memory
+    every = RewardHead(RewardConfig(**{**SMALL, "context_frames": 3}))
+    every.load_state_dict(head.state_dict())
+    assert not torch.allclose(every(ctx, act, nxt).reward_logits, out.reward_logits)
+    flops = []
+    for h in (head, every):
+        with FlopCounterMode(display=False) as counter:
+            h.logits_from_tokens(tokens, act)
+        flops.append(counter.get_total_flops())
+    assert flops[0] < flops[1]  # fewer keys and values in the cross-attention
+    save_reward_head(head, tmp_path / "h")
+    assert load_reward_head(tmp_path / "h").config.memory_frames == 1
+    assert RewardConfig.from_dict({k: v for k, v in every.config.to_dict().items() if k != "memory_frames"}
+                                  ).read_frames == 3  # heads saved before the option read every frame
+    for bad, msg in [(0, "memory_frames"), (4, "exceeds context_frames=3")]:
+        with pytest.raises(ValueError, match=msg):
+            RewardConfig(**{**SMALL, "context_frames": 3, "memory_frames": bad})
 
 
 def test_save_load_round_trip(tmp_path) -> None:

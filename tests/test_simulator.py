@@ -191,8 +191,10 @@ def _scoring_sim() -> Simulator:
     return sim
 
 
-def test_rolling_cache_steps_like_the_uncached_path_over_50_steps_with_resets():
+@pytest.mark.parametrize("memory_frames", [None, 1])
+def test_rolling_cache_steps_like_the_uncached_path_over_50_steps_with_resets(memory_frames):
     sim = _scoring_sim()
+    sim.reward_head.config.memory_frames = memory_frames  # a head that reads only the last frame caches alike
     n = 4
     cached = sim.init_state(sim.start_frames[:n], sim.start_actions[:n])
     plain = sim.init_state(sim.start_frames[:n], sim.start_actions[:n], cache=False)

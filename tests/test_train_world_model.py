@@ -184,7 +184,9 @@ def _script(monkeypatch):
                                               (dict(reward_dream_windows=0), "must be positive"),
                                               (dict(reward_calibrate_windows=-1), "--reward-calibrate-windows"),
                                               (dict(prefetch=-1), "--prefetch must be >= 0"),
-                                              (dict(reward_depth=0), "--reward-depth must be >= 1")])
+                                              (dict(reward_depth=0), "--reward-depth must be >= 1"),
+                                              (dict(reward_memory_frames=0), "--reward-memory-frames must be"),
+                                              (dict(reward_memory_frames=5), "--context-frames (4)")])
 def test_flags_that_cannot_work_are_refused(monkeypatch, changes, message):
     script = _script(monkeypatch)
     script.check_args(script.Args())

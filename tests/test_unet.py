@@ -55,11 +55,11 @@ def test_actions_change_the_frame_once_trained():
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("steps", [1, 3])
-@pytest.mark.parametrize("keep_below", [0.0, 0.05])
-def test_sampling_on_the_cell_grid_matches_the_training_path(steps, keep_below):
-    """sample_next works on the 2x2 space-to-depth grid; frame for frame it is predict_x0's Euler sampling."""
-    model = tiny(perturb=True, keep_below=keep_below).eval()
+@pytest.mark.parametrize("steps, keep_below, cell", [(1, 0.0, 2), (3, 0.0, 2), (1, 0.05, 2), (3, 0.05, 2),
+                                                     (1, 0.05, 4), (3, 0.0, 4)])
+def test_sampling_on_the_cell_grid_matches_the_training_path(steps, keep_below, cell):
+    """sample_next works on the space-to-depth grid; frame for frame it is predict_x0's Euler sampling."""
+    model = tiny(perturb=True, keep_below=keep_below, cell=cell).eval()
     frames, actions = clip(b=3, seed=2)
     ctx, acts, act = frames[:, :3], actions[:, :2], actions[:, 2]
     out = model.sample_next(ctx, acts, act, steps=steps, generator=torch.Generator().manual_seed(5))
@@ -158,16 +158,35 @@ def test_simulator_steps_and_reloads_a_unet_backbone(tmp_path):
         assert frame.shape == (3, 64, 64, 3) and reward.shape == (3,) and term.dtype == torch.bool
 
 
-def test_flop_count_matches_the_profiler():
+@pytest.mark.parametrize("cell", [2, 4])
+def test_flop_count_matches_the_profiler(cell):
     from torch.utils.flop_counter import FlopCounterMode
 
-    cfg = UNetConfig()
+    cfg = UNetConfig(cell=cell)
     model = UNetWorldModel(cfg).eval()
     frames, actions = clip(b=1, f=5)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model.sample_next(frames[:, :4], actions[:, :3], actions[:, 3])
     conv = sum(v for k, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(k))
     assert conv == pytest.approx(unet_flops_per_frame(cfg), rel=0.01)
+
+
+def test_a_4x4_cell_works_on_a_quarter_of_the_positions_and_is_checked():
+    """cell = 4: the first level runs at 16x16 for a 64x64 frame, and every pixel is still predicted."""
+    model = tiny(perturb=True, cell=4).eval()
+    assert model.stem.in_channels == 16 * (3 * 3 + 2 * 3) and model.out.out_channels == 16 * 3
+    frames, actions = clip(b=2, f=4)
+    seen = []
+    hook = model.down0.register_forward_hook(lambda mod, args, out: seen.append(tuple(out.shape)))
+    out = model.sample_next(frames[:, :3], actions[:, :2], actions[:, 2], generator=torch.Generator().manual_seed(0))
+    hook.remove()
+    assert seen == [(2, 8, 16, 16)] and out.shape == (2, 64, 64, 3)
+    assert (out != frames[:, 2]).any(dim=-1).float().mean() > 0.5  # perturbed weights move most pixels
+    assert UNetConfig.from_dict(UNetConfig(cell=4).to_dict()).cell == 4
+    assert UNetConfig.from_dict({k: v for k, v in UNetConfig().to_dict().items() if k != "cell"}).cell == 2
+    for bad, msg in [(dict(cell=3), "cell must be 2 or 4"), (dict(cell=4, frame_size=40), "divisible by 4 \\* cell")]:
+        with pytest.raises(ValueError, match=msg):
+            UNetConfig(**bad)
 
 
 def test_changed_share_gives_moving_pixels_a_fixed_share():

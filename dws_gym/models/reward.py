@@ -18,7 +18,9 @@ Architecture (the paper names linear, self-attention and cross-attention layers;
    rewards and game over mostly show up as *changes* (a brick vanishes, the score ticks), so the change is handed
    to the attention layers instead of left for them to discover.
 3. ``depth`` times: self-attention over the next-frame tokens, then cross-attention from them to the context tokens
-   plus one action token; each followed by an MLP (pre-LayerNorm residual blocks).
+   plus one action token; each followed by an MLP (pre-LayerNorm residual blocks). The cross-attention reads the
+   newest ``memory_frames`` context frames (all ``K`` by default); reading only the last one cuts its keys and values
+   from ``K * T + 1`` to ``T + 1`` tokens, the head's largest attention, at the price of the older frames' motion.
 4. Mean- and max-pooling over the next-frame tokens (max keeps small objects, such as a score digit, visible),
    concatenated with the action embedding, then an MLP and two linear heads.
 
@@ -227,6 +229,8 @@ class RewardConfig:
             come as external embeddings.
         action_embed_dim: width of externally supplied action embeddings (e.g. cached text embeddings), projected
             by a linear layer; ``None`` if actions only come as integers. At least one of the two must be set.
+        memory_frames: how many of the newest context frames the cross-attention reads (``1..K``); ``None``: all
+            ``K``. The change to the last frame (step 2) is always used.
         dim: token width.
         depth: number of (self-attention, cross-attention) block pairs.
         num_heads: attention heads (``dim`` must be divisible by it).
@@ -254,6 +258,7 @@ class RewardConfig:
     frame_shape: tuple[int, int, int] = (64, 64, 3)
     num_actions: int | None = 18
     action_embed_dim: int | None = None
+    memory_frames: int | None = None
     dim: int = 64
     depth: int = 2
     num_heads: int = 4
@@ -286,6 +291,12 @@ class RewardConfig:
             self.action_embed_dim = check_positive_int("RewardConfig.action_embed_dim", self.action_embed_dim)
         if self.num_actions is None and self.action_embed_dim is None:
             raise ValueError("RewardConfig needs num_actions (integer actions) or action_embed_dim (embeddings)")
+        if self.memory_frames is not None:
+            m = check_positive_int("RewardConfig.memory_frames", self.memory_frames)
+            if m > self.context_frames:
+                raise ValueError(f"RewardConfig.memory_frames={m} exceeds context_frames={self.context_frames}: the "
+                                 "cross-attention can read at most the K context frames")
+            self.memory_frames = m
         for name in ("dim", "depth", "num_heads", "patch_size", "num_bins"):
             setattr(self, name, check_positive_int(f"RewardConfig.{name}", getattr(self, name)))
         if self.dim % self.num_heads:
@@ -338,6 +349,11 @@ class RewardConfig:
         if self.reward_ends_episode and self.mode != "sign":
             raise ValueError("RewardConfig.reward_ends_episode needs mode='sign': a two-hot head's point reward is "
                              "almost never exactly 0, so every step would end the episode")
+
+    @property
+    def read_frames(self) -> int:
+        """Context frames the cross-attention reads: ``memory_frames``, or ``K`` when it is ``None``."""
+        return self.context_frames if self.memory_frames is None else self.memory_frames
 
     @property
     def num_classes(self) -> int:
@@ -600,7 +616,8 @@ class RewardHead(nn.Module):
     def logits(self, context: torch.Tensor, action: torch.Tensor, next_frame: torch.Tensor) -> RewardOutput:
         """:meth:`forward` without its input checks: checked tensors on the head's device (uint8 frames, int64
         actions or float embeddings). The tensor work alone, so that ``torch.compile`` sees no host syncs."""
-        frames = torch.cat([context, next_frame.unsqueeze(1)], dim=1)  # (B, K+1, H, W, C)
+        m = self.config.read_frames  # only the frames the head reads are embedded
+        frames = torch.cat([context[:, context.shape[1] - m :], next_frame.unsqueeze(1)], dim=1)  # (B, m+1, H, W, C)
         return self.logits_from_tokens(self.frame_tokens(frames), action)
 
     def frame_tokens(self, frames: torch.Tensor) -> torch.Tensor:
@@ -616,9 +633,11 @@ class RewardHead(nn.Module):
         return tok.unflatten(0, (b, f)) + self.pos
 
     def logits_from_tokens(self, tokens: torch.Tensor, action: torch.Tensor) -> RewardOutput:
-        """Logits from :meth:`frame_tokens` of the ``K`` context frames and the next frame, ``(B, K+1, T, D)``."""
+        """Logits from :meth:`frame_tokens` of the context frames and the next frame, ``(B, F+1, T, D)``, oldest
+        first: ``F`` may be ``K`` or any number down to ``config.read_frames``; the newest ``read_frames`` are read."""
+        k, m = self.config.context_frames, self.config.read_frames
         nxt = tokens[:, -1] + self.change(tokens[:, -1] - tokens[:, -2]) + self.frame_slot[-1]
-        ctx = (tokens[:, :-1] + self.frame_slot[:-1, None]).flatten(1, 2)  # (B, K*T, D)
+        ctx = (tokens[:, -1 - m : -1] + self.frame_slot[k - m : k, None]).flatten(1, 2)  # (B, m*T, D)
         act = self._embed_action(action)
         memory = torch.cat([ctx, act.unsqueeze(1)], dim=1)
         for block in self.blocks:

@@ -9,6 +9,9 @@ Inputs (all at 64x64, stacked on channels): the ``K`` context frames, the last f
 local: the ball's last step is visible in one place) and the noisy next frame ``x_t``. A 2x2 space-to-depth turns
 them into a 32x32 grid (lossless; halves the cost of the full-resolution layers), followed by three levels (32, 16,
 8) of diffusers :class:`~diffusers.models.resnet.ResnetBlock2D`, skip connections, and a depth-to-space output.
+``cell = 4`` makes it a 4x4 space-to-depth (levels 16, 8, 4): every pixel is still an input and an output, but the
+network's first level works on a quarter of the positions, which on a CPU cuts the per-position work (norms,
+activations, conversions) that dominates a step at small widths.
 
 Actions, DWS (paper Eq. 1). Each ``ResnetBlock2D`` runs with ``time_embedding_norm="scale_shift"``: after its second
 group norm it computes ``norm2(h) * (1 + alpha) + beta`` with ``(alpha, beta) = time_emb_proj(SiLU(temb))``. That is
@@ -65,10 +68,12 @@ class UNetConfig:
     """Everything needed to rebuild a :class:`UNetWorldModel` (JSON-serialisable).
 
     Attributes:
-        frame_size: Env frames are ``(frame_size, frame_size, channels)`` uint8 (divisible by 8).
+        frame_size: Env frames are ``(frame_size, frame_size, channels)`` uint8 (divisible by ``4 * cell``).
+        cell: Side of the space-to-depth cell (2 or 4): the network's levels work at ``1 / cell``, ``1 / (2 cell)``
+            and ``1 / (4 cell)`` of the frame size.
         channels: Colour channels (3).
         context_frames: ``K``, frames each prediction conditions on.
-        widths: Channels of the three levels (at 1/2, 1/4 and 1/8 of the frame size).
+        widths: Channels of the three levels (at 1/2, 1/4 and 1/8 of the frame size with ``cell = 2``).
         groups: Group-norm groups (must divide every width).
         num_actions: Size of the discrete action space.
         action_text_dim: Width of cached action sentence embeddings; ``None`` uses a learned table.
@@ -102,6 +107,7 @@ class UNetConfig:
     channels: int = 3
     context_frames: int = 4
     widths: tuple[int, int, int] = (48, 96, 128)
+    cell: int = 2
     groups: int = 8
     num_actions: int = 4
     action_text_dim: int | None = None
@@ -134,8 +140,11 @@ class UNetConfig:
         if self.context_frames < 2:
             raise ValueError(f"UNetConfig.context_frames must be >= 2 (the last frame difference), "
                              f"got {self.context_frames}")
-        if self.frame_size % 8:
-            raise ValueError(f"UNetConfig.frame_size must be divisible by 8, got {self.frame_size}")
+        if self.cell not in (2, 4):
+            raise ValueError(f"UNetConfig.cell must be 2 or 4 (the space-to-depth cell's side), got {self.cell!r}")
+        if self.frame_size % (4 * self.cell):
+            raise ValueError(f"UNetConfig.frame_size must be divisible by 4 * cell = {4 * self.cell}, "
+                             f"got {self.frame_size}")
         if len(self.widths) != 3 or any(w < 1 or w % self.groups for w in self.widths):
             raise ValueError(f"UNetConfig.widths must be 3 positive multiples of groups={self.groups}, "
                              f"got {self.widths}")
@@ -214,7 +223,7 @@ class UNetWorldModel(nn.Module):
         self.time_features = Timesteps(64, flip_sin_to_cos=True, downscale_freq_shift=0)
         cond_all = k * config.cond_dim + 64
         hid, g = config.cond_hidden_dim, config.groups
-        in_ch = 4 * (k * c + c + c)  # context, last difference, x_t; 2x2 space-to-depth
+        in_ch = config.cell**2 * (k * c + c + c)  # context, last difference, x_t; space-to-depth
         self.stem = nn.Conv2d(in_ch, w0, 3, padding=1)
         self.down0 = _Level(w0, w0, cond_all, hid, g)
         self.pool0 = nn.Conv2d(w0, w1, 3, stride=2, padding=1)
@@ -225,7 +234,7 @@ class UNetWorldModel(nn.Module):
         self.up1 = _Level(w2 + w1, w1, cond_all, hid, g)
         self.up0 = _Level(w1 + w0, w0, cond_all, hid, g)
         self.out_norm = nn.GroupNorm(g, w0, eps=1e-5)
-        self.out = nn.Conv2d(w0, 4 * c, 3, padding=1)
+        self.out = nn.Conv2d(w0, config.cell**2 * c, 3, padding=1)
         nn.init.zeros_(self.out.weight)  # a fresh model predicts "copy the last frame" exactly
         nn.init.zeros_(self.out.bias)
 
@@ -285,13 +294,15 @@ class UNetWorldModel(nn.Module):
         prev = context[:, -1]
         diff = prev - context[:, -2]
         x = torch.cat([context.flatten(1, 2), diff, x_t], dim=1)
-        f = self._unet(F.pixel_unshuffle(x, 2), self.condition(actions, t, validate=validate))
-        return prev + F.pixel_shuffle(f, 2).to(prev.dtype)
+        cell = self.config.cell
+        f = self._unet(F.pixel_unshuffle(x, cell), self.condition(actions, t, validate=validate))
+        return prev + F.pixel_shuffle(f, cell).to(prev.dtype)
 
     def _unet(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """The U-Net on its 2x2 space-to-depth input grid: ``(B, 4 (K C + 2 C), H/2, W/2)`` in, the correction
-        ``f`` out in the same layout, ``(B, 4 C, H/2, W/2)`` (channel ``4 c + 2 i + j`` holds colour ``c`` of the
-        pixel at offset ``(i, j)`` of its 2x2 cell, as :func:`torch.nn.functional.pixel_unshuffle` orders them)."""
+        """The U-Net on its space-to-depth input grid (cell side ``s = config.cell``): ``(B, s^2 (K C + 2 C), H/s,
+        W/s)`` in, the correction ``f`` out in the same layout, ``(B, s^2 C, H/s, W/s)`` (channel ``s^2 c + s i + j``
+        holds colour ``c`` of the pixel at offset ``(i, j)`` of its cell, as
+        :func:`torch.nn.functional.pixel_unshuffle` orders them)."""
         h0 = self.down0(self.stem(x), cond)
         h1 = self.down1(self.pool0(h0), cond)
         h = self.mid1(self.mid0(self.pool1(h1), cond), cond)
@@ -401,7 +412,7 @@ class UNetWorldModel(nn.Module):
     def check_teacher(self, teacher: UNetWorldModel) -> None:
         """Refuse a distillation teacher that does not read this model's inputs (``ValueError`` says what differs):
         it must be a :class:`UNetWorldModel` of the same frame size, channels, context frames and number of actions.
-        Its widths, action embedding and training settings may differ."""
+        Its widths, space-to-depth cell, action embedding and training settings may differ."""
         if not isinstance(teacher, UNetWorldModel):
             raise ValueError(f"a distillation teacher must be a pixel U-Net world model, got {type(teacher).__name__}")
         names = ("frame_size", "channels", "context_frames", "num_actions")
@@ -479,33 +490,35 @@ class UNetWorldModel(nn.Module):
         # space-to-depth grid and back here too, as uint8 copies: compiled inside the float kernels, those
         # permutes became scalar gathers that took about a fifth of a compiled bf16 call at 64 envs.
         h, w, c = frames.shape[-3:]
+        s = self.config.cell
         noise = torch.randn((n, c, h, w), generator=generator, device=frames.device, dtype=self.dtype)
-        cells = frames.reshape(n, k, h // 2, 2, w // 2, 2, c).permute(0, 1, 6, 3, 5, 2, 4)
-        cells = cells.reshape(n, k * c * 4, h // 2, w // 2)  # a contiguous copy: the permute is not a view
-        out = self.denoise(cells, actions, action, F.pixel_unshuffle(noise, 2), steps)
-        return F.pixel_shuffle(out, 2).permute(0, 2, 3, 1).contiguous()
+        cells = frames.reshape(n, k, h // s, s, w // s, s, c).permute(0, 1, 6, 3, 5, 2, 4)
+        cells = cells.reshape(n, k * c * s * s, h // s, w // s)  # a contiguous copy: the permute is not a view
+        out = self.denoise(cells, actions, action, F.pixel_unshuffle(noise, s), steps)
+        return F.pixel_shuffle(out, s).permute(0, 2, 3, 1).contiguous()
 
     def denoise(self, cells: torch.Tensor, actions: torch.Tensor, action: torch.Tensor, noise: torch.Tensor,
                 steps: int) -> torch.Tensor:
-        """:meth:`sample_next` on the network's 2x2 space-to-depth grid, from given starting noise, without its checks:
+        """:meth:`sample_next` on the network's space-to-depth grid, from given starting noise, without its checks:
         ``steps`` Euler steps from ``t = 1``, then the ``keep_below`` rule. The work ``Simulator.compile`` compiles.
 
         Args:
-            cells: uint8 ``(N, 4 K C, H/2, W/2)``, the context frames as
-                :func:`~torch.nn.functional.pixel_unshuffle` (factor 2) lays out their ``K C`` channels.
+            cells: uint8 ``(N, s^2 K C, H/s, W/s)`` (``s = config.cell``), the context frames as
+                :func:`~torch.nn.functional.pixel_unshuffle` (factor ``s``) lays out their ``K C`` channels.
             actions: int64 ``(N, K - 1)``; action: int64 ``(N,)`` (see :meth:`sample_next`).
-            noise: ``(N, 4 C, H/2, W/2)`` in the model's dtype, the starting noise on the same grid.
+            noise: ``(N, s^2 C, H/s, W/s)`` in the model's dtype, the starting noise on the same grid.
             steps: Euler steps.
 
         Returns:
-            uint8 ``(N, 4 C, H/2, W/2)``: the new frame on the grid (:func:`~torch.nn.functional.pixel_shuffle`
+            uint8 ``(N, s^2 C, H/s, W/s)``: the new frame on the grid (:func:`~torch.nn.functional.pixel_shuffle`
             gives it back as ``(N, C, H, W)``).
         """
         # The arithmetic of predict_x0, on the grid: the pixel (un)shuffles move values and compute nothing.
-        n, c = cells.shape[0], noise.shape[1] // 4
+        cc = noise.shape[1]  # channels of one frame on the grid: s^2 C
+        n, c = cells.shape[0], cc // self.config.cell**2
         context = (cells.float() / 127.5 - 1.0).to(self.dtype)
-        prev = context[:, -4 * c:]
-        fixed = torch.cat([context, prev - context[:, -8 * c: -4 * c]], dim=1)  # context frames, last difference
+        prev = context[:, -cc:]
+        fixed = torch.cat([context, prev - context[:, -2 * cc: -cc]], dim=1)  # context frames, last difference
         window = torch.cat([actions, action[:, None]], dim=1).long()
         schedule = self.sampling_schedule(steps)
         x = x0_hat = noise
@@ -516,9 +529,10 @@ class UNetWorldModel(nn.Module):
             x = x0_hat + (t_next / t_now) * (x - x0_hat) if t_next > 0 else x0_hat
         x = x.float().clamp(-1.0, 1.0)
         if self.config.keep_below > 0:
-            # Each pixel's largest change over its colours (colour c is channels 4c..4c+3), for all its colours.
+            # Each pixel's largest change over its colours (colour c is channels s^2 c .. s^2 c + s^2 - 1), for all
+            # its colours.
             prev = prev.float()
-            moved = (x - prev).abs().unflatten(1, (c, 4)).amax(dim=1).repeat(1, c, 1, 1)
+            moved = (x - prev).abs().unflatten(1, (c, cc // c)).amax(dim=1).repeat(1, c, 1, 1)
             x = torch.where(moved < 2.0 * self.config.keep_below, prev, x)
         return ((x + 1.0) * 127.5).round().to(torch.uint8)
 
@@ -578,7 +592,8 @@ class UNetWorldModel(nn.Module):
 
 def unet_flops_per_frame(config: UNetConfig) -> float:
     """Multiply-adds x 2 of one :meth:`UNetWorldModel.predict_x0` call per frame (convolutions only)."""
-    k, c, s = config.context_frames, config.channels, config.frame_size // 2
+    k, c, s = config.context_frames, config.channels, config.frame_size // config.cell
+    q = config.cell**2
     w0, w1, w2 = config.widths
 
     def conv(hw: int, cin: int, cout: int, ks: int = 3) -> float:
@@ -587,8 +602,8 @@ def unet_flops_per_frame(config: UNetConfig) -> float:
     def res(hw: int, cin: int, cout: int) -> float:
         return conv(hw, cin, cout) + conv(hw, cout, cout) + (conv(hw, cin, cout, 1) if cin != cout else 0.0)
 
-    total = conv(s, 4 * (k * c + 2 * c), w0) + res(s, w0, w0) + conv(s // 2, w0, w1) + res(s // 2, w1, w1)
+    total = conv(s, q * (k * c + 2 * c), w0) + res(s, w0, w0) + conv(s // 2, w0, w1) + res(s // 2, w1, w1)
     total += conv(s // 4, w1, w2) + 2 * res(s // 4, w2, w2) + res(s // 2, w2 + w1, w1) + res(s, w1 + w0, w0)
-    total += conv(s, w0, 4 * c)
+    total += conv(s, w0, q * c)
     return total
 
