@@ -163,8 +163,8 @@ class SimState:
         actions: ``(N, K - 1)`` int64 on the simulator's device; ``actions[:, i]`` led from frame ``i`` to ``i + 1``.
         head_tokens: A rolling cache: the reward head's patch tokens of ``frames``, ``(N, K, T, D)`` in the head's
             dtype (:meth:`~dws_gym.models.reward.RewardHead.frame_tokens`), so that a step embeds only its new
-            frame; ``None``: each step embeds all ``K + 1`` frames (the uncached path). Its size is fixed: a
-            step drops the oldest frame's tokens as it adds the newest.
+            frame; ``None``: each step embeds the frames the head reads and the new one (the uncached path). Its
+            size is fixed: a step drops the oldest frame's tokens as it adds the newest.
     """
 
     frames: torch.Tensor
@@ -443,7 +443,7 @@ class Simulator:
 
         ``cache``: keep the reward head's tokens of the context frames in the state (``SimState.head_tokens``), so
         that each :meth:`step` embeds only its new frame; ``False`` gives the uncached state, whose steps embed
-        all ``K + 1`` frames (the same results up to float rounding).
+        every frame the head reads and the new one (the same results up to float rounding).
         """
         f = self._frames(frames)
         a = self.check_actions(actions, (f.shape[0], self.context_frames - 1), "actions")
@@ -715,7 +715,7 @@ class Simulator:
         if wm is not None and hasattr(wm, "to_dict"):
             d = wm.to_dict()
             keys = ["space", "patch_size", "num_layers", "num_heads", "head_dim", "parametrization", "widths",
-                    "action_mode", "changed_share", "motion_c", "t_one_prob", "t_one_hypotheses", "unroll", "context_noise", "keep_below"]
+                    "cell", "action_mode", "changed_share", "motion_c", "t_one_prob", "t_one_hypotheses", "unroll", "context_noise", "keep_below"]
             wm_desc = ", ".join(f"{k}={d[k]}" for k in keys if k in d)
         return f"""---
 library_name: dws-gym

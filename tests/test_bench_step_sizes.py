@@ -12,17 +12,18 @@ def test_rows_of_a_saved_simulator_and_fresh_variants_are_timed_and_written(tmp_
     bench = load_script("bench/step_sizes.py", "bench_step_sizes")
     results = tmp_path / "RESULTS.md"
     results.write_text("# figures\n")
-    args = bench.Args(simulator=(DEFAULT,), sizes=("8,16,16:1", "16,32,64", "16,32,64:1:c4:m1"), num_envs=2, threads=1, ale_threads=1,
-                      dtype="fp32", compile="off", rounds=2, steps_per_round=1, warmup=1, real_steps=5,
+    args = bench.Args(simulator=(DEFAULT,), sizes=("8,16,16:1", "16,32,64", "16,32,64:2:c4", "16,32,64:2:m1"),
+                      num_envs=2, threads=1, ale_threads=1, dtype="fp32", compile="off", rounds=2, steps_per_round=1, warmup=1, real_steps=5,
                       write_results=True, results_file=str(results))
     text = bench.main(args)
     rows = [line.split("|")[1:-1] for line in text.splitlines()[2:]]
     assert [r[0].strip() for r in rows] == [f"`{DEFAULT}`", "fresh: widths 8/16/16, head depth 1",
                                             "fresh: widths 16/32/64, head depth 2",
-                                            "fresh: widths 16/32/64, 4x4 cells, head depth 1 reading 1 of 4 frames"]
+                                            "fresh: widths 16/32/64, 4x4 cells, head depth 2",
+                                            "fresh: widths 16/32/64, head depth 2 reading 1 of 4 frames"]
     flops = [float(r[1].strip().removesuffix(" M")) for r in rows]
     assert flops[1] < flops[2] < flops[0]  # narrower networks count fewer FLOPs
-    assert flops[3] < flops[2]  # and so do 4x4 cells and a head that reads one frame
+    assert flops[3] < flops[2] and flops[4] < flops[2]  # and so do 4x4 cells, and a head that reads one frame
     assert rows[0][6].strip() == "1.00×" and all(float(r[2]) > 0 and float(r[7]) > 0 for r in rows)
     written = results.read_text()
     assert "## Dream step by network size: Simulator.step in one process" in written and text in written

@@ -208,24 +208,27 @@ def test_distill_from_trains_a_narrower_unet_on_a_simulator_and_records_its_teac
     tiny[tiny.index("--unet.widths") + 2] = "8"  # --unet.widths 8 8 16: the student is narrower than its teacher
     proc = run(["--data", str(cwd / "store"), "--total-steps", "2", "--output-dir", "student", "--distill-from",
                 str(cwd / "run" / "simulator"), "--distill-weight", "0.5", "--init-from",
-                str(cwd / "run" / "simulator"), "--reward-depth", "1"] + tiny, tmp_path)
+                str(cwd / "run" / "simulator"), "--reward-depth", "1", "--reward-memory-frames", "1"] + tiny, tmp_path)
     assert re.search(r"step 2/2 loss \S+ mse \S+ copy \S+ teacher \d", proc.stdout), proc.stdout[-2000:]
     assert "pruned its channels from widths (8, 16, 16) to (8, 8, 16)" in proc.stdout
     sim = Simulator.from_pretrained(tmp_path / "student" / "simulator")
     assert list(sim.world_model.config.widths) == [8, 8, 16]
     assert sim.reward_head.config.depth == 1 and len(sim.reward_head.blocks) == 2  # one self-, one cross-attention
+    assert sim.reward_head.config.memory_frames == 1  # which reads the last context frame only
     pruned = "its channels pruned from widths (8, 16, 16) to (8, 8, 16)"
     assert pruned in sim.config.training["initialised_from"]
     # A resume without --init-from keeps the provenance on the card.
     run(["--data", str(cwd / "store"), "--total-steps", "3", "--output-dir", "student", "--resume", "--distill-from",
-         str(cwd / "run" / "simulator"), "--distill-weight", "0.5", "--reward-depth", "1"] + tiny, tmp_path)
+         str(cwd / "run" / "simulator"), "--distill-weight", "0.5", "--reward-depth", "1", "--reward-memory-frames", "1"]
+        + tiny, tmp_path)
     assert pruned in Simulator.from_pretrained(tmp_path / "student" / "simulator").config.training["initialised_from"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     resume = ["--data", str(cwd / "store"), "--total-steps", "3", "--output-dir", "student", "--resume",
               "--distill-from", str(cwd / "run" / "simulator"), "--distill-weight", "0.5"]
     other_head = subprocess.run([sys.executable, str(SCRIPT)] + resume + tiny, cwd=tmp_path, env=env,
                                 capture_output=True, text=True, timeout=300)
-    assert other_head.returncode != 0 and "--reward-depth 1" in other_head.stderr + other_head.stdout
+    refused = other_head.stderr + other_head.stdout
+    assert other_head.returncode != 0 and "--reward-depth 1" in refused and "--reward-memory-frames 1" in refused
     assert sim.config.training["distilled_from"].startswith(f"{cwd / 'run' / 'simulator'} (a simulator of ")
     assert sim.config.training["distilled_from"].endswith("teacher term weight 0.5")
     # A teacher that reads other inputs, or a flow student, is refused before training.
@@ -332,6 +335,10 @@ def test_init_from_starts_at_the_given_simulator_and_rejects_another_shape(train
                                list(source.config.action_meanings), torch.device("cpu"))
     with pytest.raises(SystemExit, match=r"keeps or narrows every width: \(8, 16, 16\) cannot become \(8, 16, 24\)"):
         script.init_world_model(wider, cwd / "run" / "simulator")
+    cell4 = script.build_model(script.Args(unet=script.UNetFlags(widths=(8, 16, 16), cell=4), context_frames=3),
+                               list(source.config.action_meanings), torch.device("cpu"))
+    with pytest.raises(SystemExit, match="4x4 space-to-depth|2x2 space-to-depth cells and --unet.cell is 4"):
+        script.init_world_model(cell4, cwd / "run" / "simulator")
     # A narrower model starts from the source's pruned channels: the same action table, fewer level-1 channels,
     # each pool0 row one of the source's.
     narrower = script.build_model(script.Args(unet=script.UNetFlags(widths=(8, 8, 8)), context_frames=3),

@@ -223,7 +223,8 @@ class RewardConfig:
 
     Attributes:
         mode: ``"sign"`` (3 classes of sign(r), for clipped-reward games) or ``"twohot"`` (symlog two-hot bins).
-        context_frames: K, the number of context frames the head reads (the simulator's context length).
+        context_frames: K, the number of context frames the head takes (the simulator's context length); its
+            cross-attention reads the newest ``memory_frames`` of them.
         frame_shape: ``(H, W, C)`` of one uint8 frame; H and W divisible by ``patch_size``.
         num_actions: size of a ``Discrete`` action space, embedded by a learned table; ``None`` if actions only
             come as external embeddings.
@@ -369,6 +370,8 @@ class RewardConfig:
         if self.reward_logit_offset is not None:
             d["reward_logit_offset"] = list(self.reward_logit_offset)
         d["sign_values"] = list(self.sign_values)
+        if self.memory_frames is None:  # the default is left out, so that such heads stay readable by older versions
+            del d["memory_frames"]
         return d
 
     @classmethod
@@ -492,7 +495,8 @@ class RewardHead(nn.Module):
 
         self.patch = _patch_embed(c, d, p)
         self.pos = nn.Parameter(torch.randn(self.num_tokens, d) * 0.02)
-        # Slots 0..K-1: context frames (oldest first); slot K: the next frame.
+        # Slots 0..K-1: context frames (oldest first); slot K: the next frame. A head that reads fewer frames
+        # (memory_frames) leaves the oldest slots unused; they stay, so every head of a config has one layout.
         self.frame_slot = nn.Parameter(torch.randn(config.context_frames + 1, d) * 0.02)
         self.change = nn.Linear(d, d)
         self.action_table = nn.Embedding(config.num_actions, d) if config.num_actions is not None else None
@@ -636,6 +640,9 @@ class RewardHead(nn.Module):
         """Logits from :meth:`frame_tokens` of the context frames and the next frame, ``(B, F+1, T, D)``, oldest
         first: ``F`` may be ``K`` or any number down to ``config.read_frames``; the newest ``read_frames`` are read."""
         k, m = self.config.context_frames, self.config.read_frames
+        if tokens.shape[1] < m + 1:  # static under torch.compile: no host sync
+            raise ValueError(f"logits_from_tokens needs the tokens of at least {m + 1} frames (the {m} context frames "
+                             f"the head reads and the next frame), got {tokens.shape[1]}")
         nxt = tokens[:, -1] + self.change(tokens[:, -1] - tokens[:, -2]) + self.frame_slot[-1]
         ctx = (tokens[:, -1 - m : -1] + self.frame_slot[k - m : k, None]).flatten(1, 2)  # (B, m*T, D)
         act = self._embed_action(action)

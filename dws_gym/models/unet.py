@@ -140,7 +140,7 @@ class UNetConfig:
         if self.context_frames < 2:
             raise ValueError(f"UNetConfig.context_frames must be >= 2 (the last frame difference), "
                              f"got {self.context_frames}")
-        if self.cell not in (2, 4):
+        if isinstance(self.cell, bool) or not isinstance(self.cell, int) or self.cell not in (2, 4):
             raise ValueError(f"UNetConfig.cell must be 2 or 4 (the space-to-depth cell's side), got {self.cell!r}")
         if self.frame_size % (4 * self.cell):
             raise ValueError(f"UNetConfig.frame_size must be divisible by 4 * cell = {4 * self.cell}, "
@@ -168,6 +168,8 @@ class UNetConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["widths"] = list(self.widths)
+        if self.cell == 2:  # the default is left out, so that folders with it stay readable by older versions
+            del d["cell"]
         return d
 
     @classmethod
@@ -486,7 +488,7 @@ class UNetWorldModel(nn.Module):
             raise ValueError(f"sample_next needs frames (N, {k}, H, W, C), actions (N, {k - 1}) and action (N,); "
                              f"got {tuple(frames.shape)}, {tuple(actions.shape)}, {tuple(action.shape)}")
         steps = self.config.sampling_steps if steps is None else steps
-        # The noise is drawn here, eagerly (a generator does not trace), and the frames go to the network's 2x2
+        # The noise is drawn here, eagerly (a generator does not trace), and the frames go to the network's
         # space-to-depth grid and back here too, as uint8 copies: compiled inside the float kernels, those
         # permutes became scalar gathers that took about a fifth of a compiled bf16 call at 64 envs.
         h, w, c = frames.shape[-3:]
@@ -499,7 +501,7 @@ class UNetWorldModel(nn.Module):
 
     def denoise(self, cells: torch.Tensor, actions: torch.Tensor, action: torch.Tensor, noise: torch.Tensor,
                 steps: int) -> torch.Tensor:
-        """:meth:`sample_next` on the network's space-to-depth grid, from given starting noise, without its checks:
+        """:meth:`sample_next` on the network's ``cell`` x ``cell`` space-to-depth grid, from given starting noise, without its checks:
         ``steps`` Euler steps from ``t = 1``, then the ``keep_below`` rule. The work ``Simulator.compile`` compiles.
 
         Args:
