@@ -715,7 +715,8 @@ class Simulator:
         if wm is not None and hasattr(wm, "to_dict"):
             d = wm.to_dict()
             keys = ["space", "patch_size", "num_layers", "num_heads", "head_dim", "parametrization", "widths",
-                    "cell", "action_mode", "changed_share", "motion_c", "t_one_prob", "t_one_hypotheses", "unroll", "context_noise", "keep_below"]
+                    "cell", "action_mode", "changed_share", "motion_c", "t_one_prob", "t_one_hypotheses", "unroll",
+                    "context_noise", "keep_below"]
             wm_desc = ", ".join(f"{k}={d[k]}" for k in keys if k in d)
         return f"""---
 library_name: dws-gym

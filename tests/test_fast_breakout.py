@@ -1,4 +1,4 @@
-"""The faster Breakout simulator that ships next to the default: found by name, smaller, and its card's verdicts hold."""
+"""The faster Breakout simulator that ships next to the default: found by name, smaller, its card's verdicts hold."""
 
 from __future__ import annotations
 

@@ -501,8 +501,9 @@ class UNetWorldModel(nn.Module):
 
     def denoise(self, cells: torch.Tensor, actions: torch.Tensor, action: torch.Tensor, noise: torch.Tensor,
                 steps: int) -> torch.Tensor:
-        """:meth:`sample_next` on the network's ``cell`` x ``cell`` space-to-depth grid, from given starting noise, without its checks:
-        ``steps`` Euler steps from ``t = 1``, then the ``keep_below`` rule. The work ``Simulator.compile`` compiles.
+        """:meth:`sample_next` on the network's ``cell`` x ``cell`` space-to-depth grid, from given starting noise,
+        without its checks: ``steps`` Euler steps from ``t = 1``, then the ``keep_below`` rule. The work
+        ``Simulator.compile`` compiles.
 
         Args:
             cells: uint8 ``(N, s^2 K C, H/s, W/s)`` (``s = config.cell``), the context frames as
