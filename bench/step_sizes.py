@@ -6,11 +6,10 @@ other U-Net widths and reward-head depth (``--sizes 16,32,64:1`` is widths 16 / 
 (``UNetConfig.cell``) and ``m1`` a head whose cross-attention reads only the last context frame
 (``RewardConfig.memory_frames``), as in ``24,48,64:1:c4:m1``. Fresh rows are for timing only: the time of a step
 does not depend on the weights, only on the shapes. Every row steps ``--num-envs`` envs from the first simulator's
-start clips, with the
-reward head's rolling token cache (as the dream env steps), in the precision ``--dtype`` resolves to, compiled with
-``--compile on``. Per row: the whole ``Simulator.step``, the world model's ``sample_next`` alone and the head's work
-alone (the new frame's tokens and the logits). Rows alternate inside each of ``--rounds`` rounds, so that load on a
-shared machine falls on all of them, and the medians over rounds are reported.
+start clips, with the reward head's rolling token cache (as the dream env steps), in the precision ``--dtype``
+resolves to, compiled with ``--compile on``. Per row: the whole ``Simulator.step``, the world model's ``sample_next``
+alone and the head's work alone (the new frame's tokens and the logits). Rows alternate inside each of ``--rounds``
+rounds, so that load on a shared machine falls on all of them, and the medians over rounds are reported.
 
 FLOPs per transition are counted in one eager step, before compiling, with ``dream_env.py``'s counter (matmuls,
 convolutions, attention). The real env of the simulator's game at the same ``--num-envs`` is timed in the same run,
@@ -188,8 +187,8 @@ def main(args: Args) -> str:
             precision = row.sim.set_precision(args.dtype)
             row.state = row.sim.init_state(frames, actions)
             # FLOPs are counted eagerly, before compiling, as dream_env.py counts them: a compiled step run once
-            # under the flop counter's dispatch mode ran about 1.5x slower afterwards (122 against 83 ms per step
-            # of the Breakout default at 64 envs, bf16 on an AMX Xeon).
+            # under the flop counter's dispatch mode ran about 1.5x slower afterwards (the Breakout default at 64
+            # envs, bf16 on an AMX Xeon: 87 ms a step before the count, 134 after; bench/RESULTS.md).
             row.flops = count_step_flops(lambda: row.sim.step(row.state, action, g), n)
             if args.compile == "on":
                 row.sim.compile(True)
