@@ -64,7 +64,7 @@ PRETRAINED_SETTINGS = ("action_mode", "motion_c", "motion_tau", "motion_delta", 
                        "prompt_max_length")
 # Top-level flags a checkpoint must resume under (the groups' are checked against the weights, see resume_conflicts).
 RUN_SHAPING = ("backbone", "pretrained", "train_mode", "context_frames", "action_text", "distill_from",
-               "distill_weight", "reward_depth", "reward_memory_frames")
+               "distill_weight", "reward_depth", "reward_memory_frames", "reward_patch_size")
 
 
 @dataclass
@@ -158,6 +158,9 @@ class Args:
     reward_memory_frames: int | None = None
     """how many of the newest context frames the reward head's cross-attention reads (1..context frames; 1 cuts its
     keys and values about K-fold); default: all of them"""
+    reward_patch_size: int = 8
+    """pixels per side of the reward head's patch tokens (a power of two >= 2 dividing the frame's sides; 16 gives a
+    quarter of 8's tokens and a cheaper step)"""
     reward_batch_size: int = 64
     """transitions per reward-head step"""
     reward_learning_rate: float = 1e-3
@@ -478,6 +481,9 @@ def check_args(args: Args) -> None:
     if args.reward_memory_frames is not None and not 1 <= args.reward_memory_frames <= args.context_frames:
         raise SystemExit(f"--reward-memory-frames must be between 1 and --context-frames ({args.context_frames}), "
                          f"got {args.reward_memory_frames}.")
+    p = args.reward_patch_size
+    if p < 2 or p & (p - 1):
+        raise SystemExit(f"--reward-patch-size must be a power of two >= 2, got {p}.")
     if not 0 <= args.reward_rare_fraction < 1:
         raise SystemExit(f"--reward-rare-fraction must be in [0, 1), got {args.reward_rare_fraction}.")
     if not 0 <= args.reward_dream_share < 1:
@@ -627,6 +633,7 @@ if __name__ == "__main__":
     reward_head = RewardHead(RewardConfig(context_frames=args.context_frames, num_actions=len(meanings),
                                           frame_shape=tuple(meta.obs_shape), depth=args.reward_depth,
                                           memory_frames=args.reward_memory_frames,
+                                          patch_size=args.reward_patch_size,
                                           sign_values=sign_values_from_rewards(records["reward"]),
                                           reward_ends_episode=reward_ends_episode_in(
                                               records["reward"], records["terminated"], records["truncated"]))

@@ -2,14 +2,15 @@
 
 Each row is a simulator: a saved one (``--simulator``, repeatable) or a copy of the first one with fresh weights at
 other U-Net widths and reward-head depth (``--sizes 16,32,64:1`` is widths 16 / 32 / 64 and a head of depth 1;
-``16,32,64`` keeps the head's depth). Two more optional parts: ``c4`` a U-Net on 4x4 space-to-depth cells
-(``UNetConfig.cell``) and ``m1`` a head whose cross-attention reads only the last context frame
-(``RewardConfig.memory_frames``), as in ``24,48,64:1:c4:m1``. Fresh rows are for timing only: the time of a step
-does not depend on the weights, only on the shapes. Every row steps ``--num-envs`` envs from the first simulator's
-start clips, with the reward head's rolling token cache (as the dream env steps), in the precision ``--dtype``
-resolves to, compiled with ``--compile on``. Per row: the whole ``Simulator.step``, the world model's ``sample_next``
-alone and the head's work alone (the new frame's tokens and the logits). Rows alternate inside each of ``--rounds``
-rounds, so that load on a shared machine falls on all of them, and the medians over rounds are reported.
+``16,32,64`` keeps the head's depth). Three more optional parts: ``c4`` a U-Net on 4x4 space-to-depth cells
+(``UNetConfig.cell``), ``m1`` a head whose cross-attention reads only the last context frame
+(``RewardConfig.memory_frames``) and ``p16`` a head on 16 x 16-pixel patch tokens (``RewardConfig.patch_size``), as
+in ``24,48,64:1:c4:m1:p16``. Fresh rows are for timing only: the time of a step does not depend on the weights, only
+on the shapes. Every row steps ``--num-envs`` envs from the first simulator's start clips, with the reward head's
+rolling token cache (as the dream env steps), in the precision ``--dtype`` resolves to, compiled with ``--compile
+on``. Per row: the whole ``Simulator.step``, the world model's ``sample_next`` alone and the head's work alone (the
+new frame's tokens and the logits). Rows alternate inside each of ``--rounds`` rounds, so that load on a shared
+machine falls on all of them, and the medians over rounds are reported.
 
 FLOPs per transition are counted in one eager step, before compiling, with ``dream_env.py``'s counter (matmuls,
 convolutions, attention). The real env of the simulator's game at the same ``--num-envs`` is timed in the same run,
@@ -50,7 +51,8 @@ class Args:
     """saved simulator folders, a row each; the first one is also the base of the --sizes rows"""
     sizes: tuple[str, ...] = ()
     """fresh-weight variants of the first simulator, a row each: `W0,W1,W2` (U-Net widths), then optionally `:D`
-    (reward-head depth D), `:c4` (4x4 space-to-depth cells) and `:mM` (the head reads the last M context frames)"""
+    (reward-head depth D), `:c4` (4x4 space-to-depth cells), `:mM` (the head reads the last M context frames) and
+    `:pP` (the head's patch side P pixels)"""
     num_envs: int = 64
     """envs stepped as one batch"""
     threads: int = 2
@@ -85,6 +87,7 @@ class Size:
     depth: int | None = None
     cell: int | None = None
     memory_frames: int | None = None
+    patch_size: int | None = None
 
     def label(self, base: Simulator) -> str:
         head = base.reward_head.config
@@ -94,6 +97,8 @@ class Size:
         text += f", head depth {head.depth if self.depth is None else self.depth}"
         if self.memory_frames is not None:
             text += f" reading {self.memory_frames} of {head.context_frames} frames"
+        if self.patch_size is not None:
+            text += f", {self.patch_size} px patches"
         return text
 
 
@@ -101,7 +106,7 @@ def parse_size(text: str) -> Size:
     """``"16,32,64:1"`` -> widths (16, 32, 64) and head depth 1; ``"24,48,64:1:c4:m1"`` also 4x4 cells and a head
     that reads the last context frame only; ``"16,32,64"`` keeps the first simulator's head and cells."""
     widths_text, *parts = text.split(":")
-    depth = cell = memory = None
+    depth = cell = memory = patch = None
     try:
         widths = tuple(int(w) for w in widths_text.split(","))
         for part in parts:
@@ -109,17 +114,19 @@ def parse_size(text: str) -> Size:
                 cell = int(part[1:])
             elif part.startswith("m") and memory is None:
                 memory = int(part[1:])
+            elif part.startswith("p") and patch is None:
+                patch = int(part[1:])
             elif depth is None:
                 depth = int(part)
             else:
                 raise ValueError(part)
     except ValueError:
         widths = ()
-    if len(widths) != 3 or any(w < 1 for w in widths) or any(v is not None and v < 1 for v in (depth, cell, memory)):
+    if len(widths) != 3 or any(w < 1 for w in widths) or any(v is not None and v < 1 for v in (depth, cell, memory, patch)):
         raise SystemExit(f"--sizes {text!r}: expected three positive U-Net widths, then optionally a head depth, "
-                         "cN (space-to-depth cells) and mN (context frames the head reads), as in 16,32,64 or "
+                         "cN (space-to-depth cells), mN (context frames the head reads) and pN (the head's patch side), as in 16,32,64 or "
                          "16,32,64:1 or 24,48,64:1:c4:m1")
-    return Size(widths, depth, cell, memory)  # type: ignore[arg-type]
+    return Size(widths, depth, cell, memory, patch)  # type: ignore[arg-type]
 
 
 def fresh_variant(base: Simulator, size: Size) -> Simulator:
@@ -133,7 +140,8 @@ def fresh_variant(base: Simulator, size: Size) -> Simulator:
                                                 cell=wm_config.cell if size.cell is None else size.cell))
         head = type(base.reward_head)(dataclasses.replace(
             head_config, depth=head_config.depth if size.depth is None else size.depth,
-            memory_frames=head_config.memory_frames if size.memory_frames is None else size.memory_frames))
+            memory_frames=head_config.memory_frames if size.memory_frames is None else size.memory_frames,
+            patch_size=head_config.patch_size if size.patch_size is None else size.patch_size))
     except ValueError as e:
         raise SystemExit(f"--sizes: {e}") from e
     return Simulator(base.config, wm, head, base.start_frames, base.start_actions)

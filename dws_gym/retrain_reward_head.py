@@ -33,6 +33,7 @@ training commands; its recorded fidelity tables are dropped, since the head they
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -83,6 +84,9 @@ class RetrainArgs:
     memory_frames: int | None = None
     """how many of the newest context frames the new head's cross-attention reads (1..K; 1 is the cheapest step);
     default: the simulator's head's"""
+    patch_size: int | None = None
+    """pixels per side of the new head's patch tokens (a power of two >= 2; 16 gives a quarter of 8's tokens and a
+    cheaper step); default: the simulator's head's"""
     held_out_fraction: float = 0.1
     """the last fraction of the env id's episodes is left out (as train_world_model.py holds it out)"""
     train: bool = True
@@ -120,12 +124,24 @@ def _check(args: RetrainArgs) -> None:
         usage_error("--candidates > 1 trains several heads; it cannot be combined with --no-train")
     if args.keep_below is not None and not (math.isfinite(args.keep_below) and 0 <= args.keep_below < 1):
         usage_error(f"--keep-below must be in [0, 1), got {args.keep_below}")
-    for name in ("depth", "memory_frames"):
+    for name in ("depth", "memory_frames", "patch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             usage_error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if value is not None and not args.train:
             usage_error(f"--{name.replace('_', '-')} shapes a new head; it cannot be combined with --no-train")
+
+
+def _new_head_config(config: Any, args: RetrainArgs) -> Any:
+    """A fresh head's config: the simulator head's, untrained offsets, reshaped by ``--depth`` / ``--memory-frames`` /
+    ``--patch-size`` (a usage error if the shape does not fit the frames)."""
+    shape = {name: getattr(args, name) for name in ("depth", "memory_frames", "patch_size")
+             if getattr(args, name) is not None}
+    try:
+        return dataclasses.replace(type(config).from_dict(config.to_dict()), reward_logit_offset=None,
+                                   termination_logit_offset=0.0, **shape)
+    except ValueError as e:
+        usage_error(f"the new head's shape: {e}")
 
 
 def retrain_reward_head(args: RetrainArgs, command: str | None = None) -> Path:
@@ -142,6 +158,8 @@ def retrain_reward_head(args: RetrainArgs, command: str | None = None) -> Path:
     sim = Simulator.from_pretrained(args.simulator, device=args.device)
     if args.memory_frames is not None and args.memory_frames > sim.context_frames:
         usage_error(f"--memory-frames {args.memory_frames} exceeds the simulator's {sim.context_frames} context frames")
+    if args.train:
+        _new_head_config(sim.reward_head.config, args)  # refuse a shape that does not fit before any work
     if args.keep_below is not None:
         if not hasattr(sim.world_model.config, "keep_below"):
             usage_error(f"--keep-below: the {type(sim.world_model).__name__} of {args.simulator} has no keep_below "
@@ -197,8 +215,9 @@ def retrain_reward_head(args: RetrainArgs, command: str | None = None) -> Path:
             + (f", {args.dream_share:.0%} of each batch dreamed by the world model ({args.dream_windows} windows x "
                f"{args.dream_horizon} steps)" if args.dream_share > 0 else ", real frames only")
             + (f"; best of {args.candidates} seeds on the calibration dreams" if args.candidates > 1 else "")
-            + f"; head depth {head.config.depth}, cross-attention over the last {head.config.read_frames} of "
-              f"{head.config.context_frames} context frames")
+            + f"; head depth {head.config.depth}, {head.config.patch_size} x {head.config.patch_size}-pixel patch "
+              f"tokens, cross-attention over the last {head.config.read_frames} of {head.config.context_frames} "
+              "context frames")
     if calibration is not None:
         training["reward_head_calibration"] = calibration.card_entry(args.calibrate_windows, args.dream_horizon)
     sim.config.training = training
@@ -239,10 +258,7 @@ def _train_heads(args: RetrainArgs, sim: Any, store: Any, train_ids: Any, transi
         if i:  # candidate 0 continues the command's streams, so --candidates 1 is the plain run
             torch.manual_seed(args.seed + i)
             rng = np.random.default_rng(args.seed + i)
-        config = type(sim.reward_head.config).from_dict(sim.reward_head.config.to_dict())
-        config.reward_logit_offset, config.termination_logit_offset = None, 0.0
-        config.depth = config.depth if args.depth is None else args.depth
-        config.memory_frames = config.memory_frames if args.memory_frames is None else args.memory_frames
+        config = _new_head_config(sim.reward_head.config, args)
         head = RewardHead(config).to(sim.device)
         t0 = time.time()
         logs = fit_reward_head(head, sample_fn, steps=args.steps, lr=args.learning_rate, batch_size=args.batch_size,

@@ -45,14 +45,16 @@ def test_new_head_on_dreams_keeps_the_world_model_and_extends_the_story(folders,
     assert frame.shape == (2, 64, 64, 3) and reward.shape == (2,)
 
 
-def test_a_new_head_can_take_another_depth_and_read_only_the_last_frame(folders, tmp_path):
+def test_a_new_head_can_take_another_depth_patch_size_and_read_only_the_last_frame(folders, tmp_path):
     out = main(["--simulator", str(folders / "sim"), "--data", str(folders / "store"), "--out", str(tmp_path / "m1"),
-                "--depth", "2", "--memory-frames", "1"] + SMALL)
+                "--depth", "2", "--memory-frames", "1", "--patch-size", "16"] + SMALL)
     before, after = Simulator.from_pretrained(folders / "sim"), Simulator.from_pretrained(out)
     assert before.reward_head.config.depth == 1 and before.reward_head.config.read_frames == before.context_frames > 1
     assert after.reward_head.config.depth == 2 and after.reward_head.config.memory_frames == 1
-    assert len(after.reward_head.blocks) == 4
-    assert "head depth 2, cross-attention over the last 1 of" in after.config.training["reward_head_data"]
+    assert before.reward_head.config.patch_size == 8 and after.reward_head.config.patch_size == 16
+    assert len(after.reward_head.blocks) == 4 and after.reward_head.num_tokens == 16
+    assert ("head depth 2, 16 x 16-pixel patch tokens, cross-attention over the last 1 of"
+            in after.config.training["reward_head_data"])
     state = after.init_state(after.start_frames[:2], after.start_actions[:2])
     frame, reward, term, state = after.step(state, np.array([0, 1]))
     assert frame.shape == (2, 64, 64, 3) and reward.shape == (2,) and state.head_tokens.shape[1] == after.context_frames
@@ -106,6 +108,9 @@ def test_candidates_keep_the_best_head_on_the_calibration_dreams(folders, tmp_pa
                                             (["--calibrate-windows", "-1"], "--calibrate-windows"),
                                             (["--memory-frames", "0"], "--memory-frames"),
                                             (["--memory-frames", "9"], "exceeds the simulator's"),
+                                            (["--patch-size", "12"], "patch_size must be a power of two"),
+                                            (["--patch-size", "128"], "must be divisible by patch_size"),
+                                            (["--patch-size", "16", "--no-train"], "--no-train"),
                                             (["--depth", "1", "--no-train"], "--no-train")])
 def test_bad_flags_stop_before_writing(folders, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:

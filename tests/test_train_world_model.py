@@ -186,7 +186,9 @@ def _script(monkeypatch):
                                               (dict(prefetch=-1), "--prefetch must be >= 0"),
                                               (dict(reward_depth=0), "--reward-depth must be >= 1"),
                                               (dict(reward_memory_frames=0), "--reward-memory-frames must be"),
-                                              (dict(reward_memory_frames=5), "--context-frames (4)")])
+                                              (dict(reward_memory_frames=5), "--context-frames (4)"),
+                                              (dict(reward_patch_size=12), "--reward-patch-size must be a power"),
+                                              (dict(reward_patch_size=1), "--reward-patch-size must be a power")])
 def test_flags_that_cannot_work_are_refused(monkeypatch, changes, message):
     script = _script(monkeypatch)
     script.check_args(script.Args())

@@ -53,6 +53,7 @@ from torch import nn
 from dws_gym.checks import check_positive_int
 
 from .actions import DiscreteActionEmbedder
+from .group_norm import GroupNorm
 from .motion import DEFAULT_DELTA, DEFAULT_TAU, changed_pixels, changed_share_mean, motion_weights
 
 __all__ = ["UNET_CONFIG_NAME", "UNET_FORMAT_VERSION", "UNET_WEIGHTS_NAME", "UNetConfig", "UNetWorldModel"]
@@ -192,6 +193,9 @@ class _Level(nn.Module):
         # The block's time_emb_proj is the module's second layer: zero, so alpha = beta = 0 until trained.
         nn.init.zeros_(self.block.time_emb_proj.weight)
         nn.init.zeros_(self.block.time_emb_proj.bias)
+        # The same norms in a form that compiles to vectorized CPU kernels (dws_gym.models.group_norm).
+        self.block.norm1 = GroupNorm.from_module(self.block.norm1)
+        self.block.norm2 = GroupNorm.from_module(self.block.norm2)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.block(x, self.cond_proj(cond))
@@ -235,7 +239,7 @@ class UNetWorldModel(nn.Module):
         self.mid1 = _Level(w2, w2, cond_all, hid, g)
         self.up1 = _Level(w2 + w1, w1, cond_all, hid, g)
         self.up0 = _Level(w1 + w0, w0, cond_all, hid, g)
-        self.out_norm = nn.GroupNorm(g, w0, eps=1e-5)
+        self.out_norm = GroupNorm(g, w0, eps=1e-5)
         self.out = nn.Conv2d(w0, config.cell**2 * c, 3, padding=1)
         nn.init.zeros_(self.out.weight)  # a fresh model predicts "copy the last frame" exactly
         nn.init.zeros_(self.out.bias)
