@@ -3,8 +3,9 @@
 Compiled for a CPU, ``torch.nn.GroupNorm`` reduces each group's statistics with a Welford loop over its pixels, a
 masked vector of the group's few channels at a time (4 of 32 channels per group in the U-Net's top level): the
 convolutions' channels-last layout, which the compiler picks for a CPU, makes each group a strided slice. On two AMX
-Xeon threads, group norm and SiLU of a (64, 32, 32, 32) bf16 activation took 2.0 ms compiled that way, 0.9 ms eager
-and 1.2 ms compiled in the form below; the compiled U-Net step at 64 envs went from 46-48 to 40-45 ms.
+Xeon threads, group norm and SiLU of a (64, 32, 32, 32) bf16 activation took 2.0 ms compiled that way, 1.0 ms eager
+and 0.8 ms compiled in the form below (``bench/group_norm.py``); the world model's compiled sampling at 64 envs went
+from 46-48 to 40-45 ms (``bench/RESULTS.md``).
 
 :class:`GroupNorm` is a drop-in subclass (same parameters, same state-dict keys) that, only while being compiled for
 a CPU, computes the same normalization in the order that layout favours: per-channel sums and sums of squares over
