@@ -608,6 +608,9 @@ if __name__ == "__main__":
     height, width, channels = meta.obs_shape
     if height != width:
         raise SystemExit(f"frames of {args.data} are {height}x{width}; the world model needs square frames.")
+    if height % args.reward_patch_size:
+        raise SystemExit(f"--reward-patch-size {args.reward_patch_size} does not divide the {height}x{width} frames of "
+                         f"{args.data}: pick a power of two that does (8 or 16 for 64x64 frames).")
     model = build_model(args, meanings, device, frame_size=height, channels=channels)
     if args.init_from is not None and not args.resume:
         init_world_model(model, args.init_from, meanings)

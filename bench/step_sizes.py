@@ -103,8 +103,9 @@ class Size:
 
 
 def parse_size(text: str) -> Size:
-    """``"16,32,64:1"`` -> widths (16, 32, 64) and head depth 1; ``"24,48,64:1:c4:m1"`` also 4x4 cells and a head
-    that reads the last context frame only; ``"16,32,64"`` keeps the first simulator's head and cells."""
+    """``"16,32,64:1"`` -> widths (16, 32, 64) and head depth 1; ``"24,48,64:1:c4:m1:p16"`` also 4x4 cells and a
+    head that reads the last context frame only, on 16 x 16-pixel patches; ``"16,32,64"`` keeps the first
+    simulator's head and cells."""
     widths_text, *parts = text.split(":")
     depth = cell = memory = patch = None
     try:
@@ -122,10 +123,11 @@ def parse_size(text: str) -> Size:
                 raise ValueError(part)
     except ValueError:
         widths = ()
-    if len(widths) != 3 or any(w < 1 for w in widths) or any(v is not None and v < 1 for v in (depth, cell, memory, patch)):
+    options = (depth, cell, memory, patch)
+    if len(widths) != 3 or any(w < 1 for w in widths) or any(v is not None and v < 1 for v in options):
         raise SystemExit(f"--sizes {text!r}: expected three positive U-Net widths, then optionally a head depth, "
-                         "cN (space-to-depth cells), mN (context frames the head reads) and pN (the head's patch side), as in 16,32,64 or "
-                         "16,32,64:1 or 24,48,64:1:c4:m1")
+                         "cN (space-to-depth cells), mN (context frames the head reads) and pN (the head's patch "
+                         "side), as in 16,32,64 or 16,32,64:1 or 24,48,64:1:c4:m1:p16")
     return Size(widths, depth, cell, memory, patch)  # type: ignore[arg-type]
 
 

@@ -432,3 +432,14 @@ def test_pretrained_path_takes_its_settings_from_the_flow_flags(tmp_path, monkey
     assert cfg.prompt.startswith("A video of the game Breakout")
     with pytest.raises(SystemExit, match="pass --backbone flow with it"):
         script.build_model(script.Args(pretrained=str(folder)), ["NOOP"], torch.device("cpu"))
+
+
+def test_a_patch_size_that_does_not_divide_the_frames_is_refused_before_training(trained, tmp_path):
+    cwd, _ = trained
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--data", str(cwd / "store"), "--reward-patch-size", "128",
+                           "--total-steps", "2", "--output-dir", str(tmp_path / "run")] + TINY,
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "--reward-patch-size 128 does not divide the 64x64 frames" in proc.stderr + proc.stdout
+    assert not (tmp_path / "run" / "checkpoint").exists() and not (tmp_path / "run" / "simulator").exists()
