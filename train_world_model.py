@@ -553,12 +553,16 @@ if __name__ == "__main__":
         seed_everything,
         setup_distributed,
     )
+    from dws_gym.cpu_allocator import keep_freed_memory
     from dws_gym.hardware import cpu_model, resolve_precision
 
     args = tyro.cli(Args)
     check_args(args)
     device = pick_device(args.cuda)
     precision = resolve_precision(args.dtype, device)
+    # Fresh pages for every step's buffers cost page faults (dws_gym.cpu_allocator): 0.28 M instead of 12.9 M minor
+    # faults in a short CPU run, 9% more samples/s.
+    allocator = keep_freed_memory() if device.type == "cpu" else None
     dist = setup_distributed(device)
     run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
     out_dir = Path(args.output_dir or f"runs/{run_name}")
@@ -708,7 +712,7 @@ if __name__ == "__main__":
 
     # ---------------------------------------------------------------- train the world model
     if dist.is_main:
-        print(f"precision: {precision.reason}", flush=True)
+        print(f"precision: {precision.reason}" + (f"; {allocator}" if allocator else ""), flush=True)
     model.train()
     bar = tqdm(desc="world model", disable=not (args.progress and dist.is_main),
                initial=start_step, total=args.total_steps)

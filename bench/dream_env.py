@@ -67,6 +67,7 @@ import numpy as np
 import torch
 import tyro
 
+from dws_gym.cpu_allocator import keep_freed_memory
 from dws_gym.envs.dream import DreamVectorEnv, resolve_device
 from dws_gym.envs.real import make_real_env, parse_env_id
 from dws_gym.flags import usage_error
@@ -605,6 +606,8 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    # What a CPU dream env sets up anyway, done before anything is allocated so that every row runs under it.
+    allocator = keep_freed_memory() if device.type == "cpu" else "malloc as it is (not stepping on a CPU)"
 
     if args.simulator is not None:
         base = Simulator.from_pretrained(args.simulator, device="cpu")
@@ -626,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
             f"{rh_params / 1e6:.2f}M parameters; {steps} Euler step{'s' if steps != 1 else ''} per env step; "
             f"on {device}; output={args.output}")
     print(desc, file=sys.stderr)
-    print(f"CPU: {cpu_model()}; precision: {paths}", file=sys.stderr)
+    print(f"CPU: {cpu_model()}; precision: {paths}; {allocator}", file=sys.stderr)
 
     compiled = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     compilers = ({d: Compiler(sims[d], args.compile_backend, args.compile_mode, args.compile_dynamic)
@@ -678,6 +681,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         details = [
             f"Simulator: {desc}.",
             f"Precision: {paths}.",
+            f"Memory allocator: {allocator} (dws_gym.cpu_allocator).",
             (f"Compile: {next(iter(compilers.values())).description}, compiled during the warm-up steps."
              if compilers else "Compile: off (eager)."),
             f"Dream: random actions, NEXT_STEP autoreset (\"simulated\" = env-steps the simulator generated; the "

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import dream_env  # noqa: E402
 from dream_env import count_step_flops, write_results_section  # noqa: E402
 
+from dws_gym.cpu_allocator import keep_freed_memory  # noqa: E402
 from dws_gym.models.unet import UNetWorldModel  # noqa: E402
 from dws_gym.simulator import Simulator, resolve_simulator_path  # noqa: E402
 
@@ -179,6 +180,7 @@ def main(args: Args) -> str:
     if not args.simulator:
         raise SystemExit("--simulator needs at least one folder (the --sizes rows are shaped from the first)")
     torch.set_num_threads(args.threads)
+    allocator = keep_freed_memory()  # as a dream env on a CPU steps (dws_gym.cpu_allocator)
     rows = []
     for path in args.simulator:
         rows.append(Row(f"`{path}`", Simulator.from_pretrained(resolve_simulator_path(path))))
@@ -236,7 +238,7 @@ def main(args: Args) -> str:
         details = [f"{n} envs, {args.threads} torch threads (real env: {args.ale_threads}), "
                    f"{precision.reason if precision else args.dtype}, compile {args.compile}, medians over "
                    f"{args.rounds} alternating rounds of {args.steps_per_round} calls; fresh rows have untrained "
-                   "weights (timing only)"]
+                   f"weights (timing only); {allocator}"]
         write_results_section(Path(args.results_file), "Dream step by network size: Simulator.step in one process",
                               command, details, text)
     return text

@@ -146,6 +146,7 @@ def _new_head_config(config: Any, args: RetrainArgs) -> Any:
 
 def retrain_reward_head(args: RetrainArgs, command: str | None = None) -> Path:
     """Do what ``args`` describes; returns the written simulator folder."""
+    from dws_gym.cpu_allocator import keep_freed_memory
     from dws_gym.data import TrajectoryStore, env_episodes, split_episodes
     from dws_gym.models.reward_training import (
         calibrate_reward_rate,
@@ -156,6 +157,8 @@ def retrain_reward_head(args: RetrainArgs, command: str | None = None) -> Path:
     from dws_gym.simulator import Simulator
 
     sim = Simulator.from_pretrained(args.simulator, device=args.device)
+    if sim.device.type == "cpu":  # it dreams and trains on the CPU: keep freed memory (dws_gym.cpu_allocator)
+        print(keep_freed_memory(), file=sys.stderr)
     if args.memory_frames is not None and args.memory_frames > sim.context_frames:
         usage_error(f"--memory-frames {args.memory_frames} exceeds the simulator's {sim.context_frames} context frames")
     if args.train:

@@ -14,8 +14,8 @@ def test_rows_of_a_saved_simulator_and_fresh_variants_are_timed_and_written(tmp_
     results.write_text("# figures\n")
     args = bench.Args(simulator=(DEFAULT,), sizes=("8,16,16:1", "16,32,64", "16,32,64:2:c4", "16,32,64:2:m1",
                                                            "16,32,64:2:p8", "16,32,64:2"),
-                      num_envs=2, threads=1, ale_threads=1, dtype="fp32", compile="off", rounds=2, steps_per_round=1, warmup=1, real_steps=5,
-                      write_results=True, results_file=str(results))
+                      num_envs=2, threads=1, ale_threads=1, dtype="fp32", compile="off", rounds=2, steps_per_round=1,
+                      warmup=1, real_steps=5, write_results=True, results_file=str(results))
     text = bench.main(args)
     rows = [line.split("|")[1:-1] for line in text.splitlines()[2:]]
     assert [r[0].strip() for r in rows] == [f"`{DEFAULT}`", "fresh: widths 8/16/16, head depth 1",

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import dws_gym  # noqa: F401  (registers the dream ids)
+from dws_gym.cpu_allocator import keep_freed_memory
 from dws_gym.envs.dream import DreamVectorEnv
 from dws_gym.hardware import cpu_bf16_flags, resolve_precision
 from dws_gym.models.reward import RewardConfig, RewardHead
@@ -160,6 +161,8 @@ def test_dream_env_dtype_default_auto_and_metadata(folder):
     envs = gym.make_vec("dws/Dream-v0", num_envs=3, simulator=str(folder), device="cpu")
     auto = resolve_precision("auto", "cpu")
     assert envs.simulator.precision == auto and envs.metadata["precision"] == auto.reason
+    # A CPU env keeps freed memory for its next step's buffers (dws_gym.cpu_allocator) and says so.
+    assert envs.metadata["cpu_allocator"] == keep_freed_memory()
     envs.close()
     envs = gym.make_vec("dws/Dream-v0", num_envs=3, simulator=str(folder), device="cpu", dtype="bf16")
     envs.reset(seed=0)
@@ -169,6 +172,7 @@ def test_dream_env_dtype_default_auto_and_metadata(folder):
     envs.close()
     env = gym.make("dws/Dream-v0", simulator=str(folder), device="cpu", dtype="fp32")
     assert not env.unwrapped.simulator.precision.bf16 and env.unwrapped.metadata["precision"].startswith("fp32")
+    assert env.unwrapped.metadata["cpu_allocator"] == keep_freed_memory()
     env.reset(seed=0)
     obs, reward, *_ = env.step(1)
     assert obs.dtype == np.uint8 and isinstance(reward, float)

@@ -16,7 +16,9 @@ as ``info["start_id"]``; they end when the reward head predicts termination or a
     obs, reward, terminated, truncated, info = envs.step(envs.action_space.sample())
 
 The simulator steps in bf16 where the hardware has native bf16 (``dtype="auto"``, the default; ``dtype="fp32"`` for
-float32 everywhere); ``envs.metadata["precision"]`` says which and why.
+float32 everywhere); ``envs.metadata["precision"]`` says which and why. On a CPU the env also keeps freed memory in the
+process for the next step's buffers (:mod:`dws_gym.cpu_allocator`, process-wide; ``DWS_GYM_MALLOC=default`` opts
+out); ``envs.metadata["cpu_allocator"]`` says what was set.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 from gymnasium.spaces import Box, Discrete
 from gymnasium.vector import AutoresetMode, VectorEnv
 
+from dws_gym.cpu_allocator import keep_freed_memory
 from dws_gym.envs.registration import check_simulator_matches, default_simulator
 from dws_gym.hardware import resolve_precision
 from dws_gym.imagination import StartStateSampler, as_start_sampler, check_start_batch
@@ -166,6 +169,10 @@ class DreamVectorEnv(VectorEnv):
         check_simulator_matches(env_id, simulator.config.env_id, simulator.num_actions)
         precision = simulator.set_precision(dtype)
         logger.info("%s on %s: %s", env_id or "dream env", simulator.device, precision.reason)
+        # Process-wide: without it a CPU step page-faults in its buffers on every call (dws_gym.cpu_allocator).
+        allocator = keep_freed_memory() if simulator.device.type == "cpu" else None
+        if allocator is not None:
+            logger.info("%s", allocator)
         if compile:
             simulator.compile()
 
@@ -184,7 +191,7 @@ class DreamVectorEnv(VectorEnv):
         self.start_sampler: StartStateSampler = as_start_sampler(start_states, simulator)
         # Each instance owns its metadata (the VectorEnv base-class dict is shared process-wide).
         self.metadata = {"autoreset_mode": mode, "render_modes": ["rgb_array"], "render_fps": RENDER_FPS,
-                         "precision": precision.reason, "compiled": simulator.compiled}
+                         "precision": precision.reason, "compiled": simulator.compiled, "cpu_allocator": allocator}
 
         self.action_meanings: list[str] = list(simulator.config.action_meanings)
         h, w, c = simulator.config.obs_shape
@@ -435,7 +442,8 @@ class DreamEnv(gym.Env):
             raise TypeError("DreamEnv is one env: drop num_envs, or use DreamVectorEnv / gym.make_vec for several.")
         self._vec = DreamVectorEnv(simulator, 1, autoreset_mode=AutoresetMode.DISABLED, **kwargs)
         render_mode, env_id = kwargs.get("render_mode"), kwargs.get("env_id")
-        self.metadata = {**type(self).metadata, "precision": self._vec.metadata["precision"]}
+        self.metadata = {**type(self).metadata, "precision": self._vec.metadata["precision"],
+                         "cpu_allocator": self._vec.metadata["cpu_allocator"]}
         self.render_mode = render_mode
         self.env_id = env_id
         self.observation_space = self._vec.single_observation_space

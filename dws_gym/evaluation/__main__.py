@@ -29,6 +29,7 @@ from typing import Any, Literal
 import torch
 import tyro
 
+from dws_gym.cpu_allocator import keep_freed_memory
 from dws_gym.data import TrajectoryStore
 from dws_gym.evaluation import EvalResult, closed_loop_returns, evaluate_held_out, held_out_windows
 from dws_gym.flags import flag_given
@@ -110,7 +111,9 @@ def load_simulator(args: EvaluateArgs) -> Simulator:
     sim = Simulator.from_pretrained(args.simulator, device=args.device, dtype=args.dtype)
     if args.compile:
         sim.compile()
-    print(f"precision: {sim.precision.reason}; compiled: {sim.compiled or 'no'}", file=sys.stderr)
+    # As a dream env on a CPU steps (dws_gym.cpu_allocator).
+    allocator = f"; {keep_freed_memory()}" if sim.device.type == "cpu" else ""
+    print(f"precision: {sim.precision.reason}; compiled: {sim.compiled or 'no'}{allocator}", file=sys.stderr)
     return sim
 
 
