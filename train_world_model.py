@@ -560,8 +560,8 @@ if __name__ == "__main__":
     check_args(args)
     device = pick_device(args.cuda)
     precision = resolve_precision(args.dtype, device)
-    # Fresh pages for every step's buffers cost page faults (dws_gym.cpu_allocator): 0.28 M instead of 12.9 M minor
-    # faults in a short CPU run, 9% more samples/s.
+    # As a CPU dream env does (dws_gym.cpu_allocator). A 24-step bf16 run on two AMX cores faulted 0.30 M pages
+    # instead of 15.5 M and took 141 instead of 154 s, its training steps at the same rate (its dreams went faster).
     allocator = keep_freed_memory() if device.type == "cpu" else None
     dist = setup_distributed(device)
     run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"

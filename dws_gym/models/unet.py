@@ -501,10 +501,13 @@ class UNetWorldModel(nn.Module):
         # drawing float32 and casting took 2.2 instead of 3.3 ms at 64 envs on two AMX Xeon threads.
         draw_dtype = torch.float32 if frames.device.type == "cpu" else self.dtype
         noise = torch.randn((n, c, h, w), generator=generator, device=frames.device, dtype=draw_dtype)
-        noise = noise.to(self.dtype)
+        # pixel_unshuffle's layout (colour, row and column in the cell, then the cell), cast on the way: 0.23 instead
+        # of 0.73 ms for unshuffling and casting at 64 envs on two AMX Xeon threads.
+        noise = noise.view(n, c, h // s, s, w // s, s).permute(0, 1, 3, 5, 2, 4).to(self.dtype)
+        noise = noise.reshape(n, c * s * s, h // s, w // s)
         cells = frames.reshape(n, k, h // s, s, w // s, s, c).permute(0, 1, 6, 3, 5, 2, 4)
         cells = cells.reshape(n, k * c * s * s, h // s, w // s)  # a contiguous copy: the permute is not a view
-        out = self.denoise(cells, actions, action, F.pixel_unshuffle(noise, s), steps)
+        out = self.denoise(cells, actions, action, noise, steps)
         return F.pixel_shuffle(out, s).permute(0, 2, 3, 1).contiguous()
 
     def denoise(self, cells: torch.Tensor, actions: torch.Tensor, action: torch.Tensor, noise: torch.Tensor,
