@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import platform
-import sys
-
 import pytest
 from scripts import ROOT, load_script
+
+from dws_gym.cpu_allocator import _glibc_version
 
 DEFAULT = str(ROOT / "dws_gym" / "assets" / "simulators" / "breakout")
 
 
-@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"),
-                    reason="the settings are glibc malloc's")
+@pytest.mark.skipif(_glibc_version() is None, reason="the settings are glibc malloc's")
 def test_both_settings_are_timed_in_fresh_processes_and_written(tmp_path):
     bench = load_script("bench/cpu_allocator.py", "bench_cpu_allocator")
     results = tmp_path / "RESULTS.md"

@@ -161,9 +161,12 @@ def test_dream_env_dtype_default_auto_and_metadata(folder):
     envs = gym.make_vec("dws/Dream-v0", num_envs=3, simulator=str(folder), device="cpu")
     auto = resolve_precision("auto", "cpu")
     assert envs.simulator.precision == auto and envs.metadata["precision"] == auto.reason
-    # A CPU env keeps freed memory for its next step's buffers (dws_gym.cpu_allocator) and says so.
+    # A CPU env keeps freed memory for its next step's buffers (dws_gym.cpu_allocator) and says so; one that was told
+    # not to says that an earlier env set it (process-wide).
     assert envs.metadata["cpu_allocator"] == keep_freed_memory()
     envs.close()
+    later = DreamVectorEnv(folder, 2, device="cpu", keep_freed_memory=False)
+    assert later.metadata["cpu_allocator"] == f"{keep_freed_memory()} (set earlier in this process)"
     envs = gym.make_vec("dws/Dream-v0", num_envs=3, simulator=str(folder), device="cpu", dtype="bf16")
     envs.reset(seed=0)
     obs, reward, term, trunc, _ = envs.step(np.array([0, 1, 2]))

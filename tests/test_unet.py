@@ -83,17 +83,19 @@ def test_sampling_on_the_cell_grid_matches_the_training_path(steps, keep_below, 
         assert 0 < (out == ctx[:, -1]).all(dim=-1).float().mean() < 1
 
 
-def test_bf16_sampling_noise_is_a_bf16_draw_of_the_generator():
-    """The CPU draws its bf16 noise in float32 and rounds it (faster); a seeded bf16 step keeps its frames."""
-    model = tiny(perturb=True, keep_below=0.05).eval().to(torch.bfloat16)
+@pytest.mark.parametrize("cell", [2, 4])
+def test_bf16_sampling_noise_is_a_bf16_draw_of_the_generator(cell):
+    """The CPU draws its bf16 noise in float32 and rounds it (faster), on the cell grid as pixel_unshuffle lays it
+    out; a seeded bf16 step keeps its frames."""
+    model = tiny(perturb=True, keep_below=0.05, cell=cell).eval().to(torch.bfloat16)
     frames, actions = clip(b=3, seed=4)
     ctx, acts, act = frames[:, :3], actions[:, :2], actions[:, 2]
     out = model.sample_next(ctx, acts, act, generator=torch.Generator().manual_seed(7))
     noise = torch.randn((3, 3, 64, 64), generator=torch.Generator().manual_seed(7), dtype=torch.bfloat16)
-    cells = torch.nn.functional.pixel_unshuffle(ctx.permute(0, 1, 4, 2, 3).flatten(1, 2), 2)
+    cells = torch.nn.functional.pixel_unshuffle(ctx.permute(0, 1, 4, 2, 3).flatten(1, 2), cell)
     with torch.no_grad():
-        ref = model.denoise(cells, acts, act, torch.nn.functional.pixel_unshuffle(noise, 2), 1)
-    ref = torch.nn.functional.pixel_shuffle(ref, 2).permute(0, 2, 3, 1)
+        ref = model.denoise(cells, acts, act, torch.nn.functional.pixel_unshuffle(noise, cell), 1)
+    ref = torch.nn.functional.pixel_shuffle(ref, cell).permute(0, 2, 3, 1)
     assert torch.equal(out, ref)
 
 

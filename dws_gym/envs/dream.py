@@ -17,8 +17,8 @@ as ``info["start_id"]``; they end when the reward head predicts termination or a
 
 The simulator steps in bf16 where the hardware has native bf16 (``dtype="auto"``, the default; ``dtype="fp32"`` for
 float32 everywhere); ``envs.metadata["precision"]`` says which and why. On a CPU the env also keeps freed memory in the
-process for the next step's buffers (:mod:`dws_gym.cpu_allocator`, process-wide; ``DWS_GYM_MALLOC=default`` opts
-out); ``envs.metadata["cpu_allocator"]`` says what was set.
+process for the next step's buffers (:mod:`dws_gym.cpu_allocator`, process-wide; ``keep_freed_memory=False`` or
+``DWS_GYM_MALLOC=default`` leave malloc alone); ``envs.metadata["cpu_allocator"]`` says what was set.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 from gymnasium.spaces import Box, Discrete
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from dws_gym.cpu_allocator import keep_freed_memory
+from dws_gym import cpu_allocator
 from dws_gym.envs.registration import check_simulator_matches, default_simulator
 from dws_gym.hardware import resolve_precision
 from dws_gym.imagination import StartStateSampler, as_start_sampler, check_start_batch
@@ -106,6 +106,11 @@ class DreamVectorEnv(VectorEnv):
         rolling_cache: Keep the reward head's tokens of each env's context frames across steps
             (:attr:`SimState.head_tokens <dws_gym.simulator.SimState>`), so a step embeds only its new frame;
             ``False`` embeds all of them every step (the same results up to float rounding).
+        keep_freed_memory: On a CPU, have glibc's malloc keep freed memory for the next step's buffers
+            (:func:`dws_gym.cpu_allocator.keep_freed_memory`: 1.12-1.23x the step of the Breakout default, measured;
+            process-wide and one-way, it also keeps the rest of the program's freed memory resident, and
+            ``DWS_GYM_MALLOC=default`` in the environment vetoes it). ``False`` leaves malloc as it is unless an
+            earlier call set it. ``metadata["cpu_allocator"]`` says which.
 
     Randomness: ``reset(seed=s)`` seeds ``self.np_random`` (handed to the sampler on every call) and one
     ``torch.Generator`` on the simulator's device (all the simulator's noise), so seeded runs repeat exactly on the
@@ -138,6 +143,7 @@ class DreamVectorEnv(VectorEnv):
         sample_termination: bool = False,
         compile: bool = False,
         rolling_cache: bool = True,
+        keep_freed_memory: bool = True,
     ) -> None:
         resolve_precision(dtype, "cpu")  # a bad dtype fails before a simulator is loaded
         if int(num_envs) != num_envs or num_envs < 1:
@@ -170,8 +176,14 @@ class DreamVectorEnv(VectorEnv):
         precision = simulator.set_precision(dtype)
         logger.info("%s on %s: %s", env_id or "dream env", simulator.device, precision.reason)
         # Process-wide: without it a CPU step page-faults in its buffers on every call (dws_gym.cpu_allocator).
-        allocator = keep_freed_memory() if simulator.device.type == "cpu" else None
-        if allocator is not None:
+        allocator = None
+        if simulator.device.type == "cpu":
+            if keep_freed_memory:
+                allocator = cpu_allocator.keep_freed_memory()
+            else:
+                earlier = cpu_allocator.outcome()
+                allocator = ("malloc left as it is (keep_freed_memory=False)" if earlier is None
+                             else f"{earlier} (set earlier in this process)")
             logger.info("%s", allocator)
         if compile:
             simulator.compile()
@@ -435,8 +447,8 @@ class DreamEnv(gym.Env):
     ) -> None:
         """Args: ``simulator`` and keyword arguments exactly as :class:`DreamVectorEnv` takes them (``device``,
         ``dtype``, ``sampling_steps``, ``start_states``, ``max_episode_steps``, ``frame_stack``, ``output``,
-        ``render_mode``, ``env_id``, ``sample_reward``, ``sample_termination``, ``compile``, ``rolling_cache``), without
-        ``num_envs``."""
+        ``render_mode``, ``env_id``, ``sample_reward``, ``sample_termination``, ``compile``, ``rolling_cache``,
+        ``keep_freed_memory``), without ``num_envs``."""
         _autoreset_mode(autoreset_mode)  # validated for a clear error; a single env does not autoreset
         if "num_envs" in kwargs:
             raise TypeError("DreamEnv is one env: drop num_envs, or use DreamVectorEnv / gym.make_vec for several.")
