@@ -225,9 +225,12 @@ class Compiler:
     """Turns ``torch.compile`` of the world model's network call and the reward head's tensor work on and off
     (:meth:`Simulator.compile`, compiled once and kept)."""
 
-    def __init__(self, sim: Simulator, backend: str, mode: str | None, dynamic: bool = False) -> None:
+    def __init__(self, sim: Simulator, backend: str, mode: str | None, dynamic: bool = False,
+                 inductor_options: Sequence[str] = ()) -> None:
         options: dict[str, Any] = {"backend": backend, **({"mode": mode} if mode else {}),
-                                   **({"dynamic": True} if dynamic else {})}
+                                   **({"dynamic": True} if dynamic else {}),
+                                   **({"options": {name: True for name in inductor_options}} if inductor_options
+                                      else {})}
         self.sim = sim
         self.description = sim.compile(**options)
         # kept, so switching back on does not recompile
@@ -556,6 +559,9 @@ class Args:
     compile_dynamic: bool = False
     """compile for any batch size at once (restarts make partial batches) instead of recompiling once a second
     batch size shows up"""
+    inductor_options: tuple[str, ...] = ()
+    """inductor settings turned on for the compiled rows (torch.compile(options={name: True})), e.g. freezing
+    cpp_wrapper"""
     output: Literal["numpy", "torch"] = "numpy"
     """DreamVectorEnv output type"""
     peak_tflops: float | None = None
@@ -632,7 +638,8 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     print(f"CPU: {cpu_model()}; precision: {paths}; {allocator}", file=sys.stderr)
 
     compiled = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
-    compilers = ({d: Compiler(sims[d], args.compile_backend, args.compile_mode, args.compile_dynamic)
+    compilers = ({d: Compiler(sims[d], args.compile_backend, args.compile_mode, args.compile_dynamic,
+                              args.inductor_options)
                   for d in args.dtype} if True in compiled else {})
     cached = {"off": [False], "on": [True], "both": [False, True]}[args.rolling_cache]
     variants = [Variant(d, c, k) for d in args.dtype for c in compiled for k in cached]

@@ -225,3 +225,19 @@ def test_compiled_step_matches_the_eager_one_and_can_be_undone():
     assert not {"frame_tokens", "logits_from_tokens"} & set(sim.reward_head.__dict__)
     again, _, _, _ = sim.step(state, action, generator=torch.Generator().manual_seed(3))
     assert torch.equal(again, eager)
+
+
+def test_compile_takes_torch_compile_arguments_and_refuses_other_values():
+    """``compile={...}`` passes keyword arguments to ``torch.compile`` (here the eager backend: tracing only, fast);
+    anything but a bool or a mapping is refused before a simulator is loaded."""
+    from dws_gym.envs.dream import DreamVectorEnv
+
+    sim = unet_sim()
+    envs = DreamVectorEnv(sim, 2, device="cpu", dtype="fp32", compile={"backend": "eager"})
+    calls = "UNetWorldModel.denoise, RewardHead.frame_tokens, RewardHead.logits_from_tokens"
+    assert envs.metadata["compiled"] == f"torch.compile({calls}, backend='eager')" == sim.compiled
+    envs.reset(seed=0)
+    obs, *_ = envs.step(np.array([0, 1]))
+    assert obs.shape == (2, 64, 64, 3)
+    with pytest.raises(ValueError, match="compile must be True, False or a dict of torch.compile keyword arguments"):
+        DreamVectorEnv("no/such/simulator", 2, device="cpu", compile="inductor")
