@@ -232,6 +232,9 @@ def fill_defaults(args: Args, argv: Sequence[str] = ()) -> bool:
             setattr(args, name, pg if procgen else ale)
     if not 0.0 <= args.imagined_ratio:
         raise SystemExit(f"--imagined-ratio must be >= 0, got {args.imagined_ratio}.")
+    if args.eval_every < 1:
+        raise SystemExit(f"--eval-every must be >= 1 real steps, got {args.eval_every}; to skip the evaluations "
+                         "during training pass --eval-episodes 0.")
     if procgen or args.imagination != "none":
         if args.episodic_life and not procgen and flag_given(argv, "--episodic-life"):
             raise SystemExit("--episodic-life needs --imagination none: the simulator predicts game over, not a lost "

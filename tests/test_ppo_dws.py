@@ -274,6 +274,13 @@ def test_a_life_loss_ends_real_targets_only_when_nothing_is_dreamed():
     assert "episodic_life" in ppo.RESUME_FIELDS  # a resumed run keeps its value targets
 
 
+def test_an_evaluation_period_below_one_step_is_refused_with_the_way_to_skip_evaluations():
+    ppo = _script_module()
+    for every in (0, -5):
+        with pytest.raises(SystemExit, match=f"--eval-every must be >= 1 real steps, got {every}.*--eval-episodes 0"):
+            ppo.fill_defaults(ppo.Args(env_id="ALE/Breakout-v5", eval_every=every))
+
+
 @pytest.mark.parametrize("mode", ["prioritized", "uniform", "none"])
 def test_smoke_runs_every_imagination_mode(tmp_path, tiny_simulator, mode):
     out = tmp_path / "run"
