@@ -65,7 +65,7 @@ def _reason_to_leave_alone(environ: os._Environ[str] | dict[str, str], libc: str
         return f"left as it is ({OPT_OUT_VARIABLE}={value})"
     if value:
         warnings.warn(f"{OPT_OUT_VARIABLE}={value!r} is not understood: set it to 'default' to leave malloc as it "
-                      "is; keeping freed memory", stacklevel=3)
+                      "is; keeping freed memory", stacklevel=4)  # the caller of keep_freed_memory
     tunables = environ.get("GLIBC_TUNABLES", "")
     if any(name in tunables for name in _OWN_TUNABLES) or any(
             environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):

@@ -21,6 +21,7 @@ def _huge_pages_always() -> bool:
     except OSError:
         return False
 
+
 # Two 40 MiB buffers alive at once, freed together, 20 times: above the 32 MiB up to which glibc's defaults move their
 # mmap threshold, so under the defaults every round maps fresh pages and faults them in again (smaller blocks fault
 # too, as the step's do, but how often depends on the heap's layout).
